@@ -1,0 +1,195 @@
+"""The `cldg` command: one subcommand per stage, plus run / status / compare / chat / human-eval.
+
+Stage subcommands are generated from each stage's config dataclass (`cldg/stages/<stage>.py:Config`),
+so an option is declared once and means the same on the command line and in a TOML table. The CLI
+only parses options and calls the stage's `run(cfg, common)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from cldg import __version__
+from cldg.config import CommonOptions, config_from_table, load_toml
+from cldg.errors import CldgError
+from cldg.progress import console
+
+app = typer.Typer(
+    name="cldg",
+    help="Group-wise contrastive learning for neural dialogue generation (Cai et al., 2020).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# (subcommand, module under cldg.stages, TOML table). Order = pipeline order.
+STAGES: list[tuple[str, str, str]] = [
+    ("prepare", "prepare", "prepare"),
+    ("index", "index", "index"),
+    ("train-matcher", "train_matcher", "train_matcher"),
+    ("mine-samples", "mine", "mine_samples"),
+    ("pretrain", "pretrain", "pretrain"),
+    ("contrastive-train", "contrastive", "contrastive_train"),
+    ("evaluate", "evaluate", "evaluate"),
+]
+
+
+def _die(message: str, code: int) -> typing.NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run fn; turn cldg errors into one line + exit 2, Ctrl-C into exit 130, crashes into exit 1."""
+    try:
+        return fn()
+    except CldgError as exc:
+        _die(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] - rerun the same command to resume where it stopped")
+        raise typer.Exit(130)
+    except (typer.Exit, SystemExit):
+        raise
+    except Exception as exc:  # an internal error: one line, traceback on request
+        if os.environ.get("CLDG_DEBUG"):
+            console.print_exception()
+        _die(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
+
+
+def _typer_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": True}
+    if meta.get("choices"):
+        choices = tuple(meta["choices"])
+
+        def parse_choice(value: str, choices=choices, flag=flag) -> str:
+            if value not in choices:
+                raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+            return value
+
+        kwargs["parser"] = parse_choice
+        kwargs["metavar"] = "|".join(choices)
+    args = typing.get_args(tp)
+    if args and type(None) in args:
+        tp = Optional[[a for a in args if a is not type(None)][0]]
+    if tp is bool:
+        decl = [f"{flag}/--no-{flag[2:]}"]
+    else:
+        decl = [flag]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                             annotation=Annotated[tp, typer.Option(*decl, **kwargs)], default=default)
+
+
+def load_common_and_config(ctx: typer.Context, config_cls: type | None, table: str | None,
+                           values: dict[str, Any]) -> tuple[CommonOptions, Any]:
+    """Merge defaults < TOML (top level for common keys, [table] for the stage) < command line."""
+    def given(name: str) -> bool:
+        # typer may vendor its own click, so compare the source by name
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    common_names = [f.name for f in dataclasses.fields(CommonOptions)]
+    doc: dict[str, Any] = load_toml(values["config"]) if values.get("config") else {}
+    where = str(values.get("config"))
+    top = {k: v for k, v in doc.items() if k in common_names}
+    common_cli = {k: values[k] for k in common_names if k in values and given(k)}
+    common = config_from_table(CommonOptions, {k: v for k, v in top.items() if k != "config"}, where, common_cli)
+    common = dataclasses.replace(common, config=values.get("config"))
+    cfg = None
+    if config_cls is not None:
+        stage_table = doc.get(table, {}) if table else {}
+        if not isinstance(stage_table, dict):
+            raise CldgError(f"{where}: [{table}] must be a table")
+        stage_names = [f.name for f in dataclasses.fields(config_cls)]
+        stage_cli = {k: values[k] for k in stage_names if given(k)}
+        cfg = config_from_table(config_cls, stage_table, f"{where} [{table}]", stage_cli)
+    return common, cfg
+
+
+def add_stage_command(name: str, module_name: str, table: str) -> None:
+    try:
+        module = importlib.import_module(f"cldg.stages.{module_name}")
+    except ModuleNotFoundError as exc:  # a stage that has not landed yet
+        if exc.name == f"cldg.stages.{module_name}":
+            return
+        raise
+    config_cls = module.Config
+    hints = {}
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    hints["ctx"] = typer.Context
+    for cls in (config_cls, CommonOptions):
+        type_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            p = _typer_param(f, type_hints[f.name])
+            params.append(p)
+            hints[f.name] = p.annotation
+
+    def command(ctx: typer.Context, **values: Any) -> None:
+        def go():
+            from cldg.runtime import offline_environment
+
+            offline_environment()
+            common, cfg = load_common_and_config(ctx, config_cls, table, values)
+            return module.run(cfg, common)
+
+        guarded(go)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = hints
+    command.__doc__ = (module.__doc__ or "").strip()
+    app.command(name, help=command.__doc__.split("\n\n")[0] if command.__doc__ else None,
+                epilog=f"TOML table: [{table}]")(command)
+
+
+for _name, _module, _table in STAGES:
+    add_stage_command(_name, _module, _table)
+
+
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory that holds every artifact.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+
+
+@app.command("status")
+def status_command(workdir: Annotated[Optional[Path], typer.Argument(help="Workdir (default ./cldg-work).")] = None,
+                   workdir_opt: Annotated[Optional[Path], typer.Option("--workdir", help="Same as the argument.")] = None,
+                   as_json: JsonOpt = False) -> None:
+    """Show every stage's artifacts (complete and in progress) as a table."""
+    from cldg.status import show_status
+
+    guarded(lambda: show_status(workdir or workdir_opt or Path("cldg-work"), as_json))
+
+
+@app.command("run")
+def run_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML config (see examples/).")],
+                workdir: Annotated[Optional[Path], typer.Option(help="Override the config's workdir.")] = None,
+                force: Annotated[bool, typer.Option(help="Rerun every stage.")] = False,
+                device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None) -> None:
+    """Run the whole pipeline from one TOML file, skipping what is built and resuming what was interrupted."""
+    from cldg.pipeline import run_pipeline
+
+    guarded(lambda: run_pipeline(config, workdir=workdir, force=force, device=device))
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the cldg version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

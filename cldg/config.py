@@ -1,0 +1,125 @@
+"""Stage configs: one dataclass per stage, loaded from CLI options and TOML.
+
+A stage declares its options once, as dataclass fields built with `option(...)`. The CLI turns the
+fields into typer options (`cldg/cli.py`), a TOML file supplies a table per stage whose keys are the
+field names, and an option given on the command line wins over the file. `fingerprint_config` gives
+the part of a config that affects the stage's output (fields marked `fingerprint=False` are left out).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cldg.errors import CldgError
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
+           fingerprint: bool = True, default_factory: Any = dataclasses.MISSING, flag: str | None = None):
+    """A config field that is also a CLI option.
+
+    choices: allowed string values; fingerprint=False: the value does not change the output (threads,
+    batch size for scoring, paths of inputs already fingerprinted, ...); flag: CLI name if not derived.
+    """
+    meta = {"help": help, "choices": choices, "fingerprint": fingerprint, "flag": flag}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CommonOptions:
+    """Options every stage takes."""
+
+    workdir: Path = option(Path("cldg-work"), "Directory that holds every artifact.", fingerprint=False)
+    config: Path | None = option(None, "TOML config: one table per stage, keys are long option names.",
+                                 fingerprint=False)
+    force: bool = option(False, "Rerun even if a complete artifact with the same fingerprint exists.",
+                         fingerprint=False)
+    seed: int = option(13, "Random seed (python, numpy, torch).")
+    device: str = option("auto", "auto | cpu | cuda[:N]", fingerprint=False)
+
+
+def field_type(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for X or X | None."""
+    args = typing.get_args(tp)
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return tp, False
+
+
+def coerce(cls: type, name: str, value: Any, where: str) -> Any:
+    """Check and convert a TOML value for field `name` of `cls`; `where` names the source for errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        known = ", ".join(sorted(fields))
+        raise CldgError(f"{where}: unknown key {name!r} (known: {known})")
+    f = fields[name]
+    tp, optional = _base_type(field_type(cls, f))
+    if value is None and optional:
+        return None
+    bad = CldgError(f"{where}: {name} = {value!r} should be of type {getattr(tp, '__name__', tp)}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad
+    elif tp is Path:
+        if not isinstance(value, str):
+            raise bad
+        value = Path(value)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise CldgError(f"{where}: {name} = {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config; a syntax error is one line naming the file and position."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise CldgError(f"--config {path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CldgError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise CldgError(f"{path}: not UTF-8 text") from None
+
+
+def config_from_table(cls: type, table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None):
+    """Build `cls` from a TOML table (validated) and overrides (already typed, e.g. from the CLI)."""
+    values = {k: coerce(cls, k, v, where) for k, v in table.items()}
+    values.update(overrides or {})
+    return cls(**values)
+
+
+def fingerprint_config(cfg: Any) -> dict[str, Any]:
+    """The fields of a stage config that affect its output, as JSON-able values."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("fingerprint", True):
+            v = getattr(cfg, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+def to_jsonable(cfg: Any) -> dict[str, Any]:
+    return {f.name: (str(getattr(cfg, f.name)) if isinstance(getattr(cfg, f.name), Path) else getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)}

@@ -1,0 +1,22 @@
+"""Errors that the CLI turns into one clear line and an exit code.
+
+`CldgError` is the user's fault (bad input, missing artifact, bad option): exit code 2, no traceback.
+Anything else that escapes a stage is an internal error: exit code 1.
+"""
+from __future__ import annotations
+
+
+class CldgError(Exception):
+    """Bad input or usage. The message is shown as one line; exit code 2."""
+
+    exit_code = 2
+
+
+class MissingArtifactError(CldgError):
+    """An input artifact is missing or has an incompatible schema."""
+
+
+class TrainingDivergedError(CldgError):
+    """A loss became NaN/inf; the last good checkpoint is kept."""
+
+    exit_code = 1

@@ -1,0 +1,50 @@
+"""The one rich console and progress bar style every stage uses (rate and ETA always shown)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, with the unit given as the task field `unit`."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        if speed is None:
+            return Text(f"? {unit}/s", style="progress.data.speed")
+        return Text(f"{speed:,.1f} {unit}/s", style="progress.data.speed")
+
+
+class StatusColumn(ProgressColumn):
+    """Free-form status (loss, ppl, ...) set with `progress.update(task, status=...)`."""
+
+    def render(self, task) -> Text:
+        return Text(str(task.fields.get("status", "")))
+
+
+def make_progress(transient: bool = False) -> Progress:
+    """A progress display with description, bar, count, rate, elapsed time, ETA and a free-form status."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        StatusColumn(),
+        console=console,
+        transient=transient,
+    )
