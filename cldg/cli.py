@@ -44,7 +44,9 @@ STAGES: list[tuple[str, str, str]] = [
 
 
 def _die(message: str, code: int) -> typing.NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -135,13 +137,26 @@ def add_stage_command(name: str, module_name: str, table: str) -> None:
             params.append(p)
             hints[f.name] = p.annotation
 
+    # A stage that declares JSON_OUTPUT (a file of its artifact) also takes --json: print that file only.
+    json_output = getattr(module, "JSON_OUTPUT", None)
+    if json_output:
+        params.append(inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=JsonOpt, default=False))
+        hints["as_json"] = JsonOpt
+
     def command(ctx: typer.Context, **values: Any) -> None:
+        as_json = values.pop("as_json", False)
+
         def go():
             from cldg.runtime import offline_environment
 
             offline_environment()
             common, cfg = load_common_and_config(ctx, config_cls, table, values)
-            return module.run(cfg, common)
+            if as_json:
+                console.quiet = True  # stdout carries the JSON; nothing else is printed
+            artifact = module.run(cfg, common)
+            if as_json:
+                print(artifact.file(json_output).read_text())
+            return artifact
 
         guarded(go)
 
@@ -152,12 +167,11 @@ def add_stage_command(name: str, module_name: str, table: str) -> None:
                 epilog=f"TOML table: [{table}]")(command)
 
 
-for _name, _module, _table in STAGES:
-    add_stage_command(_name, _module, _table)
-
-
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory that holds every artifact.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+
+for _name, _module, _table in STAGES:
+    add_stage_command(_name, _module, _table)
 
 
 @app.command("status")
@@ -179,6 +193,77 @@ def run_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML confi
     from cldg.pipeline import run_pipeline
 
     guarded(lambda: run_pipeline(config, workdir=workdir, force=force, device=device))
+
+
+@app.command("inspect-samples")
+def inspect_samples_command(
+        workdir: WorkdirOpt = Path("cldg-work"),
+        samples: Annotated[Optional[Path], typer.Option(help="Samples artifact dir (default: latest).")] = None,
+        n: Annotated[int, typer.Option("-n", "--n", help="How many pairs to show.")] = 3,
+        seed: Annotated[int, typer.Option(help="Which pairs (random, seeded).")] = 0,
+        as_json: JsonOpt = False) -> None:
+    """Show a few mined pairs with their positive and negative groups and scores."""
+    from cldg.stages.mine import inspect_samples
+
+    guarded(lambda: inspect_samples(workdir, samples, n, seed, as_json))
+
+
+@app.command("compare")
+def compare_command(
+        runs: Annotated[list[Path], typer.Argument(help="Evaluate artifact dirs to put side by side.")],
+        workdir: WorkdirOpt = Path("cldg-work"),
+        out: Annotated[Optional[Path], typer.Option(help="Write table.md, comparison.json and a PNG here.")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Put several evaluate runs side by side, best per metric marked, with bootstrap confidence intervals."""
+    from cldg.stages.compare import compare_runs
+
+    def go():
+        if as_json:
+            console.quiet = True
+        result = compare_runs(runs, workdir, out, as_json)
+        if as_json:
+            import json
+
+            print(json.dumps(result, indent=2, default=str))
+
+    guarded(go)
+
+
+human_eval_app = typer.Typer(help="Blind A/B human evaluation sheets (the paper's Table 4).", no_args_is_help=True)
+app.add_typer(human_eval_app, name="human-eval")
+
+
+@human_eval_app.command("export")
+def human_eval_export(
+        run_a: Annotated[Path, typer.Argument(help="Evaluate artifact of system A.")],
+        run_b: Annotated[Path, typer.Argument(help="Evaluate artifact of system B.")],
+        out: Annotated[Path, typer.Option(help="Folder for the sheets and the key.")] = Path("human-eval"),
+        n: Annotated[int, typer.Option("-n", "--n", help="How many test contexts.")] = 100,
+        seed: Annotated[int, typer.Option(help="Sampling and order seed.")] = 13) -> None:
+    """Write blind A/B sheets (CSV) for N random test contexts; the order key is stored apart."""
+    from cldg.stages.human_eval import export_sheets
+
+    guarded(lambda: export_sheets(run_a, run_b, n, out, seed))
+
+
+@human_eval_app.command("score")
+def human_eval_score(
+        sheets: Annotated[list[Path], typer.Argument(help="Filled sheets, one per annotator.")],
+        key: Annotated[Path, typer.Option(help="The key file written by export.")],
+        as_json: JsonOpt = False) -> None:
+    """Score filled sheets: win / loss / tie per annotator and overall, and Cohen's kappa."""
+    from cldg.stages.human_eval import score_sheets
+
+    def go():
+        if as_json:
+            console.quiet = True
+        result = score_sheets(sheets, key, as_json)
+        if as_json:
+            import json
+
+            print(json.dumps(result, indent=2, default=str))
+
+    guarded(go)
 
 
 @app.command("version")

@@ -1,0 +1,96 @@
+"""The artifact contract: fingerprints, atomic completion, skip, --force, locks, clear input errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from cldg.artifacts import Artifact, ArtifactStore, compute_fingerprint
+from cldg.errors import CldgError, MissingArtifactError
+
+
+def make(store: ArtifactStore, stage="prepare", config=None, inputs=None, force=False, payload="x"):
+    with store.begin(stage, 1, config or {"a": 1}, inputs, force=force) as run:
+        if run.existing:
+            return run.existing, False
+        (run.dir / "data.txt").write_text(payload)
+        (run.dir / "resume-state.json").write_text("{}")
+        return run.commit(rows={"n": 3}), True
+
+
+def test_fingerprint_depends_on_config_schema_and_inputs():
+    base = compute_fingerprint("s", 1, {"a": 1}, {})
+    assert base == compute_fingerprint("s", 1, {"a": 1}, {})
+    assert base != compute_fingerprint("s", 2, {"a": 1}, {})
+    assert base != compute_fingerprint("s", 1, {"a": 2}, {})
+    assert base != compute_fingerprint("s", 1, {"a": 1}, {"prepare": "abc"})
+    assert base != compute_fingerprint("t", 1, {"a": 1}, {})
+
+
+def test_commit_writes_manifest_hashes_and_latest(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art, built = make(store)
+    assert built and art.path.name == art.fingerprint
+    m = json.loads((art.path / "manifest.json").read_text())
+    assert m["stage"] == "prepare" and m["schema"] == 1 and m["rows"] == {"n": 3}
+    assert set(m["files"]) == {"data.txt"}  # resume state is dropped at commit
+    assert len(m["files"]["data.txt"]["sha256"]) == 64
+    assert "total_s" in m["timings"] and m["cldg_version"]
+    assert store.latest("prepare").fingerprint == art.fingerprint
+    assert not (tmp_path / "prepare" / f"{art.fingerprint}.partial").exists()
+
+
+def test_same_fingerprint_is_skipped_and_force_rebuilds(tmp_path):
+    store = ArtifactStore(tmp_path)
+    first, built = make(store, payload="one")
+    again, built_again = make(store, payload="two")
+    assert not built_again and again.fingerprint == first.fingerprint
+    assert (again.path / "data.txt").read_text() == "one"
+    forced, built_forced = make(store, payload="two", force=True)
+    assert built_forced and (forced.path / "data.txt").read_text() == "two"
+
+
+def test_crash_leaves_no_complete_artifact_and_resume_keeps_partial(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError):
+        with store.begin("prepare", 1, {"a": 1}) as run:
+            (run.dir / "resume-checkpoint.txt").write_text("step 5")
+            raise RuntimeError("killed")
+    assert store.latest("prepare") is None
+    with pytest.raises(MissingArtifactError, match="cldg prepare"):
+        store.resolve_input("prepare", None, 1)
+    with store.begin("prepare", 1, {"a": 1}) as run:  # the rerun finds its checkpoint
+        assert (run.dir / "resume-checkpoint.txt").read_text() == "step 5"
+
+
+def test_lock_keeps_two_runs_out(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with store.begin("prepare", 1, {"a": 1}):
+        with pytest.raises(CldgError, match="lock"):
+            with store.begin("prepare", 1, {"a": 1}):
+                pass
+
+
+def test_resolve_input_checks_stage_and_schema(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art, _ = make(store)
+    assert store.resolve_input("prepare", None, 1).path == art.path
+    assert store.resolve_input("prepare", art.path, 1).fingerprint == art.fingerprint
+    with pytest.raises(MissingArtifactError, match="schema 1, this cldg needs 2"):
+        store.resolve_input("prepare", None, 2)
+    with pytest.raises(MissingArtifactError, match="expected 'index'"):
+        store.resolve_input("index", art.path, 1)
+    with pytest.raises(MissingArtifactError, match="not a complete cldg artifact"):
+        Artifact.load(tmp_path / "nowhere")
+
+
+def test_input_fingerprint_changes_downstream_fingerprint(tmp_path):
+    store = ArtifactStore(tmp_path)
+    a1, _ = make(store, config={"a": 1})
+    a2, _ = make(store, config={"a": 2})
+    b1, _ = make(store, stage="index", inputs={"prepare": a1})
+    b2, _ = make(store, stage="index", inputs={"prepare": a2})
+    assert b1.fingerprint != b2.fingerprint
+    assert b1.manifest["inputs"]["prepare"]["fingerprint"] == a1.fingerprint
+    assert os.path.islink(tmp_path / "index" / "latest")
