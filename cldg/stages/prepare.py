@@ -1,0 +1,135 @@
+"""Turn a corpus into train/valid/test pairs, a tokenizer, n-gram counts and word vectors.
+
+Reads the chitchat corpus (default, offline) or a local file (--input, --format), builds a pair per
+turn after the first, splits by dialogue with the seed, and writes `pairs-{train,valid,test}.parquet`,
+`tokenizer.json`, `ngram-counts.parquet` and `word-vectors.safetensors`. The manifest records the
+paper's Table-1 statistics and every line skipped under --skip-bad-lines.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cldg.artifacts import Artifact, ArtifactStore
+from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.data.loaders import FORMATS
+
+SCHEMA = 1
+
+
+@dataclass
+class Config:
+    input: Path | None = option(None, "Corpus file; left out: the chitchat corpus of the chitchat-dataset package.")
+    format: str = option("auto", "Corpus format.", choices=FORMATS)
+    max_context_turns: int = option(3, "Earlier turns kept as context.")
+    valid_fraction: float = option(0.05, "Share of dialogues for validation.")
+    test_fraction: float = option(0.05, "Share of dialogues for test.")
+    max_dialogues: int = option(0, "Use only this many dialogues (seeded subset; 0 = all).")
+    vocab_size: int = option(20000, "Vocabulary cap (special tokens included).")
+    min_freq: int = option(1, "Minimum word frequency for the vocabulary.")
+    lowercase: bool = option(True, "Lowercase text in the tokenizer.")
+    pretokenized: bool = option(False, "Text is already segmented (e.g. Chinese): split on whitespace only.")
+    vectors: Path | None = option(None, "A fastText .vec file; left out: train fastText on the training text.")
+    vector_dim: int = option(300, "Dimension of trained word vectors.")
+    vector_epochs: int = option(5, "Epochs of fastText training.")
+    skip_bad_lines: bool = option(False, "Skip (and report) malformed lines instead of stopping.")
+    max_line_bytes: int = option(1 << 20, "Longest input line accepted, in bytes.")
+    workers: int = option(2, "Threads for fastText training.", fingerprint=False)
+
+
+def run(cfg: Config, common: CommonOptions) -> Artifact:
+    import random
+
+    from rich.table import Table
+
+    from cldg.data.loaders import BadLines, read_dialogues
+    from cldg.data.pairs import (SPLITS, CleanStats, clean_dialogues, corpus_statistics, make_pairs,
+                                 split_dialogues, write_pairs_parquet)
+    from cldg.errors import CldgError
+    from cldg.progress import console, make_progress
+    from cldg.text.ngrams import count_ngrams, save_ngram_counts
+    from cldg.text.tokenizer import SPECIALS, DialogueTokenizer
+    from cldg.text.vectors import read_vec_file, save_word_vectors, train_fasttext, vectors_from_fasttext
+
+    for name in ("valid_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, name) < 0.5:
+            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 0.5)")
+    if cfg.max_context_turns < 1:
+        raise CldgError(f"--max-context-turns {cfg.max_context_turns}: must be at least 1")
+    if cfg.vocab_size <= len(SPECIALS):
+        raise CldgError(f"--vocab-size {cfg.vocab_size}: must exceed the {len(SPECIALS)} special tokens")
+
+    store = ArtifactStore(common.workdir)
+    config = fingerprint_config(cfg) | {"seed": common.seed}
+    if cfg.input is not None:  # the corpus content, not only its name, decides the output
+        from cldg.artifacts import sha256_file
+
+        if not Path(cfg.input).is_file():
+            raise CldgError(f"--input {cfg.input}: no such file")
+        config["input_sha256"] = sha256_file(Path(cfg.input))
+    if cfg.vectors is not None:
+        if not Path(cfg.vectors).is_file():
+            raise CldgError(f"--vectors {cfg.vectors}: no such file")
+        config["vectors_sha256"] = sha256_file(Path(cfg.vectors))
+
+    with store.begin("prepare", SCHEMA, config, force=common.force) as run:
+        if run.existing:
+            console.print(f"prepare: complete artifact {run.existing.path} found - skipped (use --force to rebuild)")
+            return run.existing
+        timings = {}
+        t0 = time.time()
+        bad = BadLines(skip=cfg.skip_bad_lines)
+        stats = CleanStats()
+        dialogues = clean_dialogues(read_dialogues(cfg.input, cfg.format, bad, cfg.max_line_bytes), stats)
+        if not dialogues:
+            raise CldgError(f"{cfg.input or 'chitchat'}: no dialogue with at least two non-empty turns")
+        if cfg.max_dialogues and len(dialogues) > cfg.max_dialogues:
+            dialogues = random.Random(common.seed).sample(dialogues, cfg.max_dialogues)
+        splits = split_dialogues(dialogues, cfg.valid_fraction, cfg.test_fraction, common.seed)
+        tables = make_pairs(splits, cfg.max_context_turns)
+        for s in SPLITS:
+            write_pairs_parquet(tables[s], run.dir / f"pairs-{s}.parquet")
+        timings["read_and_pair_s"] = round(time.time() - t0, 3)
+
+        # Tokenizer, n-grams and vectors see the training dialogues only (no test leakage).
+        t0 = time.time()
+        train_turns = [t for d in splits["train"] for t in d.turns]
+        tok = DialogueTokenizer.train(train_turns, cfg.vocab_size, cfg.min_freq, cfg.pretokenized, cfg.lowercase)
+        tok.save(run.dir / "tokenizer.json")
+        tokenized = [tok.words(t) for t in train_turns]
+        save_ngram_counts(count_ngrams(tokenized, 2), run.dir / "ngram-counts.parquet")
+        timings["tokenizer_ngrams_s"] = round(time.time() - t0, 3)
+
+        t0 = time.time()
+        with make_progress(transient=True) as progress:
+            task = progress.add_task("word vectors", total=None, unit="words")
+            if cfg.vectors is not None:
+                vecs, has = read_vec_file(Path(cfg.vectors), tok.vocab(), len(SPECIALS), cfg.lowercase)
+            else:
+                wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, cfg.workers)
+                vecs, has = vectors_from_fasttext(wv, tok.vocab(), len(SPECIALS))
+            progress.update(task, total=1, completed=1)
+        save_word_vectors(run.dir / "word-vectors.safetensors", vecs, has)
+        timings["vectors_s"] = round(time.time() - t0, 3)
+
+        corpus = corpus_statistics(tables, lambda u: len(tok.words(u)), tok.vocab_size)
+        corpus.update(dialogues_read=stats.dialogues_in, empty_turns_dropped=stats.empty_turns_dropped,
+                      short_dialogues_dropped=stats.short_dialogues_dropped, skipped_lines=len(bad.lines),
+                      words_with_vectors=int(has.sum()))
+        _print_stats(console, corpus, Table)
+        return run.commit(rows={f"{s}_pairs": len(tables[s]) for s in SPLITS}, timings=timings,
+                          extra={"corpus_stats": corpus, "skipped_lines": bad.lines,
+                                 "source": str(cfg.input) if cfg.input else "chitchat-dataset"})
+
+
+def _print_stats(console, corpus: dict, Table) -> None:
+    table = Table(title="Corpus statistics (the paper's Table 1)")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key in ("pairs", "train_pairs", "valid_pairs", "test_pairs", "avg_turns_per_context",
+                "avg_words_per_utterance", "vocabulary", "duplicate_train_pairs", "empty_turns_dropped",
+                "short_dialogues_dropped", "skipped_lines"):
+        v = corpus[key]
+        table.add_row(key.replace("_", " "), f"{v:,}" if isinstance(v, int) else f"{v:.2f}")
+    console.print(table)

@@ -1,0 +1,84 @@
+"""Word vectors aligned with the tokenizer: model initialisation and the embedding metrics.
+
+Either a user's fastText `.vec` text file, or fastText vectors trained with gensim on the training
+text (subword n-grams give a vector to every vocabulary word). Stored as safetensors:
+`vectors` [vocab, dim] float32 (zeros where there is none) and `has_vector` [vocab] uint8.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cldg.errors import CldgError
+
+
+def train_fasttext(sentences: list[list[str]], dim: int, epochs: int, seed: int, workers: int = 2):
+    from gensim.models import FastText
+
+    model = FastText(vector_size=dim, window=5, min_count=1, sg=1, seed=seed, workers=workers,
+                     min_n=3, max_n=6)
+    model.build_vocab(corpus_iterable=sentences)
+    model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=epochs)
+    return model.wv
+
+
+def vectors_from_fasttext(wv, vocab: list[str], n_special: int) -> tuple[np.ndarray, np.ndarray]:
+    mat = np.zeros((len(vocab), wv.vector_size), dtype=np.float32)
+    has = np.zeros(len(vocab), dtype=np.uint8)
+    for i, w in enumerate(vocab):
+        if i < n_special:
+            continue
+        mat[i] = wv[w]
+        has[i] = 1
+    return mat, has
+
+
+def read_vec_file(path: Path, vocab: list[str], n_special: int, lowercase: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A fastText `.vec` file: a header 'count dim', then 'word v1 ... vdim' lines."""
+    index = {w: i for i, w in enumerate(vocab) if i >= n_special}
+    mat = has = None
+    dim = None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                parts = line.rstrip("\n").rstrip(" ").split(" ")
+                if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                    continue  # header
+                if dim is None:
+                    dim = len(parts) - 1
+                    if dim < 1:
+                        raise CldgError(f"{path}:{lineno}: expected 'word v1 v2 ...'")
+                    mat = np.zeros((len(vocab), dim), dtype=np.float32)
+                    has = np.zeros(len(vocab), dtype=np.uint8)
+                if len(parts) != dim + 1:
+                    raise CldgError(f"{path}:{lineno}: expected {dim} numbers after the word, got {len(parts) - 1}")
+                w = parts[0].lower() if lowercase else parts[0]
+                i = index.get(w)
+                if i is None or has[i]:
+                    continue
+                try:
+                    mat[i] = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError:
+                    raise CldgError(f"{path}:{lineno}: not a number in the vector of {parts[0]!r}") from None
+                has[i] = 1
+    except UnicodeDecodeError as exc:
+        raise CldgError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except FileNotFoundError:
+        raise CldgError(f"--vectors {path}: no such file") from None
+    if mat is None:
+        raise CldgError(f"{path}: no vectors in the file")
+    return mat, has
+
+
+def save_word_vectors(path: Path, vectors: np.ndarray, has_vector: np.ndarray) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"vectors": vectors.astype(np.float32), "has_vector": has_vector.astype(np.uint8)}, str(path))
+
+
+def load_word_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    d = load_file(str(path))
+    return d["vectors"], d["has_vector"].astype(bool)
