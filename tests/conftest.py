@@ -8,7 +8,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures_data.py
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -20,3 +25,23 @@ def _torch_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dialogues_path(tmp_path_factory):
+    from fixtures_data import make_dialogues, write_jsonl
+
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "tiny.jsonl", make_dialogues(60))
+
+
+@pytest.fixture(scope="session")
+def prepared_workdir(tmp_path_factory, tiny_dialogues_path):
+    """(workdir, prepare artifact) for the tiny corpus: small vocabulary and 16-d vectors."""
+    from cldg.config import CommonOptions
+    from cldg.stages import prepare
+
+    workdir = tmp_path_factory.mktemp("work")
+    cfg = prepare.Config(input=tiny_dialogues_path, vector_dim=16, vector_epochs=3, valid_fraction=0.1,
+                         test_fraction=0.1, workers=1)
+    art = prepare.run(cfg, CommonOptions(workdir=workdir, seed=1))
+    return workdir, art
