@@ -1,0 +1,72 @@
+"""Model registry (fairseq style): models register by name; `build_model` makes one from a config dict.
+
+    @register_model("seq2seq")
+    class Seq2Seq(DialogueModel): ...
+
+Saved models are `model.safetensors` + `model.json` ({"name", "config", "vocab_size"}); nothing is
+unpickled when loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from cldg.errors import CldgError
+
+MODELS: dict[str, type] = {}
+
+
+def register_model(name: str):
+    def wrap(cls):
+        cls.name = name
+        MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    from cldg.models import hran, hred, seq2seq, transformer  # noqa: F401  (registers them)
+
+
+def model_names() -> list[str]:
+    return ["seq2seq", "hred", "hran", "transformer"]
+
+
+def build_model(name: str, vocab_size: int, **config: Any):
+    _load_all()
+    if name not in MODELS:
+        raise CldgError(f"--model {name}: unknown (one of {', '.join(sorted(MODELS))})")
+    cls = MODELS[name]
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(config) - known
+    if unknown:
+        raise CldgError(f"model {name}: unknown config keys {sorted(unknown)} (known: {sorted(known)})")
+    return cls(vocab_size, cls.config_class(**config))
+
+
+def save_model(directory: Path, model) -> None:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {"name": model.name, "config": model.config_dict(), "vocab_size": model.vocab_size}
+    (directory / "model.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_model(directory: Path, device: Any = "cpu"):
+    """Rebuild a model from `model.json` and load its safetensors weights (eval mode)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_path = directory / "model.json"
+    if not meta_path.is_file():
+        raise CldgError(f"{directory}: no model.json (not a cldg model directory)")
+    meta = json.loads(meta_path.read_text())
+    model = build_model(meta["name"], meta["vocab_size"], **meta["config"])
+    model.load_state_dict(load_file(str(directory / "model.safetensors"), device="cpu"))
+    return model.to(device).eval()

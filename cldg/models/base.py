@@ -1,0 +1,80 @@
+"""The interface every dialogue model implements (see docs/internals.md).
+
+Teacher forcing:  forward(batch) -> logits [B, T, V] for batch.response_in.
+Decoding:         state = init_decoding(batch); logits, state = decode_step(state, prev_tokens [B]);
+                  state = reorder_state(state, index) selects / repeats batch rows (beam search).
+Models never compute a loss (that lives in cldg.training.losses).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cldg.text.tokenizer import PAD
+
+
+class DialogueModel(nn.Module, metaclass=abc.ABCMeta):
+    name: str = ""
+    config_class: type = object
+
+    def __init__(self, vocab_size: int, config: Any):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.config = config
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @abc.abstractmethod
+    def forward(self, batch) -> torch.Tensor:
+        ...
+
+    @abc.abstractmethod
+    def init_decoding(self, batch) -> dict[str, Any]:
+        ...
+
+    @abc.abstractmethod
+    def decode_step(self, state: dict[str, Any], prev_tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        ...
+
+    def reorder_state(self, state: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+        """Select rows of every tensor in the state; RNN hidden states are [layers, B, H] (dim 1)."""
+        out = {}
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v.index_select(1 if k in self.layer_first_keys else 0, index)
+            elif isinstance(v, tuple):
+                out[k] = tuple(t.index_select(1 if k in self.layer_first_keys else 0, index) for t in v)
+            else:
+                out[k] = v
+        return out
+
+    layer_first_keys: tuple[str, ...] = ("hidden",)
+
+    def init_embeddings(self, vectors: np.ndarray, has_vector: np.ndarray, seed: int = 0) -> int:
+        """Copy pretrained word vectors into the embedding (a seeded random projection when the
+        dimensions differ). Returns how many rows were initialised."""
+        emb = self.embedding.weight
+        vec = torch.from_numpy(vectors).float()
+        if vec.size(1) != emb.size(1):
+            g = torch.Generator().manual_seed(seed)
+            proj = torch.randn(vec.size(1), emb.size(1), generator=g) / vec.size(1) ** 0.5
+            vec = vec @ proj
+        rows = torch.from_numpy(np.asarray(has_vector, dtype=bool))
+        rows[PAD] = False
+        with torch.no_grad():
+            scale = emb.std() / vec[rows].std().clamp_min(1e-6) if rows.any() else 1.0
+            emb[rows] = (vec[rows] * scale).to(emb.dtype)
+        return int(rows.sum())
+
+
+def attention_mask_scores(scores: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Mask padded memory positions (True = pad) before a softmax; fully padded rows get uniform 0s."""
+    scores = scores.masked_fill(pad_mask, float("-inf"))
+    all_pad = pad_mask.all(-1, keepdim=True)
+    return scores.masked_fill(all_pad, 0.0)
