@@ -37,7 +37,7 @@ class HRAN(DialogueModel):
         c = config
         H = c.hidden_size
         self.embedding = nn.Embedding(vocab_size, c.embedding_dim, padding_idx=PAD)
-        self.encoder = TurnEncoder(self.embedding, H, c.num_layers, c.dropout)
+        self.encoder = TurnEncoder(c.embedding_dim, H, c.num_layers, c.dropout)
         self.bridge = nn.Linear(H, H)
         self.decoder = nn.GRU(c.embedding_dim, H, c.num_layers, batch_first=True,
                               dropout=c.dropout if c.num_layers > 1 else 0.0)
@@ -49,7 +49,7 @@ class HRAN(DialogueModel):
         self.out = nn.Linear(H, vocab_size)
 
     def init_decoding(self, batch) -> dict:
-        enc = self.encoder(batch.context_turns)
+        enc = self.encoder(batch.context_turns, self.embedding)
         return {"words": enc["words"], "word_pad": enc["word_pad"], "hidden": torch.tanh(self.bridge(enc["final"]))}
 
     def _attend(self, query: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor) -> torch.Tensor:

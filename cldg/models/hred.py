@@ -28,19 +28,18 @@ class TurnEncoder(nn.Module):
     real turns to the left and packing, so padding never changes the encoding.
     """
 
-    def __init__(self, embedding: nn.Embedding, hidden: int, layers: int, dropout: float):
+    def __init__(self, embedding_dim: int, hidden: int, layers: int, dropout: float):
         super().__init__()
-        self.embedding = embedding
         drop = dropout if layers > 1 else 0.0
-        self.word_rnn = nn.GRU(embedding.embedding_dim, hidden, layers, batch_first=True, dropout=drop)
+        self.word_rnn = nn.GRU(embedding_dim, hidden, layers, batch_first=True, dropout=drop)
         self.utt_rnn = nn.GRU(hidden, hidden, layers, batch_first=True, dropout=drop)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, turns: torch.Tensor):
+    def forward(self, turns: torch.Tensor, embedding: nn.Embedding):
         B, U, L = turns.shape
         flat = turns.reshape(B * U, L)
         lengths = flat.ne(PAD).sum(1)
-        packed = pack_padded_sequence(self.dropout(self.embedding(flat)), lengths.clamp_min(1).cpu(),
+        packed = pack_padded_sequence(self.dropout(embedding(flat)), lengths.clamp_min(1).cpu(),
                                       batch_first=True, enforce_sorted=False)
         out, h = self.word_rnn(packed)
         words, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # [B*U, L, H]
@@ -71,7 +70,7 @@ class HRED(DialogueModel):
         super().__init__(vocab_size, config)
         c = config
         self.embedding = nn.Embedding(vocab_size, c.embedding_dim, padding_idx=PAD)
-        self.encoder = TurnEncoder(self.embedding, c.hidden_size, c.num_layers, c.dropout)
+        self.encoder = TurnEncoder(c.embedding_dim, c.hidden_size, c.num_layers, c.dropout)
         self.bridge = nn.Linear(c.hidden_size, c.hidden_size)
         self.decoder = nn.GRU(c.embedding_dim + c.hidden_size, c.hidden_size, c.num_layers, batch_first=True,
                               dropout=c.dropout if c.num_layers > 1 else 0.0)
@@ -79,7 +78,7 @@ class HRED(DialogueModel):
         self.out = nn.Linear(c.hidden_size, vocab_size)
 
     def init_decoding(self, batch) -> dict:
-        enc = self.encoder(batch.context_turns)
+        enc = self.encoder(batch.context_turns, self.embedding)
         context = enc["final"][-1]                                     # [B, H]
         hidden = torch.tanh(self.bridge(enc["final"]))                 # [layers, B, H]
         return {"context": context, "hidden": hidden}

@@ -1,0 +1,168 @@
+"""MLE pretraining of the reference dialogue model (seq2seq, hred, hran or transformer).
+
+Adam, gradient clipping, validation every half epoch, early stopping, best and last checkpoints, and
+resume after a crash or Ctrl-C (rerun the same command). CUDA with bf16 autocast when present;
+several GPUs or machines with `torchrun --nproc-per-node N -m cldg.cli pretrain ...` (DDP, rank 0
+writes the artifact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cldg.artifacts import Artifact, ArtifactStore
+from cldg.config import CommonOptions, fingerprint_config, option
+
+SCHEMA = 1
+PREPARE_SCHEMA = 1
+MODEL_CHOICES = ("seq2seq", "hred", "hran", "transformer")
+
+
+@dataclass
+class Config:
+    model: str = option("seq2seq", "Dialogue model.", choices=MODEL_CHOICES)
+    prepare_dir: Path | None = option(None, "Prepare artifact (default: latest).", fingerprint=False)
+    embedding_dim: int = option(0, "Embedding size (0: the model's paper default, 256 or 512).")
+    hidden_size: int = option(0, "RNN hidden size (0: 256).")
+    num_layers: int = option(0, "Layers (0: 2 for RNNs, 6 for the transformer).")
+    num_heads: int = option(8, "Transformer attention heads.")
+    ffn_dim: int = option(0, "Transformer feed-forward size (0: 4 x embedding).")
+    positions: str = option("sinusoidal", "Transformer positions.", choices=("sinusoidal", "learned"))
+    dropout: float = option(0.1, "Dropout.")
+    lr: float = option(1e-3, "Adam learning rate.")
+    batch_size: int = option(128, "Pairs per batch.")
+    epochs: int = option(10, "Epochs at most.")
+    max_steps: int = option(0, "Steps at most (0: no limit; whichever ends first).")
+    grad_clip: float = option(5.0, "Gradient norm clip.")
+    evals_per_epoch: int = option(2, "Validations per epoch.")
+    patience: int = option(5, "Checks without improvement before stopping.")
+    max_context_turns: int = option(3, "Context turns the model sees.")
+    max_turn_len: int = option(40, "Tokens per context turn.")
+    max_context_len: int = option(120, "Tokens of the flat context.")
+    max_response_len: int = option(40, "Tokens of the response (EOS included).")
+    max_train_pairs: int = option(0, "Use only this many training pairs (seeded; 0 = all).")
+    max_valid_pairs: int = option(2000, "Validate on at most this many pairs (0 = all).")
+
+
+def model_config(cfg) -> dict:
+    """The registry config for cfg.model; 0 means the paper's default size."""
+    if cfg.model == "transformer":
+        emb = cfg.embedding_dim or 512
+        return {"embedding_dim": emb, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers or 6,
+                "ffn_dim": cfg.ffn_dim or 4 * emb, "dropout": cfg.dropout, "positions": cfg.positions,
+                "max_positions": max(cfg.max_context_len, cfg.max_response_len) + 8}
+    return {"embedding_dim": cfg.embedding_dim or 256, "hidden_size": cfg.hidden_size or 256,
+            "num_layers": cfg.num_layers or 2, "dropout": cfg.dropout}
+
+
+def run(cfg: Config, common: CommonOptions) -> Artifact:
+    import json
+
+    import torch
+
+    from cldg.data.batching import EncodedPairs, Limits
+    from cldg.data.pairs import read_pairs
+    from cldg.models import build_model, save_model
+    from cldg.progress import console
+    from cldg.runtime import resolve_device, set_seed
+    from cldg.text.tokenizer import PAD, DialogueTokenizer
+    from cldg.text.vectors import load_word_vectors
+    from cldg.training import distributed
+    from cldg.training.losses import nll_loss
+    from cldg.training.trainer import TrainConfig, Trainer
+
+    store = ArtifactStore(common.workdir)
+    prepared = store.resolve_input("prepare", cfg.prepare_dir, PREPARE_SCHEMA, "--prepare-dir")
+    device = resolve_device(common.device)
+    dist = distributed.init_from_env(device.type)
+    device = distributed.device_for_rank(device, dist)
+    config = fingerprint_config(cfg) | {"seed": common.seed}
+    with store.begin("reference", SCHEMA, config, {"prepare": prepared}, force=common.force) as run:
+        if run.existing:
+            console.print(f"pretrain: complete artifact {run.existing.path} found - skipped")
+            return run.existing
+        set_seed(common.seed)
+        tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+        limits = Limits(cfg.max_context_turns, cfg.max_turn_len, cfg.max_context_len, cfg.max_response_len)
+        train = load_split(prepared, "train", tok, limits, cfg.max_train_pairs, common.seed, read_pairs)
+        valid = load_split(prepared, "valid", tok, limits, cfg.max_valid_pairs, common.seed, read_pairs)
+        model = build_model(cfg.model, tok.vocab_size, **model_config(cfg))
+        vectors, has_vector = load_word_vectors(prepared.file("word-vectors.safetensors"))
+        n_init = model.init_embeddings(vectors, has_vector, common.seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        console.print(f"pretrain: {cfg.model}, {n_params / 1e6:.2f}M parameters, {n_init:,} embeddings from word "
+                      f"vectors, {len(train):,} train / {len(valid):,} valid pairs on {device}"
+                      + (f", DDP world {dist.world_size}" if dist.enabled else ""))
+
+        def loss_fn(m, batch):
+            loss, n_tokens = nll_loss(m(batch), batch.response_out, PAD)
+            return loss, {"tokens": n_tokens, "nll": loss.item(),
+                          "real_token_share": n_tokens / max(batch.response_out.numel(), 1)}
+
+        def validate(m):
+            return {"criterion": (nll := mean_nll(m, valid, cfg.batch_size, device)), "nll": nll,
+                    "ppl": float(torch.exp(torch.tensor(min(nll, 50.0))))}
+
+        batches_per_epoch = -(-len(train) // cfg.batch_size) // dist.world_size
+        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                                             grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
+                                             patience=cfg.patience),
+                          run.dir, device, loss_fn,
+                          lambda epoch, start: _skip(train.iter_batches(cfg.batch_size, common.seed, epoch,
+                                                                       rank=dist.rank, world_size=dist.world_size), start),
+                          batches_per_epoch, validate)
+        summary = trainer.fit(description=f"pretrain {cfg.model}")
+        if dist.rank != 0:
+            distributed.barrier(dist)
+            return run.existing  # only rank 0 writes the artifact
+        trainer.load_best()
+        save_model(run.dir, model)
+        best_nll = summary["best_criterion"]
+        metrics = {"model": cfg.model, "parameters": n_params, "best_valid_nll": best_nll,
+                   "best_valid_ppl": float(torch.exp(torch.tensor(min(best_nll, 50.0)))), **summary}
+        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        console.print(f"pretrain: best valid ppl {metrics['best_valid_ppl']:.2f} at step {summary['best_step']} "
+                      f"({summary['stopped']}, {summary['steps']} steps)")
+        art = run.commit(rows={"train_pairs": len(train), "valid_pairs": len(valid), "steps": summary["steps"]},
+                         timings={"train_s": summary["train_seconds"]},
+                         extra={"model": {"name": cfg.model, "parameters": n_params},
+                                "best_valid_ppl": metrics["best_valid_ppl"]})
+    distributed.barrier(dist)
+    return art
+
+
+def load_split(prepared, split: str, tok, limits, max_pairs: int, seed: int, read_pairs):
+    """A split's pairs, tokenized once (a seeded subset when max_pairs > 0)."""
+    import random
+
+    from cldg.data.batching import EncodedPairs
+
+    t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
+    idx = list(range(len(t)))
+    if max_pairs and len(idx) > max_pairs:
+        idx = sorted(random.Random(seed).sample(idx, max_pairs))
+    return EncodedPairs(tok, [t.context[i] for i in idx], [t.response[i] for i in idx], limits)
+
+
+def mean_nll(model, pairs, batch_size: int, device) -> float:
+    """Token-level NLL of `pairs` under `model` (no gradient)."""
+    import torch
+
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import nll_loss
+
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in pairs.iter_batches(batch_size, 0, 0, shuffle=False):
+            batch = batch.to(device)
+            loss, n = nll_loss(model(batch), batch.response_out, PAD)
+            total += float(loss) * n
+            tokens += n
+    return total / max(tokens, 1)
+
+
+def _skip(iterator, start: int):
+    """Skip the batches of an epoch already trained on (resume mid-epoch)."""
+    for i, batch in enumerate(iterator):
+        if i >= start:
+            yield batch

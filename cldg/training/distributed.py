@@ -1,0 +1,55 @@
+"""DDP under `torchrun`: which rank we are, wrapping the model, barriers. A single process is world 1."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(device_type: str = "cpu") -> DistInfo:
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return current()
+
+
+def current() -> DistInfo:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                        int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else info.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        torch.distributed.barrier()
+
+
+def device_for_rank(device: torch.device, info: DistInfo) -> torch.device:
+    """Under torchrun with CUDA each rank uses its own GPU (LOCAL_RANK)."""
+    if device.type == "cuda" and info.enabled:
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return device

@@ -1,0 +1,198 @@
+"""The one training loop that `pretrain` and `contrastive-train` share.
+
+    trainer = Trainer(model, TrainConfig(...), run_dir, device,
+                      loss_fn=lambda model, batch: (loss, {"tokens": n, ...}),
+                      train_batches=lambda epoch, start: iterator over that epoch's batches from `start`,
+                      batches_per_epoch=N,
+                      validate=lambda model: {"criterion": float, ...})     # lower is better
+    summary = trainer.fit()
+
+What it does, in order, each step: forward + loss under bf16 autocast on CUDA, a NaN/inf check, backward,
+gradient clipping, an Adam step; every `1/evals_per_epoch` epoch a validation, a best/last checkpoint and
+early stopping after `patience` checks without improvement; the learning rate halves when a check does
+not improve. Checkpoints (model safetensors + optimizer/scheduler/RNG state + position in the epoch) live
+in `run_dir/resume/`, so a rerun after a crash or Ctrl-C continues at the same step with the same batches.
+Under `torchrun` the model is wrapped in DDP, each rank takes its share of the batches, and rank 0
+alone writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from cldg.errors import TrainingDivergedError
+from cldg.training import checkpoint, distributed
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    epochs: int = 10
+    max_steps: int = 0            # 0: no step limit (epochs decide)
+    grad_clip: float = 5.0
+    evals_per_epoch: int = 2      # validation every half epoch by default
+    eval_every: int = 0           # >0: validate every N steps instead
+    patience: int = 5             # checks without improvement before stopping
+    lr_decay: float = 0.5         # LR factor when a check does not improve (1.0 = off)
+    bf16: bool = True             # autocast on CUDA
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: Path, device: torch.device,
+                 loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
+                 train_batches: Callable[[int, int], Iterable[Any]], batches_per_epoch: int,
+                 validate: Callable[[nn.Module], dict[str, float]], params: Iterable[nn.Parameter] | None = None):
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self.model = model.to(device)
+        self.loss_fn, self.train_batches, self.validate = loss_fn, train_batches, validate
+        self.batches_per_epoch = max(batches_per_epoch, 1)
+        self.dist = distributed.current()
+        self.ddp_model = distributed.wrap(self.model, self.dist, device)
+        trainable = list(params) if params is not None else [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # stateful LR factor
+        self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_checks": 0,
+                      "lr_factor": 1.0, "stopped": None}
+        self.eval_every = cfg.eval_every or max(self.batches_per_epoch // max(cfg.evals_per_epoch, 1), 1)
+        self.total_steps = self.batches_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.autocast = device.type == "cuda" and cfg.bf16
+        self.log_path = self.run_dir / "train-log.jsonl"
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _save(self, tag: str) -> None:
+        if self.dist.rank == 0:
+            checkpoint.save(self.run_dir / "resume", tag, self.model, self.optimizer, self.state)
+        distributed.barrier(self.dist)
+
+    def _resume(self) -> bool:
+        found = checkpoint.load(self.run_dir / "resume", "last", self.model, self.optimizer)
+        if found is None:
+            return False
+        self.state.update(found)
+        self._apply_lr()
+        return True
+
+    def _apply_lr(self) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.cfg.lr * self.state["lr_factor"]
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.rank == 0:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    # -- validation ----------------------------------------------------------------------------------
+    def _check(self) -> bool:
+        """Validate, keep the best, decay LR / stop early. Returns True when training should stop."""
+        self.model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            metrics = self.validate(self.model)
+        self.model.train()
+        self.state["checked_step"] = self.state["step"]
+        crit = float(metrics["criterion"])
+        improved = crit < self.state["best"] - 1e-6
+        if improved:
+            self.state.update(best=crit, bad_checks=0, best_step=self.state["step"])
+            if self.dist.rank == 0:
+                checkpoint.save_model_only(self.run_dir / "resume", "best", self.model)
+        else:
+            self.state["bad_checks"] += 1
+            self.state["lr_factor"] *= self.cfg.lr_decay
+            self._apply_lr()
+        self._log({"type": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **metrics,
+                   "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"]})
+        self.last_valid = metrics
+        return self.state["bad_checks"] >= self.cfg.patience
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self, progress=None, description: str = "train") -> dict[str, Any]:
+        from cldg.progress import make_progress
+
+        resumed = self._resume()
+        self.last_valid: dict[str, float] = {}
+        own_progress = progress is None
+        progress = progress or make_progress()
+        t_start = time.time()
+        with (progress if own_progress else _nullcontext()):
+            task = progress.add_task(description, total=self.total_steps, completed=self.state["step"], unit="steps",
+                                     status="resumed" if resumed else "")
+            self.model.train()
+            stop = self.state["step"] >= self.total_steps or self.state.get("stopped") is not None
+            try:
+                stop = self._epochs(progress, task, stop, t_start)
+            except KeyboardInterrupt:
+                self._save("last")  # Ctrl-C: the rerun continues from this very step
+                raise
+            if self.state.get("checked_step") != self.state["step"] and self.state["stopped"] is None:
+                self._check()  # the epochs ended between two checks: the final weights still get validated
+                self._save("last")
+        self.state["stopped"] = self.state.get("stopped") or "done"
+        return {"steps": self.state["step"], "epochs_completed": self.state["epoch"], "best_criterion": self.state["best"],
+                "best_step": self.state.get("best_step"), "stopped": self.state["stopped"],
+                "last_valid": self.last_valid, "train_seconds": round(time.time() - t_start, 2),
+                "config": asdict(self.cfg)}
+
+    def _epochs(self, progress, task, stop: bool, t_start: float) -> bool:
+        tokens_seen, window = 0, []
+        while not stop:
+            epoch, start = self.state["epoch"], self.state["batch_in_epoch"]
+            for batch in self.train_batches(epoch, start):
+                batch = batch.to(self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                    loss, info = self.loss_fn(self.ddp_model, batch)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"loss became {loss.item()} at step {self.state['step']}; the last good checkpoint is "
+                        f"kept in {self.run_dir / 'resume'} - lower --lr or check the data")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                self.optimizer.step()
+                self.state["step"] += 1
+                self.state["batch_in_epoch"] += 1
+                tokens_seen += int(info.get("tokens", 0))
+                window.append(float(loss))
+                if self.state["step"] % 20 == 0 or self.state["step"] == 1:
+                    mean = sum(window) / len(window)
+                    window.clear()
+                    rate = tokens_seen / max(time.time() - t_start, 1e-9)
+                    self._log({"type": "train", "step": self.state["step"], "loss": mean,
+                               "grad_norm": float(grad_norm), **{k: float(v) for k, v in info.items()}})
+                    shown = f"loss {mean:.3f}" + (f" ppl {math.exp(min(info['nll'], 50)):.1f}" if "nll" in info else "")
+                    progress.update(task, status=f"{shown} {rate:,.0f} tok/s")
+                progress.update(task, completed=self.state["step"])
+                at_end = self.state["step"] >= self.total_steps
+                if self.state["step"] % self.eval_every == 0 or at_end:
+                    if self._check():
+                        self.state["stopped"] = "early stopping"
+                    self._save("last")
+                    stop = at_end or self.state["stopped"] is not None
+                    if stop:
+                        break
+            else:
+                self.state["epoch"] += 1
+                self.state["batch_in_epoch"] = 0
+                if self.state["epoch"] >= self.cfg.epochs:
+                    stop = True
+        return stop
+
+    def load_best(self) -> None:
+        """Put the best checkpoint's weights into the model (falls back to the current weights)."""
+        checkpoint.load_model_only(self.run_dir / "resume", "best", self.model)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
