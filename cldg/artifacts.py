@@ -98,8 +98,9 @@ class StageRun:
     """One attempt at producing an artifact; use through `ArtifactStore.begin` as a context manager."""
 
     def __init__(self, store: "ArtifactStore", stage: str, schema: int, config: dict[str, Any],
-                 inputs: dict[str, Artifact], force: bool):
+                 inputs: dict[str, Artifact], force: bool, exclusive: bool = True):
         self.store, self.stage, self.schema, self.config = store, stage, schema, config
+        self.exclusive = exclusive  # False: the stage takes finer locks itself (e.g. one per mining shard)
         self.inputs = inputs
         self.fingerprint = compute_fingerprint(stage, schema, config,
                                                {k: a.fingerprint for k, a in sorted(inputs.items())})
@@ -117,6 +118,8 @@ class StageRun:
             self.store.set_latest(self.stage, self.final)
             return self
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.exclusive:
+            return self
         self._lock_fh = open(self.dir / ".lock", "w")
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -137,8 +140,22 @@ class StageRun:
         """Write manifest.json (with sha256 of every file), rename .partial -> final, update latest.
 
         Files and folders whose names start with '.' or 'resume' are resume state (checkpoints written
-        while the stage runs) and are removed before hashing, unless named in `keep`.
+        while the stage runs) and are removed before hashing, unless named in `keep`. When several
+        workers may finish at once (non-exclusive runs), the first to commit wins and the others get
+        its artifact.
         """
+        commit_lock = open(self.stage_dir / f".{self.fingerprint}.commit.lock", "w")
+        fcntl.flock(commit_lock, fcntl.LOCK_EX)
+        try:
+            if not self.dir.is_dir() and (self.final / MANIFEST).is_file():
+                self.existing = Artifact.load(self.final)
+                return self.existing
+            return self._commit(rows, timings, extra, keep)
+        finally:
+            fcntl.flock(commit_lock, fcntl.LOCK_UN)
+            commit_lock.close()
+
+    def _commit(self, rows, timings, extra, keep) -> Artifact:
         for p in list(self.dir.iterdir()):
             if p.name == ".lock" or p.name in keep:
                 continue
@@ -186,8 +203,8 @@ class ArtifactStore:
         self.root = Path(root)
 
     def begin(self, stage: str, schema: int, config: dict[str, Any], inputs: dict[str, Artifact] | None = None,
-              force: bool = False) -> StageRun:
-        return StageRun(self, stage, schema, config, inputs or {}, force)
+              force: bool = False, exclusive: bool = True) -> StageRun:
+        return StageRun(self, stage, schema, config, inputs or {}, force, exclusive)
 
     def set_latest(self, stage: str, final: Path) -> None:
         link = self.root / stage / "latest"

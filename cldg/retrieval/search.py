@@ -1,0 +1,24 @@
+"""Batched BM25 retrieval over a cldg index (`LuceneSearcher.batch_search` with threads)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BM25Searcher:
+    def __init__(self, directory: Path, k1: float = 0.9, b: float = 0.4, threads: int = 2):
+        from pyserini.search.lucene import LuceneSearcher
+
+        self.searcher = LuceneSearcher(str(directory))
+        self.searcher.set_bm25(k1, b)
+        self.threads = threads
+
+    def batch_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """For each query, up to k (pair id, BM25 score), best first. Empty queries get no hits."""
+        qids = [str(i) for i in range(len(queries))]
+        # Lucene cannot search an empty string; a query of stopwords only also returns nothing.
+        safe = [q if q.strip() else "<empty>" for q in queries]
+        hits = self.searcher.batch_search(safe, qids, k=k, threads=self.threads)
+        return [[(int(h.docid), float(h.score)) for h in hits.get(q, [])] for q in qids]
+
+    def close(self) -> None:
+        self.searcher.close()

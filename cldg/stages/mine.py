@@ -1,0 +1,238 @@
+"""Mine the group-wise dual samples (k positives and k negatives per side) of every train and valid pair.
+
+Output: `shard-XXXXX-of-YYYYY.parquet` files in the long format of docs/internals.md.
+
+Many machines: the work is cut into N shards (`--shard I/N`, or `--num-shards N` for one process
+doing them all). Every worker that points at the same workdir (a shared filesystem) with the same
+options writes into the same `samples/<fingerprint>.partial/`: the fingerprint does not depend on I,
+each shard has its own lock and is written atomically (tmp + rename), a rerun skips the shards that
+are there and resumes a half-done shard at its last finished chunk, and whichever worker completes the
+last shard commits the artifact. Example on two machines:
+
+    machine A: cldg mine-samples --shard 0/2      machine B: cldg mine-samples --shard 1/2
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cldg.artifacts import Artifact, ArtifactStore
+from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.errors import CldgError
+
+SCHEMA = 1
+PREPARE_SCHEMA = 1
+INDEX_SCHEMA = 1
+MATCHER_SCHEMA = 1
+
+
+@dataclass
+class Config:
+    matcher: str = option("msn", "Matcher that ranks the candidates.", choices=("msn", "bm25"))
+    k: int = option(3, "Group size: positives and negatives per side.")
+    n_candidates: int = option(50, "BM25 candidates per query.")
+    n_random: int = option(20, "Random candidates added per query.")
+    max_pairs: int = option(0, "Mine only the first N train pairs (0 = all; valid pairs are always mined).")
+    num_shards: int = option(1, "Shards the work is cut into (one process does them all).")
+    shard: str = option("", "Mine only shard I of N ('I/N'); the artifact completes when all N exist.",
+                        fingerprint=False)
+    prepare_dir: Path | None = option(None, "Prepare artifact (default: latest).", fingerprint=False)
+    index_dir: Path | None = option(None, "Index artifact (default: latest).", fingerprint=False)
+    matcher_dir: Path | None = option(None, "Matcher artifact for --matcher msn (default: latest).", fingerprint=False)
+    chunk_size: int = option(2000, "Queries per retrieval + scoring chunk (a resume point).", fingerprint=False)
+    threads: int = option(2, "Search threads.", fingerprint=False)
+    score_batch_size: int = option(512, "Matcher batch size.", fingerprint=False)
+    java_heap: str = option("4g", "JVM heap cap.", fingerprint=False)
+
+
+def parse_shard(spec: str, num_shards: int) -> tuple[list[int], int]:
+    """('I/N' or '') -> (shards this process mines, N)."""
+    if not spec:
+        if num_shards < 1:
+            raise CldgError(f"--num-shards {num_shards}: must be at least 1")
+        return list(range(num_shards)), num_shards
+    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise CldgError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return [int(m.group(1))], int(m.group(2))
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"shard-{i:05d}-of-{n:05d}.parquet"
+
+
+def run(cfg: Config, common: CommonOptions) -> Artifact:
+    import fcntl
+    import os
+    import time
+
+    from cldg.data.pairs import read_pairs
+    from cldg.progress import console, make_progress
+    from cldg.retrieval.jvm import start_jvm
+    from cldg.retrieval.mining import COLUMNS, Query, TrainPool, mine_dual_samples, read_samples, write_samples
+
+    if cfg.k < 1 or cfg.n_candidates < 0 or cfg.n_random < 0:
+        raise CldgError("--k must be >= 1, --n-candidates and --n-random >= 0")
+    shards, n_shards = parse_shard(cfg.shard, cfg.num_shards)
+    store = ArtifactStore(common.workdir)
+    prepared = store.resolve_input("prepare", cfg.prepare_dir, PREPARE_SCHEMA, "--prepare-dir")
+    index = store.resolve_input("index", cfg.index_dir, INDEX_SCHEMA, "--index-dir")
+    inputs = {"prepare": prepared, "index": index}
+    if cfg.matcher == "msn":
+        inputs["matcher"] = store.resolve_input("matcher", cfg.matcher_dir, MATCHER_SCHEMA, "--matcher-dir")
+    config = fingerprint_config(cfg) | {"seed": common.seed, "num_shards": n_shards}
+    with store.begin("samples", SCHEMA, config, inputs, force=common.force, exclusive=False) as run:
+        if run.existing:
+            console.print(f"mine-samples: complete artifact {run.existing.path} found - skipped")
+            return run.existing
+        t_start = time.time()
+        train = read_pairs(prepared.file("pairs-train.parquet"))
+        valid = read_pairs(prepared.file("pairs-valid.parquet"))
+        pool = TrainPool(train.pair_id, train.context, train.response)
+        n_train = len(train) if not cfg.max_pairs else min(cfg.max_pairs, len(train))
+        queries = [Query("train", train.pair_id[i], train.context[i], train.response[i]) for i in range(n_train)]
+        queries += [Query("valid", valid.pair_id[i], valid.context[i], valid.response[i]) for i in range(len(valid))]
+        matcher = load_matcher(cfg, inputs, prepared, train, common)
+        start_jvm(cfg.java_heap)
+        from cldg.retrieval.search import BM25Searcher
+
+        bm25 = index.manifest.get("bm25", {"k1": 0.9, "b": 0.4})
+        ctx_search = BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], cfg.threads)
+        resp_search = BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], cfg.threads)
+        notes_path = run.dir / "resume-notes.txt"
+        with make_progress() as progress:
+            for s in shards:
+                target = run.dir / shard_name(s, n_shards)
+                if target.exists():
+                    continue
+                lo, hi = len(queries) * s // n_shards, len(queries) * (s + 1) // n_shards
+                lock = open(run.dir / f".shard-{s:05d}.lock", "w")
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    console.print(f"mine-samples: shard {s}/{n_shards} is being mined by another worker - skipped")
+                    continue
+                task = progress.add_task(f"mine shard {s}/{n_shards}", total=hi - lo, unit="pairs")
+                chunk_files = []
+                for c_lo in range(lo, hi, cfg.chunk_size):
+                    c_hi = min(c_lo + cfg.chunk_size, hi)
+                    part = run.dir / f".shard-{s:05d}-chunk-{c_lo:09d}.parquet"
+                    chunk_files.append(part)
+                    if not part.exists():  # resume at the first unfinished chunk
+                        cols, notes = mine_dual_samples(queries[c_lo:c_hi], pool, ctx_search, resp_search, matcher,
+                                                        cfg.k, cfg.n_candidates, cfg.n_random, common.seed)
+                        write_samples(cols, part.with_suffix(".tmp"))
+                        os.replace(part.with_suffix(".tmp"), part)
+                        if notes:
+                            with open(notes_path, "a") as fh:
+                                fh.write("\n".join(notes) + "\n")
+                    progress.update(task, advance=c_hi - c_lo)
+                merge_chunks(chunk_files, target)
+                for part in chunk_files:
+                    part.unlink(missing_ok=True)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
+        ctx_search.close()
+        resp_search.close()
+        missing = [i for i in range(n_shards) if not (run.dir / shard_name(i, n_shards)).exists()]
+        if missing:
+            console.print(f"mine-samples: shards {missing} of {n_shards} are still to be mined "
+                          f"(run `cldg mine-samples --shard I/{n_shards}` for each); not complete yet")
+            return Artifact("samples", run.fingerprint, run.dir, {"schema": SCHEMA, "stage": "samples",
+                                                                  "fingerprint": run.fingerprint, "partial": True})
+        cols = read_samples(run.dir)
+        notes = notes_path.read_text().splitlines() if notes_path.exists() else []
+        rows = {"samples": len(cols["pair_id"]), "queries": len(queries), "train_queries": n_train,
+                "valid_queries": len(valid), "short_groups": len(notes)}
+        console.print(f"mine-samples: {rows['samples']:,} samples for {len(queries):,} pairs "
+                      f"({len(notes)} short groups) with the {cfg.matcher} matcher")
+        return run.commit(rows=rows, timings={"mine_s": round(time.time() - t_start, 2)},
+                          extra={"short_groups": notes[:1000], "matcher": cfg.matcher, "k": cfg.k,
+                                 "num_shards": n_shards, "columns": list(COLUMNS)})
+
+
+def merge_chunks(parts: list[Path], target: Path) -> None:
+    """Concatenate a shard's chunk files into the shard file, atomically."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
+    tmp = target.with_name(target.name + ".tmp")
+    if table is None:
+        from cldg.retrieval.mining import COLUMNS, write_samples
+
+        write_samples({c: [] for c in COLUMNS}, tmp)
+    else:
+        pq.write_table(table, tmp)
+    os.replace(tmp, target)
+
+
+def load_matcher(cfg: Config, inputs: dict, prepared, train, common):
+    from cldg.text.tokenizer import DialogueTokenizer
+
+    if cfg.matcher == "bm25":
+        from cldg.matching.bm25 import BM25Matcher
+
+        tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+        return BM25Matcher(tok.words, train.response)
+    from cldg.matching.msn import load_msn_matcher
+    from cldg.runtime import resolve_device
+
+    return load_msn_matcher(inputs["matcher"].path, resolve_device(common.device), batch_size=cfg.score_batch_size)
+
+
+def inspect_samples(workdir: Path, samples_dir: Path | None, n: int, seed: int, as_json: bool) -> dict:
+    """Print a few pairs with their positive and negative groups (and scores)."""
+    import json
+    import random
+
+    from rich.table import Table
+
+    from cldg.artifacts import Artifact
+    from cldg.data.pairs import read_pairs
+    from cldg.progress import console
+    from cldg.retrieval.mining import read_samples
+
+    store = ArtifactStore(workdir)
+    samples = store.resolve_input("samples", samples_dir, SCHEMA, "--samples")
+    prepared = Artifact.load(Path(samples.manifest["inputs"]["prepare"]["path"]))
+    text = {}
+    for split in ("train", "valid"):
+        t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
+        text.update({p: (c, r) for p, c, r in zip(t.pair_id, t.context, t.response)})
+    cols = read_samples(samples.path)
+    by_pair: dict[int, list[int]] = {}
+    for i, p in enumerate(cols["pair_id"]):
+        by_pair.setdefault(p, []).append(i)
+    chosen = random.Random(seed).sample(sorted(by_pair), min(n, len(by_pair)))
+    report = []
+    for pid in chosen:
+        ctx, resp = text[pid]
+        entry = {"pair_id": pid, "context": ctx, "response": resp, "groups": []}
+        for i in sorted(by_pair[pid], key=lambda i: (cols["side"][i], cols["polarity"][i] != "pos", cols["rank"][i])):
+            cand_ctx, cand_resp = text[cols["cand_pair_id"][i]]
+            shown = cand_resp if cols["side"][i] == "response" else " | ".join(cand_ctx)
+            entry["groups"].append({"side": cols["side"][i], "polarity": cols["polarity"][i], "rank": cols["rank"][i],
+                                    "text": shown, "matcher_prob": round(float(cols["matcher_prob"][i]), 4),
+                                    "weight": round(float(cols["weight"][i]), 4)})
+        report.append(entry)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return {"pairs": report}
+    for e in report:
+        table = Table(title=f"pair {e['pair_id']}", show_lines=False, expand=True)
+        table.add_column("group", no_wrap=True)
+        table.add_column("text")
+        table.add_column("prob", justify="right")
+        table.add_column("weight", justify="right")
+        table.add_row("[bold]context[/]", " | ".join(e["context"]), "", "")
+        table.add_row("[bold]response[/]", e["response"], "", "")
+        for g in e["groups"]:
+            label = ("r" if g["side"] == "response" else "c") + ("+" if g["polarity"] == "pos" else "-")
+            style = "green" if g["polarity"] == "pos" else "red"
+            table.add_row(f"[{style}]{label}{g['rank'] + 1}[/]", g["text"], f"{g['matcher_prob']:.3f}", f"{g['weight']:+.3f}")
+        console.print(table)
+    return {"pairs": report}
