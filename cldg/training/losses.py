@@ -27,3 +27,67 @@ def nll_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> tuple[
     loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                            ignore_index=pad_id, reduction="sum")
     return loss / max(n_tokens, 1), n_tokens
+
+
+# -- group-wise contrastive losses (Cai et al., 2020, section 2) -------------------------------------
+#
+# D = log p_m(r|c) - log p_n(r|c) for every sequence of a group. Groups come as fixed-size slots:
+# d_pos, s_pos, pos_mask [G, P] (slot 0 is the pair itself, s+ = 1) and d_neg, s_neg, neg_mask [G, N].
+# Missing samples are masked out; each group averages over the samples it has.
+
+LOSS_VARIANTS = ("eq4", "eq3", "eq2", "soft")
+S_POS_FLOOR = 1e-6  # log s+ stays finite when a matcher gives a positive a probability of ~0
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the last dim where mask is set, per group; groups with nothing there give 0."""
+    m = mask.to(x.dtype)
+    return (x * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def log_weighted_negative(d: torch.Tensor, s_neg: torch.Tensor) -> torch.Tensor:
+    """log(1 + s- * sigmoid(D)) for s- in [-1, 0], computed stably:
+    1 + s-*sig(D) = (1 - a) + a * sig(-D) with a = -s-, so the log is logaddexp(log(1-a), log a + logsig(-D))."""
+    a = (-s_neg).clamp(0.0, 1.0)
+    return torch.logaddexp(torch.log1p(-a), torch.log(a) + F.logsigmoid(-d))
+
+
+def log_soft(d: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+    """log(m * (sig(D) - 1/2) + 1/2), m = 2*prob - 1 (the released code's form), computed stably:
+    it equals log(prob * sig(D) + (1 - prob) * sig(-D))."""
+    p = prob.clamp(0.0, 1.0)
+    return torch.logaddexp(torch.log(p) + F.logsigmoid(d), torch.log1p(-p) + F.logsigmoid(-d))
+
+
+def contrastive_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, s_pos: torch.Tensor, s_neg: torch.Tensor,
+                     pos_mask: torch.Tensor, neg_mask: torch.Tensor, variant: str = "eq4") -> torch.Tensor:
+    """The group-wise contrastive loss, averaged over groups.
+
+    eq4 (the paper's Eq. 4): -(1/|P|) sum log[s+ sig(D+)] - (1/|N|) sum log[1 + s- sig(D-)].
+        log[s+ sig(D)] = log s+ + log sig(D): s+ shifts the loss value, not its gradient.
+    eq3 (Eq. 3): the same with every s+ = 1 and s- = -1 (no matching scores).
+    eq2 (Eq. 2): one positive (slot 0, the pair itself) and one negative (the first negative slot).
+    soft: -log(m (sig(D) - 1/2) + 1/2), m = 2 prob - 1, prob = s+ for positives and 1 + s- for negatives:
+        the positive weights change the gradient.
+    """
+    if variant == "eq4":
+        pos = torch.log(s_pos.clamp_min(S_POS_FLOOR)) + F.logsigmoid(d_pos)
+        neg = log_weighted_negative(d_neg, s_neg)
+    elif variant == "eq3":
+        pos, neg = F.logsigmoid(d_pos), F.logsigmoid(-d_neg)
+    elif variant == "eq2":
+        pos, neg = F.logsigmoid(d_pos), F.logsigmoid(-d_neg)
+        first_pos = torch.zeros_like(pos_mask)
+        first_pos[:, 0] = pos_mask[:, 0]
+        first_neg = torch.zeros_like(neg_mask)
+        # the first available negative of each group
+        idx = neg_mask.float().argmax(-1)
+        first_neg[torch.arange(neg_mask.size(0)), idx] = neg_mask.any(-1)
+        pos_mask, neg_mask = first_pos, first_neg
+    elif variant == "soft":
+        pos = log_soft(d_pos, s_pos)
+        neg = log_soft(d_neg, 1.0 + s_neg)
+    else:
+        raise ValueError(f"unknown contrastive loss {variant!r} (one of {', '.join(LOSS_VARIANTS)})")
+    per_group = -_masked_mean(pos, pos_mask) - _masked_mean(neg, neg_mask)
+    return per_group.mean()

@@ -1,0 +1,200 @@
+"""Group-wise contrastive fine-tuning (the paper's method) of a target model against the frozen reference.
+
+The target starts from the reference weights. The reference's log p(r|c) of every mined sequence is
+computed once (its own `refcache` artifact). Each step scores all sequences of a batch of groups in
+one pass, D = log p_target - log p_reference, and applies the chosen loss (eq4 by default). Validation:
+contrastive loss + 0.5 NLL on the mined valid groups. Checkpoints, resume, early stopping, bf16 and DDP
+come from the same trainer as `pretrain`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cldg.artifacts import Artifact, ArtifactStore
+from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.training.losses import LOSS_VARIANTS
+
+SCHEMA = 1
+PREPARE_SCHEMA = 1
+SAMPLES_SCHEMA = 1
+REFERENCE_SCHEMA = 1
+
+
+@dataclass
+class Config:
+    loss: str = option("eq4", "Contrastive loss: the paper's Eq. 4, Eq. 3, Eq. 2, or the released code's soft form.",
+                       choices=LOSS_VARIANTS)
+    k: int = option(3, "Group size (at most the k used when mining).")
+    no_positive_group: bool = option(False, "Ablation: the pair itself is the only positive.")
+    no_negative_group: bool = option(False, "Ablation: one negative per group.")
+    no_group: bool = option(False, "Ablation: one positive and one negative per group.")
+    response_side_only: bool = option(False, "Ablation: response-side samples only.")
+    context_side_only: bool = option(False, "Ablation: context-side samples only.")
+    no_matching_scores: bool = option(False, "Ablation: ignore matching scores (= --loss eq3).")
+    mle_weight: float = option(0.0, "Weight of an MLE term on the pairs themselves.")
+    from_scratch: bool = option(False, "Start the target from random weights (with an MLE warm-up).")
+    mle_warmup_steps: int = option(0, "MLE-only steps before the contrastive loss (with --from-scratch).")
+    lr: float = option(1e-4, "Adam learning rate.")
+    batch_size: int = option(16, "Groups per batch (each has up to 4k+1 sequences).")
+    epochs: int = option(3, "Epochs at most.")
+    max_steps: int = option(0, "Steps at most (0: no limit).")
+    grad_clip: float = option(5.0, "Gradient norm clip.")
+    evals_per_epoch: int = option(2, "Validations per epoch.")
+    patience: int = option(5, "Checks without improvement before stopping.")
+    max_valid_groups: int = option(1000, "Validate on at most this many groups (0 = all).")
+    reference_dir: Path | None = option(None, "Reference artifact (default: latest).", fingerprint=False)
+    samples_dir: Path | None = option(None, "Samples artifact (default: latest).", fingerprint=False)
+    cache_batch_size: int = option(256, "Batch size of the one-time reference pass.", fingerprint=False)
+
+
+def run(cfg: Config, common: CommonOptions) -> Artifact:
+    import json
+
+    import torch
+
+    from cldg.data.batching import Limits
+    from cldg.data.pairs import read_pairs
+    from cldg.errors import CldgError
+    from cldg.models import load_model, save_model
+    from cldg.progress import console
+    from cldg.retrieval.mining import read_samples
+    from cldg.runtime import resolve_device, set_seed
+    from cldg.text.tokenizer import PAD, DialogueTokenizer
+    from cldg.training import distributed
+    from cldg.training.groups import GroupOptions, TextIndex, build_groups, make_group_batch
+    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
+    from cldg.training.reference_cache import build_reference_cache, load_reference_cache
+    from cldg.training.trainer import TrainConfig, Trainer
+
+    store = ArtifactStore(common.workdir)
+    reference = store.resolve_input("reference", cfg.reference_dir, REFERENCE_SCHEMA, "--reference-dir")
+    samples = store.resolve_input("samples", cfg.samples_dir, SAMPLES_SCHEMA, "--samples-dir")
+    prepared = Artifact.load(Path(reference.manifest["inputs"]["prepare"]["path"]))
+    if samples.manifest["inputs"]["prepare"]["fingerprint"] != prepared.fingerprint:
+        raise CldgError(f"{samples.path}: samples were mined from another prepare artifact than the reference "
+                        f"was trained on ({reference.path}); rerun `cldg mine-samples`")
+    if cfg.k > samples.manifest.get("k", cfg.k):
+        raise CldgError(f"--k {cfg.k}: the samples were mined with k = {samples.manifest['k']}")
+    variant = "eq3" if cfg.no_matching_scores and cfg.loss == "eq4" else cfg.loss
+    opts = GroupOptions(cfg.k, cfg.no_positive_group, cfg.no_negative_group, cfg.no_group, cfg.response_side_only,
+                        cfg.context_side_only)
+    device = resolve_device(common.device)
+    dist = distributed.init_from_env(device.type)
+    device = distributed.device_for_rank(device, dist)
+    config = fingerprint_config(cfg) | {"seed": common.seed, "loss_applied": variant}
+    inputs = {"prepare": prepared, "reference": reference, "samples": samples}
+    with store.begin("contrastive", SCHEMA, config, inputs, force=common.force) as run:
+        if run.existing:
+            console.print(f"contrastive-train: complete artifact {run.existing.path} found - skipped")
+            return run.existing
+        set_seed(common.seed)
+        rcfg = reference.config
+        limits = Limits(rcfg["max_context_turns"], rcfg["max_turn_len"], rcfg["max_context_len"], rcfg["max_response_len"])
+        tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+        contexts, responses = {}, {}
+        for split in ("train", "valid"):
+            t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
+            contexts.update(zip(t.pair_id, t.context))
+            responses.update(zip(t.pair_id, t.response))
+        text = TextIndex(tok, limits, contexts, responses)
+        table = read_samples(samples.path)
+        train_groups = build_groups(table, "train", opts)
+        valid_groups = build_groups(table, "valid", opts)
+        if len(train_groups) == 0:
+            raise CldgError(f"{samples.path}: no training groups in the samples")
+        if cfg.max_valid_groups and len(valid_groups) > cfg.max_valid_groups:
+            from cldg.training.groups import Groups
+
+            keep = slice(0, cfg.max_valid_groups)
+            valid_groups = Groups(*(getattr(valid_groups, f)[keep] for f in
+                                    ("pair_ids", "pos_ctx", "pos_resp", "pos_w", "neg_ctx", "neg_resp", "neg_w")))
+
+        # the reference pass, once, over every sequence any group of any ablation can use
+        full = GroupOptions(samples.manifest.get("k", cfg.k))
+        all_seqs = build_groups(table, "train", full).sequences() | build_groups(table, "valid", full).sequences()
+        ref_model = load_model(reference.path, device)
+        cache = build_reference_cache(store, reference, samples, {"limits": vars(limits)}, ref_model, text, all_seqs,
+                                      cfg.cache_batch_size, device)
+        ref_logp = load_reference_cache(cache)
+        del ref_model
+
+        model = load_model(reference.path, device)
+        if cfg.from_scratch:
+            for m in model.modules():
+                if hasattr(m, "reset_parameters") and m is not model:
+                    m.reset_parameters()
+        model.train()
+        console.print(f"contrastive-train: {len(train_groups):,} train / {len(valid_groups):,} valid groups, "
+                      f"loss {variant}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
+
+        def group_loss(m, gb, warmup: bool = False):
+            logits = m(gb.seqs)
+            lp = sequence_logprob(logits, gb.seqs.response_out, PAD)
+            d = lp - gb.ref_logp
+            own = gb.self_index
+            nll, n_tok = nll_loss(logits[own], gb.seqs.response_out[own], PAD)
+            if warmup:
+                return nll, {"tokens": n_tok, "nll": nll.item()}
+            loss = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask, gb.neg_mask,
+                                    variant)
+            info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(gb.seqs.response_out.ne(PAD).sum()),
+                    "d_pos": float((d[gb.pos_index] * gb.pos_mask).sum() / gb.pos_mask.sum().clamp_min(1)),
+                    "d_neg": float((d[gb.neg_index] * gb.neg_mask).sum() / gb.neg_mask.sum().clamp_min(1))}
+            if cfg.mle_weight:
+                loss = loss + cfg.mle_weight * nll
+            return loss, info
+
+        step_counter = {"n": 0}
+
+        def loss_fn(m, gb):
+            step_counter["n"] += 1
+            warm = cfg.from_scratch and trainer.state["step"] < cfg.mle_warmup_steps
+            return group_loss(m, gb, warmup=warm)
+
+        def batches(epoch: int, start: int):
+            import random
+
+            order = list(range(len(train_groups)))
+            random.Random(common.seed * 7919 + epoch).shuffle(order)
+            chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            if dist.enabled:
+                chunks = chunks[dist.rank:len(chunks) - len(chunks) % dist.world_size:dist.world_size]
+            for rows in chunks[start:]:
+                yield make_group_batch(train_groups, rows, text, ref_logp)
+
+        def validate(m):
+            tot = {"contrastive": 0.0, "nll": 0.0, "d_pos": 0.0, "d_neg": 0.0}
+            n = 0
+            for i in range(0, len(valid_groups), cfg.batch_size):
+                rows = list(range(i, min(i + cfg.batch_size, len(valid_groups))))
+                gb = make_group_batch(valid_groups, rows, text, ref_logp).to(device)
+                _, info = group_loss(m, gb)
+                for key in tot:
+                    tot[key] += info[key] * len(rows)
+                n += len(rows)
+            out = {key: v / max(n, 1) for key, v in tot.items()}
+            out["criterion"] = out["contrastive"] + 0.5 * out["nll"]
+            return out
+
+        batches_per_epoch = -(-len(train_groups) // cfg.batch_size) // dist.world_size
+        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                                             grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
+                                             patience=cfg.patience),
+                          run.dir, device, loss_fn, batches, batches_per_epoch, validate)
+        summary = trainer.fit(description=f"contrastive {variant}")
+        if dist.rank != 0:
+            distributed.barrier(dist)
+            return run.existing
+        trainer.load_best()
+        save_model(run.dir, model)
+        metrics = {"loss": variant, "k": cfg.k, "best_valid_criterion": summary["best_criterion"], **summary}
+        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        console.print(f"contrastive-train: best valid criterion {summary['best_criterion']:.4f} at step "
+                      f"{summary['best_step']} ({summary['stopped']}, {summary['steps']} steps)")
+        art = run.commit(rows={"train_groups": len(train_groups), "valid_groups": len(valid_groups),
+                               "steps": summary["steps"]},
+                         timings={"train_s": summary["train_seconds"]},
+                         extra={"model": reference.manifest.get("model", {}), "refcache": str(cache.path)})
+    distributed.barrier(dist)
+    return art

@@ -1,0 +1,163 @@
+"""Contrastive groups: for each pair (c, r), its positives and negatives as fixed-size slots.
+
+Positives (P = 2k + 1 slots): the pair itself (slot 0, s+ = 1), then the k response-side r+ as (c, r+)
+and the k context-side c+ as (c+, r). Negatives (N = 2k slots): the k (c, r-) then the k (c-, r).
+A sequence is named by (context pair id, response pair id). Ablation flags decide which samples fill
+the slots; empty slots are masked. `GroupBatch` flattens every real sequence of a batch of groups into
+one `DialogueBatch`, so the model scores all of them in one pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cldg.data.batching import DialogueBatch, Limits, collate_ids, encode_context
+
+
+@dataclass
+class GroupOptions:
+    k: int = 3
+    no_positive_group: bool = False   # positives = the pair itself only        (Table 5 b)
+    no_negative_group: bool = False   # one negative (the worst response-side)  (Table 5 c)
+    no_group: bool = False            # one positive and one negative           (Table 5 a)
+    response_side_only: bool = False  # no context-side samples                 (Table 5 e)
+    context_side_only: bool = False   # no response-side samples                (Table 5 d)
+
+    def __post_init__(self):
+        if self.response_side_only and self.context_side_only:
+            raise ValueError("response_side_only and context_side_only exclude each other")
+
+
+@dataclass
+class Groups:
+    """Slots of every group of one split. Ids are pair ids; -1 marks an empty slot."""
+
+    pair_ids: np.ndarray                      # [G]
+    pos_ctx: np.ndarray                       # [G, P]
+    pos_resp: np.ndarray
+    pos_w: np.ndarray                         # s+ (float32)
+    neg_ctx: np.ndarray                       # [G, N]
+    neg_resp: np.ndarray
+    neg_w: np.ndarray                         # s- (float32)
+
+    def __len__(self) -> int:
+        return len(self.pair_ids)
+
+    def sequences(self) -> set[tuple[int, int]]:
+        """Every (context id, response id) that some slot uses."""
+        out = set()
+        for c, r in ((self.pos_ctx, self.pos_resp), (self.neg_ctx, self.neg_resp)):
+            m = c >= 0
+            out.update(zip(c[m].tolist(), r[m].tolist()))
+        return out
+
+
+def build_groups(samples: dict[str, list], split: str, opts: GroupOptions) -> Groups:
+    """Groups of `split` from the long-format samples table (docs/internals.md)."""
+    k = opts.k
+    P, N = 1 + 2 * k, 2 * k
+    rows: dict[int, list[int]] = {}
+    for i, s in enumerate(samples["split"]):
+        if s == split:
+            rows.setdefault(samples["pair_id"][i], []).append(i)
+    ids = np.array(sorted(rows), dtype=np.int64)
+    G = len(ids)
+    pos_ctx = np.full((G, P), -1, np.int64)
+    pos_resp = np.full((G, P), -1, np.int64)
+    pos_w = np.zeros((G, P), np.float32)
+    neg_ctx = np.full((G, N), -1, np.int64)
+    neg_resp = np.full((G, N), -1, np.int64)
+    neg_w = np.zeros((G, N), np.float32)
+    use_resp = not opts.context_side_only
+    use_ctx = not opts.response_side_only
+    for g, pid in enumerate(ids.tolist()):
+        pos_ctx[g, 0], pos_resp[g, 0], pos_w[g, 0] = pid, pid, 1.0
+        for i in rows[pid]:
+            side, pol, rank = samples["side"][i], samples["polarity"][i], int(samples["rank"][i])
+            cand, w = int(samples["cand_pair_id"][i]), float(samples["weight"][i])
+            if rank >= k or (side == "response" and not use_resp) or (side == "context" and not use_ctx):
+                continue
+            ctx, resp = (pid, cand) if side == "response" else (cand, pid)
+            if pol == "pos":
+                if opts.no_positive_group or opts.no_group:
+                    continue
+                slot = 1 + rank + (0 if side == "response" else k)
+                pos_ctx[g, slot], pos_resp[g, slot], pos_w[g, slot] = ctx, resp, w
+            else:
+                slot = rank + (0 if side == "response" else k)
+                neg_ctx[g, slot], neg_resp[g, slot], neg_w[g, slot] = ctx, resp, w
+        if opts.no_negative_group or opts.no_group:
+            keep = int(np.argmax(neg_ctx[g] >= 0)) if (neg_ctx[g] >= 0).any() else -1
+            for slot in range(N):
+                if slot != keep:
+                    neg_ctx[g, slot], neg_resp[g, slot], neg_w[g, slot] = -1, -1, 0.0
+    return Groups(ids, pos_ctx, pos_resp, pos_w, neg_ctx, neg_resp, neg_w)
+
+
+@dataclass
+class TextIndex:
+    """Encoded contexts and responses by pair id (each encoded once)."""
+
+    tokenizer: object
+    limits: Limits
+    contexts: dict[int, list[str]]
+    responses: dict[int, str]
+    _ctx: dict[int, tuple] = field(default_factory=dict)
+    _resp: dict[int, list[int]] = field(default_factory=dict)
+
+    def context(self, pid: int):
+        if pid not in self._ctx:
+            self._ctx[pid] = encode_context(self.tokenizer, self.contexts[pid], self.limits)
+        return self._ctx[pid]
+
+    def response(self, pid: int) -> list[int]:
+        if pid not in self._resp:
+            self._resp[pid] = self.tokenizer.encode(self.responses[pid])[: self.limits.max_response_len - 1]
+        return self._resp[pid]
+
+    def batch(self, seqs: list[tuple[int, int]]) -> DialogueBatch:
+        return collate_ids([self.context(c) for c, _ in seqs], [self.response(r) for _, r in seqs], self.limits)
+
+
+@dataclass
+class GroupBatch:
+    """One batch of groups: the flat sequences and where each lands in the [G, P] / [G, N] slots."""
+
+    seqs: DialogueBatch
+    pos_index: torch.Tensor   # [G, P] index into the flat sequences (0 where masked)
+    neg_index: torch.Tensor   # [G, N]
+    pos_mask: torch.Tensor
+    neg_mask: torch.Tensor
+    s_pos: torch.Tensor
+    s_neg: torch.Tensor
+    ref_logp: torch.Tensor    # [S] cached reference log p of each flat sequence
+    self_index: torch.Tensor  # [G] flat index of each group's own pair (for the MLE term)
+
+    def to(self, device) -> "GroupBatch":
+        return GroupBatch(self.seqs.to(device), *(getattr(self, f).to(device) for f in
+                                                  ("pos_index", "neg_index", "pos_mask", "neg_mask", "s_pos",
+                                                   "s_neg", "ref_logp", "self_index")))
+
+
+def make_group_batch(groups: Groups, rows: list[int], text: TextIndex, ref_logp: dict[tuple[int, int], float] | None
+                     ) -> GroupBatch:
+    """Flatten the real sequences of groups[rows] (each distinct sequence once)."""
+    order: dict[tuple[int, int], int] = {}
+
+    def slots(ctx: np.ndarray, resp: np.ndarray):
+        index = np.zeros(ctx.shape, np.int64)
+        for (g, j), c in np.ndenumerate(ctx):
+            if c >= 0:
+                key = (int(c), int(resp[g, j]))
+                index[g, j] = order.setdefault(key, len(order))
+        return torch.from_numpy(index), torch.from_numpy(ctx >= 0)
+
+    pos_index, pos_mask = slots(groups.pos_ctx[rows], groups.pos_resp[rows])
+    neg_index, neg_mask = slots(groups.neg_ctx[rows], groups.neg_resp[rows])
+    seqs = list(order)
+    ref = torch.tensor([ref_logp[s] for s in seqs] if ref_logp is not None else [0.0] * len(seqs), dtype=torch.float32)
+    return GroupBatch(text.batch(seqs), pos_index, neg_index, pos_mask, neg_mask,
+                      torch.from_numpy(groups.pos_w[rows]), torch.from_numpy(groups.neg_w[rows]), ref,
+                      pos_index[:, 0].clone())
