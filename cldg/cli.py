@@ -266,6 +266,33 @@ def human_eval_score(
     guarded(go)
 
 
+@app.command("chat")
+def chat_command(
+        model: Annotated[str, typer.Argument(help="reference, contrastive, or a model artifact directory.")] = "contrastive",
+        workdir: WorkdirOpt = Path("cldg-work"),
+        reference: Annotated[Optional[str], typer.Option(help="Show this model's answer beside it (e.g. reference).")] = None,
+        decoding: Annotated[str, typer.Option(help="greedy | beam | topk | nucleus")] = "beam",
+        beam_size: Annotated[int, typer.Option(help="Beam size.")] = 5,
+        top_k: Annotated[int, typer.Option(help="k for topk.")] = 10,
+        top_p: Annotated[float, typer.Option(help="p for nucleus.")] = 0.9,
+        max_len: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 30,
+        no_repeat_ngram: Annotated[int, typer.Option(help="Block repeated n-grams (0 = off).")] = 3,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        seed: Annotated[int, typer.Option(help="Sampling seed.")] = 13) -> None:
+    """Talk to a trained model in the terminal (history kept as context)."""
+    from cldg.chat import chat_session
+    from cldg.decoding.search import METHODS, DecodeConfig
+
+    def go():
+        if decoding not in METHODS:
+            raise CldgError(f"--decoding {decoding!r}: one of {', '.join(METHODS)}")
+        cfg = DecodeConfig(decoding, beam_size, top_k=top_k, top_p=top_p, max_len=max_len,
+                           no_repeat_ngram=no_repeat_ngram)
+        chat_session(model, workdir, reference, cfg, device, seed)
+
+    guarded(go)
+
+
 @app.command("version")
 def version_command() -> None:
     """Print the cldg version."""

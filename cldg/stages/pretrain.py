@@ -68,6 +68,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.text.tokenizer import PAD, DialogueTokenizer
     from cldg.text.vectors import load_word_vectors
     from cldg.training import distributed
+    from cldg.training.evaluation import mean_nll
     from cldg.training.losses import nll_loss
     from cldg.training.trainer import TrainConfig, Trainer
 
@@ -142,23 +143,6 @@ def load_split(prepared, split: str, tok, limits, max_pairs: int, seed: int, rea
     if max_pairs and len(idx) > max_pairs:
         idx = sorted(random.Random(seed).sample(idx, max_pairs))
     return EncodedPairs(tok, [t.context[i] for i in idx], [t.response[i] for i in idx], limits)
-
-
-def mean_nll(model, pairs, batch_size: int, device) -> float:
-    """Token-level NLL of `pairs` under `model` (no gradient)."""
-    import torch
-
-    from cldg.text.tokenizer import PAD
-    from cldg.training.losses import nll_loss
-
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for batch in pairs.iter_batches(batch_size, 0, 0, shuffle=False):
-            batch = batch.to(device)
-            loss, n = nll_loss(model(batch), batch.response_out, PAD)
-            total += float(loss) * n
-            tokens += n
-    return total / max(tokens, 1)
 
 
 def _skip(iterator, start: int):

@@ -1,0 +1,178 @@
+"""Batched decoding for any DialogueModel: greedy, beam search, top-k and nucleus sampling.
+
+Constraints, applied to the next-token log-probabilities before choosing: a minimum length (EOS
+banned before it), n-gram blocking inside the response (`no_repeat_ngram`) and against the context
+(`block_context_ngram`). Beam search ranks finished hypotheses by score / ((5 + len) / 6) ** alpha
+(GNMT length penalty; alpha = 0 ranks by raw log-probability). Sampling is seeded by a torch.Generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cldg.text.tokenizer import BOS, EOS, PAD, UNK
+
+METHODS = ("greedy", "beam", "topk", "nucleus")
+
+
+@dataclass
+class DecodeConfig:
+    method: str = "greedy"
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    top_k: int = 10
+    top_p: float = 0.9
+    temperature: float = 1.0
+    max_len: int = 30
+    min_len: int = 1
+    no_repeat_ngram: int = 0
+    block_context_ngram: int = 0
+    ban_unk: bool = True
+
+
+def _banned(hyp: list[int], ctx: list[int] | None, cfg: DecodeConfig) -> list[int]:
+    """Tokens that would complete a repeated n-gram (in the response, or one of the context's)."""
+    out = []
+    n = cfg.no_repeat_ngram
+    if n and len(hyp) >= n - 1:
+        prefix = tuple(hyp[len(hyp) - n + 1:]) if n > 1 else ()
+        for i in range(len(hyp) - n + 1):
+            if tuple(hyp[i:i + n - 1]) == prefix:
+                out.append(hyp[i + n - 1])
+    m = cfg.block_context_ngram
+    if m and ctx and len(hyp) >= m - 1:
+        prefix = tuple(hyp[len(hyp) - m + 1:]) if m > 1 else ()
+        for i in range(len(ctx) - m + 1):
+            if tuple(ctx[i:i + m - 1]) == prefix:
+                out.append(ctx[i + m - 1])
+    return out
+
+
+def _constrain(logp: torch.Tensor, hyps: list[list[int]], ctxs: list[list[int]] | None, step: int,
+               cfg: DecodeConfig) -> torch.Tensor:
+    logp[:, PAD] = float("-inf")
+    logp[:, BOS] = float("-inf")
+    if cfg.ban_unk:
+        logp[:, UNK] = float("-inf")
+    if step < cfg.min_len:
+        logp[:, EOS] = float("-inf")
+    if cfg.no_repeat_ngram or cfg.block_context_ngram:
+        for row, hyp in enumerate(hyps):
+            banned = _banned(hyp, ctxs[row] if ctxs else None, cfg)
+            if banned:
+                logp[row, banned] = float("-inf")
+    return logp
+
+
+def _context_tokens(batch) -> list[list[int]]:
+    return [[t for t in row if t != PAD] for row in batch.context.tolist()]
+
+
+def _sample(logp: torch.Tensor, cfg: DecodeConfig, gen: torch.Generator | None) -> torch.Tensor:
+    logits = logp / max(cfg.temperature, 1e-6)
+    if cfg.method == "topk":
+        kth = torch.topk(logits, min(cfg.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    elif cfg.method == "nucleus":
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, -1)
+        cum = probs.cumsum(-1)
+        drop = cum - probs > cfg.top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = torch.softmax(logits.float(), -1)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(logp.device)
+
+
+@torch.inference_mode()
+def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Token ids of one response per context in `batch` (EOS and padding stripped)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown decoding method {cfg.method!r}")
+    model.eval()
+    if cfg.method == "beam":
+        return _beam(model, batch, cfg)
+    B = batch.size
+    device = batch.context.device
+    ctxs = _context_tokens(batch) if cfg.block_context_ngram else None
+    state = model.init_decoding(batch)
+    prev = torch.full((B,), BOS, dtype=torch.long, device=device)
+    hyps: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for step in range(cfg.max_len):
+        logits, state = model.decode_step(state, prev)
+        logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
+        nxt = logp.argmax(-1) if cfg.method in ("greedy", "beam") else _sample(logp, cfg, generator)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                if t == EOS:
+                    done[i] = True
+                else:
+                    hyps[i].append(t)
+        if all(done):
+            break
+        prev = nxt
+    return hyps
+
+
+def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
+    B, K = batch.size, cfg.beam_size
+    device = batch.context.device
+    state = model.init_decoding(batch)
+    state = model.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))
+    ctxs = None
+    if cfg.block_context_ngram:
+        ctxs = [c for c in _context_tokens(batch) for _ in range(K)]
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    hyps: list[list[int]] = [[] for _ in range(B * K)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    prev = torch.full((B * K,), BOS, dtype=torch.long, device=device)
+    V = None
+    for step in range(cfg.max_len):
+        logits, state = model.decode_step(state, prev)
+        V = logits.size(-1)
+        logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
+        if step == cfg.max_len - 1:  # force an end: the last step may only produce EOS
+            eos = logp[:, EOS].clone()
+            logp.fill_(float("-inf"))
+            logp[:, EOS] = eos
+        cand = (scores.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)
+        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # 2K: room for the ones that end here
+        beam_idx, tok_idx = top_idx // V, top_idx % V
+        new_scores = torch.full((B, K), float("-inf"), device=device)
+        new_rows = torch.zeros(B * K, dtype=torch.long, device=device)
+        new_tokens = torch.full((B * K,), EOS, dtype=torch.long, device=device)
+        new_hyps: list[list[int]] = [[] for _ in range(B * K)]
+        ts, bi, ti = top_scores.tolist(), beam_idx.tolist(), tok_idx.tolist()
+        for b in range(B):
+            filled = 0
+            if len(finished[b]) >= K:  # this item has its K finished hypotheses: no more expansion
+                continue
+            for s, src, tok in zip(ts[b], bi[b], ti[b]):
+                if s == float("-inf"):
+                    break
+                row = b * K + src
+                if tok == EOS:
+                    length = len(hyps[row]) + 1
+                    finished[b].append((s / (((5 + length) / 6) ** cfg.length_penalty), hyps[row]))
+                    continue
+                if filled < K:
+                    dst = b * K + filled
+                    new_scores[b, filled] = s
+                    new_rows[dst] = row
+                    new_tokens[dst] = tok
+                    new_hyps[dst] = hyps[row] + [tok]
+                    filled += 1
+        scores, hyps, prev = new_scores, new_hyps, new_tokens
+        state = model.reorder_state(state, new_rows)
+        if all(len(f) >= K for f in finished) or torch.isinf(scores).all():
+            break
+    out = []
+    for b in range(B):
+        if finished[b]:
+            out.append(max(finished[b], key=lambda x: x[0])[1])
+        else:
+            out.append(hyps[b * K])
+    return out

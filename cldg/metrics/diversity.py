@@ -1,0 +1,40 @@
+"""Diversity and informativeness: Dist-n, Ent-n and the generated n-gram entropy."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from cldg.text.ngrams import ngrams
+
+
+def distinct_n(responses: list[list[str]], n: int) -> float:
+    """Dist-n: distinct n-grams / all n-grams over all generated responses (0 when there are none)."""
+    grams = [g for r in responses for g in ngrams(r, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def entropy_per_response(response: list[str], n: int, counts: dict[tuple[str, ...], int], total: int) -> float:
+    """Mean over the response's n-grams g of -log2 p(g), p from the training n-gram counts. An unseen
+    n-gram adds 0 but is still counted; a response without n-grams scores 0."""
+    grams = ngrams(response, n)
+    if not grams or total <= 0:
+        return 0.0
+    s = 0.0
+    for g in grams:
+        c = counts.get(g, 0)
+        if c:
+            s += -math.log2(c / total)
+    return s / len(grams)
+
+
+def ent_n(responses: list[list[str]], n: int, counts: dict[tuple[str, ...], int]) -> list[float]:
+    """Per-response Ent-n (average them for the corpus figure)."""
+    total = sum(counts.values())
+    return [entropy_per_response(r, n, counts, total) for r in responses]
+
+
+def generated_entropy(responses: list[list[str]], n: int) -> float:
+    """Entropy (bits) of the generated n-gram distribution (Zhang et al., 2018)."""
+    c = Counter(g for r in responses for g in ngrams(r, n))
+    total = sum(c.values())
+    return -sum(v / total * math.log2(v / total) for v in c.values()) if total else 0.0

@@ -1,0 +1,30 @@
+"""Statistics for comparing systems: paired bootstrap confidence intervals and Cohen's kappa."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def paired_bootstrap(a: list[float], b: list[float], samples: int = 1000, seed: int = 0,
+                     alpha: float = 0.05) -> dict[str, float]:
+    """Mean difference b - a over paired per-response values, its (1 - alpha) bootstrap interval, and
+    the share of resamples where b does not beat a (a one-sided p-value)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError("paired bootstrap needs two equally long, non-empty lists")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(samples, len(x)))
+    diffs = (y[idx] - x[idx]).mean(1)
+    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return {"diff": float((y - x).mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "p_not_better": float((diffs <= 0).mean())}
+
+
+def cohens_kappa(labels_a: list[str], labels_b: list[str]) -> float:
+    """Cohen's kappa of two annotators' labels on the same items: (p_o - p_e) / (1 - p_e)."""
+    if len(labels_a) != len(labels_b) or not labels_a:
+        raise ValueError("kappa needs two equally long, non-empty label lists")
+    cats = sorted(set(labels_a) | set(labels_b))
+    n = len(labels_a)
+    p_o = sum(x == y for x, y in zip(labels_a, labels_b)) / n
+    p_e = sum((labels_a.count(c) / n) * (labels_b.count(c) / n) for c in cats)
+    return 1.0 if p_e == 1 else (p_o - p_e) / (1 - p_e)

@@ -1,0 +1,34 @@
+"""Finding a trained model: by stage name or directory, with the tokenizer and limits it was trained with."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cldg.artifacts import Artifact, ArtifactStore
+from cldg.errors import MissingArtifactError
+
+MODEL_SCHEMA = 1
+
+
+def resolve_model(store: ArtifactStore, spec: str | Path) -> Artifact:
+    """'reference' / 'contrastive' -> the latest of that stage; anything else is an artifact directory."""
+    if str(spec) in ("reference", "contrastive"):
+        return store.resolve_input(str(spec), None, MODEL_SCHEMA, "--model")
+    art = Artifact.load(Path(spec))
+    if art.stage not in ("reference", "contrastive"):
+        raise MissingArtifactError(f"{spec}: a '{art.stage}' artifact is not a model")
+    return art
+
+
+def model_prepare(art: Artifact) -> Artifact:
+    """The prepare artifact (tokenizer, vectors) the model was trained on."""
+    return Artifact.load(Path(art.manifest["inputs"]["prepare"]["path"]))
+
+
+def model_limits(art: Artifact):
+    """The truncation limits the model was trained with (a contrastive model inherits its reference's)."""
+    from cldg.data.batching import Limits
+
+    cfg = art.config
+    if art.stage == "contrastive":
+        cfg = Artifact.load(Path(art.manifest["inputs"]["reference"]["path"])).config
+    return Limits(cfg["max_context_turns"], cfg["max_turn_len"], cfg["max_context_len"], cfg["max_response_len"])

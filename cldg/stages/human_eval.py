@@ -1,0 +1,122 @@
+"""Blind A/B human evaluation (the paper's Table 4): export sheets, score the filled ones.
+
+`export_sheets` samples N test contexts shared by two evaluate runs, shows each pair of responses in
+a random order as "response 1 / response 2" (which system is which is kept in `key.json`, apart from
+the sheet), and writes `sheet.csv` for annotators to fill with 1, 2 or tie in the `preference`
+column. `score_sheets` reads several annotators' filled copies and reports win / loss / tie of system
+A against B per annotator and overall (majority vote), and Cohen's kappa between each two annotators.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from itertools import combinations
+from pathlib import Path
+
+from cldg.errors import CldgError
+
+FIELDS = ["item", "context", "response 1", "response 2", "preference"]
+CHOICES = {"1", "2", "tie"}
+
+
+def _generations(run: Path) -> dict[int, dict]:
+    from cldg.artifacts import Artifact
+
+    art = Artifact.load(Path(run))
+    if art.stage != "eval":
+        raise CldgError(f"{run}: a '{art.stage}' artifact, not an evaluate run")
+    return {g["pair_id"]: g for g in map(json.loads, art.file("generations.jsonl").read_text().splitlines())}
+
+
+def export_sheets(run_a: Path, run_b: Path, n: int, out_dir: Path, seed: int) -> dict:
+    from cldg.progress import console
+
+    a, b = _generations(run_a), _generations(run_b)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise CldgError(f"{run_a} and {run_b} share no test pairs")
+    rng = random.Random(seed)
+    chosen = rng.sample(shared, min(n, len(shared)))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = {"system_a": str(run_a), "system_b": str(run_b), "items": {}}
+    with open(out_dir / "sheet.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(FIELDS)
+        for item, pid in enumerate(chosen, 1):
+            a_first = rng.random() < 0.5
+            first, second = (a[pid], b[pid]) if a_first else (b[pid], a[pid])
+            w.writerow([item, " / ".join(a[pid]["context"]), first["generated"], second["generated"], ""])
+            key["items"][str(item)] = {"pair_id": pid, "response_1": "A" if a_first else "B"}
+    (out_dir / "key.json").write_text(json.dumps(key, indent=2))
+    console.print(f"human-eval: {len(chosen)} items in {out_dir / 'sheet.csv'}; the key is {out_dir / 'key.json'} "
+                  "(keep it away from annotators). Fill 'preference' with 1, 2 or tie.")
+    return {"sheet": str(out_dir / "sheet.csv"), "key": str(out_dir / "key.json"), "items": len(chosen)}
+
+
+def read_sheet(path: Path, key: dict) -> dict[str, str]:
+    """item -> 'A' | 'B' | 'tie' (which system the annotator preferred)."""
+    out = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "preference" not in reader.fieldnames or "item" not in reader.fieldnames:
+                raise CldgError(f"{path}:1: header must contain 'item' and 'preference'")
+            for row in reader:
+                line = reader.line_num
+                item, pref = (row.get("item") or "").strip(), (row.get("preference") or "").strip().lower()
+                if item not in key["items"]:
+                    raise CldgError(f"{path}:{line}: item {item!r} is not in the key")
+                if pref not in CHOICES:
+                    raise CldgError(f"{path}:{line}: preference {pref!r} must be 1, 2 or tie")
+                first = key["items"][item]["response_1"]
+                out[item] = "tie" if pref == "tie" else (first if pref == "1" else ("B" if first == "A" else "A"))
+    except FileNotFoundError:
+        raise CldgError(f"{path}: no such sheet") from None
+    except UnicodeDecodeError:
+        raise CldgError(f"{path}: not UTF-8 text") from None
+    return out
+
+
+def _wlt(labels: list[str]) -> dict[str, float]:
+    n = max(len(labels), 1)
+    return {"win": labels.count("A") / n, "loss": labels.count("B") / n, "tie": labels.count("tie") / n,
+            "items": len(labels)}
+
+
+def score_sheets(sheets: list[Path], key_path: Path, as_json: bool) -> dict:
+    from rich.table import Table
+
+    from cldg.metrics.stats import cohens_kappa
+    from cldg.progress import console
+
+    try:
+        key = json.loads(Path(key_path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise CldgError(f"--key {key_path}: cannot read the key ({exc})") from None
+    labels = [read_sheet(Path(s), key) for s in sheets]
+    items = sorted(set.intersection(*(set(x) for x in labels)), key=int)
+    if not items:
+        raise CldgError("the sheets have no item in common")
+    per = {str(s): _wlt([x[i] for i in items]) for s, x in zip(sheets, labels)}
+    majority = []
+    for i in items:
+        votes = [x[i] for x in labels]
+        top = max(set(votes), key=votes.count)
+        majority.append(top if votes.count(top) * 2 > len(votes) else "tie")
+    kappas = {f"{a} vs {b}": cohens_kappa([labels[a][i] for i in items], [labels[b][i] for i in items])
+              for a, b in combinations(range(len(labels)), 2)}
+    result = {"system_a": key["system_a"], "system_b": key["system_b"], "per_annotator": per,
+              "overall": _wlt(majority), "kappa": kappas,
+              "mean_kappa": sum(kappas.values()) / len(kappas) if kappas else None}
+    if not as_json:
+        table = Table(title="Human evaluation: A vs B (win = A preferred)")
+        for col in ("annotator", "win %", "loss %", "tie %", "items"):
+            table.add_column(col)
+        for name, r in list(per.items()) + [("overall (majority)", result["overall"])]:
+            table.add_row(name, f"{100 * r['win']:.1f}", f"{100 * r['loss']:.1f}", f"{100 * r['tie']:.1f}", str(r["items"]))
+        console.print(table)
+        if kappas:
+            console.print(f"Cohen's kappa: " + ", ".join(f"{k}: {v:.3f}" for k, v in kappas.items()))
+    return result
