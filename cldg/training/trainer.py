@@ -66,6 +66,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.autocast = device.type == "cuda" and cfg.bf16
         self.log_path = self.run_dir / "train-log.jsonl"
+        if self.dist.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _save(self, tag: str) -> None:
@@ -160,7 +162,7 @@ class Trainer:
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
                 tokens_seen += int(info.get("tokens", 0))
-                window.append(float(loss))
+                window.append(loss.item())
                 if self.state["step"] % 20 == 0 or self.state["step"] == 1:
                     mean = sum(window) / len(window)
                     window.clear()

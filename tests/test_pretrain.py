@@ -1,0 +1,175 @@
+"""The shared trainer (resume after a crash or Ctrl-C, NaN stop, early stopping) and `cldg pretrain`."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_models import V, batch_of, random_pairs, tiny
+from typer.testing import CliRunner
+
+from cldg.data.batching import bucketed_batches
+from cldg.errors import TrainingDivergedError
+from cldg.models import load_model, model_names
+from cldg.text.tokenizer import PAD
+from cldg.training.losses import nll_loss
+from cldg.training.trainer import TrainConfig, Trainer
+
+PAIRS = random_pairs(32, seed=5)
+VALID = batch_of(random_pairs(6, seed=6))
+CFG = TrainConfig(lr=1e-2, epochs=2, eval_every=3, patience=5)  # 8 batches of 4 per epoch -> 16 steps
+
+
+def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg=CFG):
+    """A tiny `name` model on 32 random pairs; loss_fn records every loss and raises `exc` at step `fail_at`."""
+    model = tiny(name, seed=0)  # dropout 0.1: resume must restore the RNG too
+    trainer = None
+
+    def loss_fn(m, batch):
+        if fail_at is not None and trainer.state["step"] + 1 == fail_at:
+            raise exc("stop here")
+        loss, n = nll_loss(m(batch), batch.response_out, PAD)
+        losses.append(loss.item())
+        return loss, {"tokens": n, "nll": loss.item()}
+
+    def train_batches(epoch, start):
+        order = bucketed_batches([len(r) for _, r in PAIRS], 4, seed=1, epoch=epoch)
+        for rows in order[start:]:
+            yield batch_of([PAIRS[i] for i in rows])
+
+    def validate(m):
+        return {"criterion": nll_loss(m(VALID), VALID.response_out, PAD)[0].item()}
+
+    trainer = Trainer(model, cfg, run_dir, torch.device("cpu"), loss_fn, train_batches, 8, validate)
+    return trainer
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_resume_after_ctrl_c_or_crash_continues_at_the_same_step_with_the_same_loss(name, tmp_path):
+    full = []
+    t = make_trainer(name, tmp_path / "full", full)
+    summary = t.fit()
+    assert summary["steps"] == 16 and len(full) == 16 and summary["stopped"] == "done"
+    final = params(t.model)
+
+    # Ctrl-C before step 8: the trainer saves step 7 and re-raises; the rerun starts at step 8
+    first, again = [], []
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(name, tmp_path / "int", first, fail_at=8).fit()
+    assert json.loads((tmp_path / "int/resume/last.json").read_text())["step"] == 7
+    t = make_trainer(name, tmp_path / "int", again)
+    assert t.fit()["steps"] == 16
+    assert first == full[:7] and again == pytest.approx(full[7:], abs=1e-5)
+    assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
+
+    # a crash at step 8: nothing is saved then; the rerun goes back to the last checkpoint (step 6)
+    first, again = [], []
+    with pytest.raises(RuntimeError):
+        make_trainer(name, tmp_path / "crash", first, fail_at=8, exc=RuntimeError).fit()
+    t = make_trainer(name, tmp_path / "crash", again)
+    t.fit()
+    assert again == pytest.approx(full[6:], abs=1e-5)
+    assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    class NaNAtStep5(Exception):
+        pass
+
+    losses = []
+    t = make_trainer("seq2seq", tmp_path, losses)
+    real_loss_fn = t.loss_fn
+
+    def poisoned(m, batch):
+        loss, info = real_loss_fn(m, batch)
+        return (loss * float("nan") if t.state["step"] == 4 else loss), info
+
+    t.loss_fn = poisoned
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 4.*resume"):
+        t.fit()
+    last = json.loads((tmp_path / "resume/last.json").read_text())
+    assert last["step"] == 3  # the checkpoint from before the NaN
+    reloaded = make_trainer("seq2seq", tmp_path, [])
+    reloaded._resume()
+    assert all(torch.isfinite(p).all() for p in reloaded.model.parameters())
+
+
+def test_early_stopping_after_patience_checks_and_the_log(tmp_path):
+    t = make_trainer("hred", tmp_path, [], cfg=TrainConfig(lr=1e-3, epochs=50, eval_every=2, patience=3))
+    t.validate = lambda m: {"criterion": 1.0, "nll": 1.0}  # never improves after the first check
+    summary = t.fit()
+    assert summary["stopped"] == "early stopping" and summary["steps"] == 8  # checks at 2 (best), 4, 6, 8
+    records = [json.loads(line) for line in (tmp_path / "train-log.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["type"] == "valid"]
+    assert [r["step"] for r in valid] == [2, 4, 6, 8] and [r["improved"] for r in valid] == [True, False, False, False]
+    assert valid[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** 3)  # the LR halves at each check without improvement
+    assert records[0]["type"] == "train" and math.isfinite(records[0]["loss"])
+    # a rerun of a finished run does nothing more
+    assert make_trainer("hred", tmp_path, [], cfg=TrainConfig(lr=1e-3, epochs=50, eval_every=2, patience=3)).fit()[
+        "steps"] == 8
+
+
+def test_pretrain_stage_writes_the_reference_artifact(prepared_workdir, tmp_path):
+    from cldg.config import CommonOptions
+    from cldg.data.batching import Limits
+    from cldg.data.pairs import read_pairs
+    from cldg.stages import pretrain
+    from cldg.text.tokenizer import DialogueTokenizer
+    from cldg.training.evaluation import mean_nll
+
+    workdir, prepared = prepared_workdir
+    cfg = pretrain.Config(model="hran", embedding_dim=16, hidden_size=16, batch_size=16, epochs=3, lr=3e-3)
+    common = CommonOptions(workdir=tmp_path, seed=3, device="cpu")
+    import shutil
+
+    shutil.copytree(workdir / "prepare", tmp_path / "prepare", symlinks=True)
+    art = pretrain.run(cfg, common)
+    assert art.stage == "reference" and art.path.parent.name == "reference"
+    for f in ("model.safetensors", "model.json", "train-log.jsonl", "metrics.json"):
+        assert (art.path / f).is_file(), f
+    assert not list(art.path.glob("resume*"))  # resume state is removed at commit
+    metrics = json.loads((art.path / "metrics.json").read_text())
+    log = [json.loads(line) for line in (art.path / "train-log.jsonl").read_text().splitlines()]
+    valid_ppl = [math.exp(r["nll"]) for r in log if r["type"] == "valid"]
+    assert len(valid_ppl) == 6  # every half epoch for 3 epochs
+    assert metrics["best_valid_ppl"] == pytest.approx(min(valid_ppl), rel=1e-4)
+    assert valid_ppl[-1] < valid_ppl[0] < V * 10  # it learns
+    assert metrics["best_valid_ppl"] < 0.5 * DialogueTokenizer.load(prepared.file("tokenizer.json")).vocab_size
+
+    # the saved model is the best checkpoint: recomputing its valid NLL gives the best value
+    model = load_model(art.path)
+    assert model.name == "hran" and model.config.hidden_size == 16
+    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+    t = read_pairs(prepared.file("pairs-valid.parquet"))
+    from cldg.data.batching import EncodedPairs
+
+    valid = EncodedPairs(tok, t.context, t.response, Limits(3, 40, 120, 40))
+    assert math.exp(mean_nll(model, valid, 16, "cpu")) == pytest.approx(metrics["best_valid_ppl"], rel=1e-4)
+    # same config again: skipped
+    assert pretrain.run(cfg, common).path == art.path
+
+
+def test_pretrain_cli_transformer_and_missing_prepare(prepared_workdir, tmp_path):
+    import shutil
+
+    from cldg.cli import app
+
+    workdir, _ = prepared_workdir
+    runner = CliRunner()
+    empty = runner.invoke(app, ["pretrain", "--workdir", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "prepare" in empty.output
+    shutil.copytree(workdir / "prepare", tmp_path / "prepare", symlinks=True)
+    res = runner.invoke(app, ["pretrain", "--workdir", str(tmp_path), "--model", "transformer", "--embedding-dim", "16",
+                              "--num-heads", "2", "--num-layers", "1", "--batch-size", "32", "--max-steps", "3",
+                              "--positions", "learned", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    art = tmp_path / "reference" / "latest"
+    meta = json.loads((art / "model.json").read_text())
+    assert meta["name"] == "transformer" and meta["config"]["positions"] == "learned"
+    assert meta["config"]["ffn_dim"] == 64
+    assert json.loads((art / "metrics.json").read_text())["steps"] == 3
