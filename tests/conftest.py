@@ -45,3 +45,65 @@ def prepared_workdir(tmp_path_factory, tiny_dialogues_path):
                          test_fraction=0.1, workers=1)
     art = prepare.run(cfg, CommonOptions(workdir=workdir, seed=1))
     return workdir, art
+
+
+TINY_PIPELINE = """
+workdir = "{workdir}"
+seed = 3
+device = "cpu"
+
+[prepare]
+input = "{corpus}"
+vector_dim = 16
+vector_epochs = 3
+valid_fraction = 0.1
+test_fraction = 0.1
+workers = 1
+
+[train_matcher]
+hidden = 16
+gru_hidden = 16
+cnn_channels = 4
+heads = 2
+batch_size = 16
+max_steps = 30
+eval_every = 15
+max_valid_pairs = 40
+
+[mine_samples]
+matcher = "msn"
+k = 2
+n_candidates = 8
+n_random = 4
+
+[pretrain]
+model = "seq2seq"
+embedding_dim = 24
+hidden_size = 24
+num_layers = 1
+batch_size = 16
+epochs = 4
+
+[contrastive_train]
+k = 2
+batch_size = 8
+epochs = 1
+
+[evaluate]
+decoding = "greedy"
+max_len = 12
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, tiny_dialogues_path):
+    """The whole pipeline (`cldg run`) on the tiny corpus: (workdir, config path, CLI result)."""
+    from typer.testing import CliRunner
+
+    from cldg.cli import app
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config = root / "tiny.toml"
+    config.write_text(TINY_PIPELINE.format(workdir=root / "work", corpus=tiny_dialogues_path))
+    result = CliRunner().invoke(app, ["run", str(config)])
+    return root / "work", config, result

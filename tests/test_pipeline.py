@@ -1,0 +1,57 @@
+"""End to end: `cldg run` on a tiny corpus builds every artifact, prints the final table, and a rerun
+skips every stage."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cldg.artifacts import ArtifactStore
+from cldg.cli import app
+
+runner = CliRunner()
+STAGES = ("prepare", "index", "matcher", "samples", "reference", "refcache", "contrastive", "eval")
+
+
+def test_run_builds_every_artifact(tiny_pipeline):
+    workdir, _, result = tiny_pipeline
+    assert result.exit_code == 0, result.output
+    store = ArtifactStore(workdir)
+    for stage in STAGES:
+        art = store.latest(stage)
+        assert art is not None, f"no complete {stage} artifact"
+        for name, info in art.manifest["files"].items():
+            assert (art.path / name).stat().st_size == info["bytes"]
+    evals = [d for d in (workdir / "eval").iterdir() if (d / "manifest.json").exists()]
+    assert {json.loads((d / "metrics.json").read_text())["model"] for d in evals} == {"reference", "contrastive"}
+    summary = json.loads((workdir / "run-summary.json").read_text())
+    assert [s["stage"] for s in summary["steps"]] == ["prepare", "index", "train-matcher", "mine-samples", "pretrain",
+                                                      "contrastive-train", "evaluate (reference)",
+                                                      "evaluate (contrastive)"]
+    # the final MLE-vs-contrastive table
+    assert "Dist-1" in result.output and "contrastive (greedy)" in result.output and "reference (greedy)" in result.output
+    cmp = json.loads((workdir / "compare" / "comparison.json").read_text())
+    assert [r["name"] for r in cmp["runs"]] == ["reference (greedy)", "contrastive (greedy)"]
+    assert (workdir / "compare" / "comparison.png").stat().st_size > 1000
+
+
+def test_rerun_skips_every_stage(tiny_pipeline):
+    workdir, config, _ = tiny_pipeline
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "run-summary.json").read_text())
+    assert all(s["skipped"] for s in summary["steps"]), summary
+
+
+def test_status_lists_the_artifacts(tiny_pipeline):
+    workdir, _, _ = tiny_pipeline
+    result = runner.invoke(app, ["status", str(workdir), "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert {r["stage"] for r in rows if r["state"] == "complete"} >= set(STAGES)
+
+
+def test_missing_input_artifact_names_the_command(tmp_path):
+    result = runner.invoke(app, ["pretrain", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no 'prepare' artifact" in result.output and "cldg prepare" in result.output
