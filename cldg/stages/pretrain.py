@@ -78,7 +78,9 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     dist = distributed.init_from_env(device.type)
     device = distributed.device_for_rank(device, dist)
     config = fingerprint_config(cfg) | {"seed": common.seed}
-    with store.begin("reference", SCHEMA, config, {"prepare": prepared}, force=common.force) as run:
+    # under DDP every rank trains, rank 0 alone holds the lock and writes the artifact
+    with store.begin("reference", SCHEMA, config, {"prepare": prepared}, force=common.force,
+                     exclusive=dist.rank == 0) as run:
         if run.existing:
             console.print(f"pretrain: complete artifact {run.existing.path} found - skipped")
             return run.existing
@@ -91,9 +93,10 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         vectors, has_vector = load_word_vectors(prepared.file("word-vectors.safetensors"))
         n_init = model.init_embeddings(vectors, has_vector, common.seed)
         n_params = sum(p.numel() for p in model.parameters())
-        console.print(f"pretrain: {cfg.model}, {n_params / 1e6:.2f}M parameters, {n_init:,} embeddings from word "
-                      f"vectors, {len(train):,} train / {len(valid):,} valid pairs on {device}"
-                      + (f", DDP world {dist.world_size}" if dist.enabled else ""))
+        if dist.rank == 0:
+            console.print(f"pretrain: {cfg.model}, {n_params / 1e6:.2f}M parameters, {n_init:,} embeddings from word "
+                          f"vectors, {len(train):,} train / {len(valid):,} valid pairs on {device}"
+                          + (f", DDP world {dist.world_size}" if dist.enabled else ""))
 
         def loss_fn(m, batch):
             loss, n_tokens = nll_loss(m(batch), batch.response_out, PAD)
@@ -114,8 +117,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                           batches_per_epoch, validate)
         summary = trainer.fit(description=f"pretrain {cfg.model}")
         if dist.rank != 0:
-            distributed.barrier(dist)
-            return run.existing  # only rank 0 writes the artifact
+            distributed.barrier(dist)  # wait for rank 0 to commit
+            return Artifact.load(run.final) if (run.final / "manifest.json").is_file() else None
         trainer.load_best()
         save_model(run.dir, model)
         best_nll = summary["best_criterion"]

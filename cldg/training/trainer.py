@@ -122,7 +122,7 @@ class Trainer:
         resumed = self._resume()
         self.last_valid: dict[str, float] = {}
         own_progress = progress is None
-        progress = progress or make_progress()
+        progress = progress or (make_progress() if self.dist.rank == 0 else _NoProgress())
         t_start = time.time()
         with (progress if own_progress else _nullcontext()):
             task = progress.add_task(description, total=self.total_steps, completed=self.state["step"], unit="steps",
@@ -198,3 +198,13 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+class _NoProgress(_nullcontext):
+    """What ranks other than 0 show: nothing."""
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass

@@ -1,0 +1,95 @@
+"""DDP on the CPU: 2 processes, gloo. Ranks start from different weights and see different batches;
+after training every model's parameters are identical on both ranks, and `cldg pretrain` under DDP
+writes one artifact (rank 0)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+
+def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+    from test_models import PAD, batch_of, model_names, random_pairs, tiny
+
+    from cldg.config import CommonOptions
+    from cldg.data.batching import bucketed_batches
+    from cldg.stages import pretrain
+    from cldg.training import distributed
+    from cldg.training.losses import nll_loss
+    from cldg.training.trainer import TrainConfig, Trainer
+
+    dist = distributed.init_from_env("cpu")
+    assert dist.world_size == 2 and dist.rank == rank
+    pairs = random_pairs(32, seed=7)
+    valid = batch_of(random_pairs(4, seed=8))
+    seen = []
+
+    def train_batches(epoch, start):
+        for rows in bucketed_batches([len(r) for _, r in pairs], 4, 1, epoch, rank=rank, world_size=2)[start:]:
+            seen.extend(rows)
+            yield batch_of([pairs[i] for i in rows])
+
+    def loss_fn(m, batch):
+        loss, n = nll_loss(m(batch), batch.response_out, PAD)
+        return loss, {"tokens": n}
+
+    def validate(m):
+        return {"criterion": nll_loss(m(valid), valid.response_out, PAD)[0].item()}
+
+    for name in model_names():
+        model = tiny(name, seed=100 + rank)  # different initial weights: DDP must broadcast rank 0's
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        trainer = Trainer(model, TrainConfig(lr=1e-2, epochs=1, eval_every=2), os.path.join(out, f"run-{name}"),
+                          torch.device("cpu"), loss_fn, train_batches, 4, validate)
+        assert trainer.fit()["steps"] == 4
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"{name}-{rank}.st"))
+        save_file({k: v.contiguous() for k, v in initial.items()}, os.path.join(out, f"{name}-{rank}-init.st"))
+    with open(os.path.join(out, f"seen-{rank}.json"), "w") as fh:
+        json.dump(seen, fh)
+
+    # the stage: both ranks train, rank 0 writes the artifact, both get it back
+    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=3)
+    art = pretrain.run(cfg, CommonOptions(workdir=prepared_workdir, seed=1, device="cpu"))
+    with open(os.path.join(out, f"artifact-{rank}.txt"), "w") as fh:
+        fh.write(str(art.path))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_keeps_ranks_in_sync(prepared_workdir, tmp_path):
+    from safetensors.torch import load_file
+    from test_models import model_names
+
+    workdir, _ = prepared_workdir
+    shutil.copytree(workdir / "prepare", tmp_path / "work" / "prepare", symlinks=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path), str(tmp_path / "work")), nprocs=2, join=True)
+
+    for name in model_names():
+        ranks = [load_file(str(tmp_path / f"{name}-{r}.st")) for r in (0, 1)]
+        inits = [load_file(str(tmp_path / f"{name}-{r}-init.st")) for r in (0, 1)]
+        assert any(not torch.equal(inits[0][k], inits[1][k]) for k in inits[0])  # they did start apart
+        for k in ranks[0]:
+            assert torch.allclose(ranks[0][k], ranks[1][k], atol=1e-6), (name, k)
+        assert any(not torch.equal(ranks[0][k], inits[0][k]) for k in ranks[0])  # and trained
+        # only rank 0 logs: one record per validation
+        valid = [json.loads(line) for line in (tmp_path / f"run-{name}" / "train-log.jsonl").read_text().splitlines()
+                 if '"valid"' in line]
+        assert [r["step"] for r in valid] == [2, 4]
+    seen = [set(json.loads((tmp_path / f"seen-{r}.json").read_text())) for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]  # each rank its own shard of the batches
+    paths = {(tmp_path / f"artifact-{r}.txt").read_text() for r in (0, 1)}
+    assert len(paths) == 1
+    art = paths.pop()
+    manifest = json.loads(open(os.path.join(art, "manifest.json")).read())
+    assert manifest["stage"] == "reference" and "model.safetensors" in manifest["files"]
+    assert json.loads(open(os.path.join(art, "metrics.json")).read())["steps"] == 3
