@@ -1,252 +1,398 @@
-"""MSN: Multi-hop Selector Network (Yuan et al., 2019) for context-response matching.
+"""Multi-hop Selector Network (MSN; Yuan et al., 2019) for multi-turn response selection.
 
-1. Words are embedded (initialised from the prepare stage's vectors) and projected to `hidden`.
-2. Attentive modules (Transformer-style blocks) self-attend every utterance and the response, one
-   layer per hop: U^0 (embeddings), U^1 .. U^H.
-3. Multi-hop selector: hop l uses as key the words of the last l utterances at layer l. Each utterance
-   gets a word-level relevance (mean over its words of the best scaled dot product with a key word)
-   and an utterance-level relevance (cosine of mean vectors); the two are fused with learned weights,
-   the hops are combined with learned softmax weights, and utterances below the threshold gamma are
-   dropped (weight 0); the others are scaled by their relevance.
-4. Six matching channels between each selected utterance and the response: embeddings, self-attended
-   (last layer) and cross-attended representations, each compared by a FULL bilinear form x^T W y and
-   by cosine. (The public MSN code multiplied by a diagonal only; the paper's form is the full matrix,
-   which is what is used here.)
-5. A 3-layer CNN turns each [6, Lu, Lr] image into a vector, a GRU aggregates the utterances in
-   order, and a linear layer + sigmoid gives the matching probability.
+    context turns u_1..u_n, response r
+      -> word embeddings (initialised from the prepare stage's word vectors), optional projection
+      -> multi-hop selector: for hop h = 1..H the key is the mean of the last h turns; each turn gets a
+         word-level relevance (bilinear word-word similarity, max over key words, mean over turn words)
+         and an utterance-level relevance (cosine of mean vectors), fused as a*word + (1-a)*utt; the H
+         hop scores are combined by a linear layer + sigmoid, turns scoring below gamma are dropped and
+         the others are scaled by their score
+      -> six matching maps per (turn, response): {embedding, self-attended, cross-attended} x
+         {bilinear, cosine}
+      -> 3-layer CNN -> one matching vector per turn -> GRU over turns -> linear -> sigmoid
 
-Padding never changes a score: attention is masked, padded cells of the images are zeroed after every
-convolution, pooling keeps partial windows (ceil_mode) and the final pooling is a masked max and mean,
-and the utterance GRU runs over the real turns only. So batches can be trimmed to their longest row.
+Choices that differ from the released code (github.com/chunhuiyuan/MSN):
+- Bilinear forms are FULL d x d matrices (x^T A y). The public code wrote them as
+  `einsum("...d,dd,...d")`, which only uses the diagonal of A; we use the whole matrix (initialised to
+  the identity, so training starts from a scaled dot product).
+- Padding is masked everywhere (attention keys, means, maxima, CNN feature maps, the GRU skips empty
+  turn slots), and the CNN ends in a masked global max + mean pool instead of flattening a fixed
+  50 x 50 map. So a score does not depend on how much padding its batch carries, and batches can be
+  trimmed to their longest row (fast inference).
+- Word-level selector relevance is the masked mean over the turn's words (the public code used a
+  linear layer over word positions, which ties the model to one padded length).
+
+Tensors: context ids [B, U, L] (turn slots left-padded: the last turn is at U-1; each turn's words
+left-aligned, PAD=0 after them), response ids [B, Lr]. `MSN.forward` returns logits [B].
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from cldg.text.tokenizer import PAD
+from cldg.errors import CldgError
+from cldg.text.tokenizer import PAD, UNK
+
+NEG = -1e9  # masked attention logit (finite: a row with no valid key must not turn into NaN)
 
 
 @dataclass
 class MSNConfig:
-    vocab_size: int = 20000
-    embedding_dim: int = 300
-    hidden: int = 128
-    hops: int = 3
-    gamma: float = 0.3
-    heads: int = 4
-    cnn_channels: int = 16
+    vocab_size: int
+    embed_dim: int = 100          # size of the word vectors
+    hidden: int = 0               # model width (0: embed_dim, no projection)
+    ffn_dim: int = 0              # attention block feed-forward size (0: hidden)
+    max_turns: int = 5            # context turns seen (the last ones)
+    max_turn_len: int = 30        # tokens per turn and per response
+    hops: int = 3                 # selector hops (keys = mean of the last 1..hops turns)
+    gamma: float = 0.3            # selector threshold
+    alpha: float = 0.5            # weight of word-level vs utterance-level relevance
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    match_dim: int = 128          # matching vector per turn
     gru_hidden: int = 128
     dropout: float = 0.1
-    max_turns: int = 5
-    max_turn_len: int = 40
-    max_response_len: int = 40
+
+    @property
+    def width(self) -> int:
+        return self.hidden or self.embed_dim
 
 
-class AttentiveModule(nn.Module):
-    """Multi-head attention + feed-forward, residual and layer norm (the MSN/DAM attentive module)."""
-
-    def __init__(self, d: int, heads: int, dropout: float):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.norm1 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
-        self.norm2 = nn.LayerNorm(d)
-
-    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_pad: torch.Tensor) -> torch.Tensor:
-        all_pad = kv_pad.all(-1, keepdim=True)
-        out, _ = self.attn(q, kv, kv, key_padding_mask=kv_pad & ~all_pad, need_weights=False)
-        x = self.norm1(q + out)
-        return self.norm2(x + self.ffn(x))
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of x over `dim` counting only positions where mask is true (0 where none are)."""
     m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
+
+
+def pairwise_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """[N, La, d] x [N, Lb, d] -> [N, La, Lb] cosine similarities (0 for zero vectors)."""
+    a = a / a.norm(dim=-1, keepdim=True).clamp(min=eps)
+    b = b / b.norm(dim=-1, keepdim=True).clamp(min=eps)
+    return a @ b.transpose(1, 2)
+
+
+class Bilinear(nn.Module):
+    """x^T A y / sqrt(d) with a full d x d matrix A (identity at start)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.eye(dim))
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[N, Lx, d] x [N, Ly, d] -> [N, Lx, Ly]."""
+        return (x @ self.A) @ y.transpose(1, 2) * self.scale
+
+
+class AttentiveBlock(nn.Module):
+    """The DAM / MSN attentive module: LN(q + Attn(q, k, v)), then LN(x + FFN(x)). Padded queries -> 0."""
+
+    def __init__(self, dim: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
+        self.drop = nn.Dropout(dropout)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, q, kv, q_mask, kv_mask):
+        logits = (q @ kv.transpose(1, 2)) * self.scale
+        logits = logits.masked_fill(~kv_mask.unsqueeze(1), NEG)
+        x = self.norm1(q + self.drop(torch.softmax(logits, dim=-1) @ kv))
+        x = self.norm2(x + self.drop(self.ffn(x)))
+        return x * q_mask.unsqueeze(-1).to(x.dtype)
+
+
+class MaskedCNN(nn.Module):
+    """3 x (3x3 conv, ReLU, 2x2 max-pool) over the matching maps, then masked global max + mean pool.
+
+    Outside the valid (turn words x response words) rectangle every feature is forced to 0 after each
+    layer, so zero-padded 'same' convolutions and ceil-mode pooling see exactly what a trimmed map sees.
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int], out_dim: int):
+        super().__init__()
+        convs, c = [], in_channels
+        for ch in channels:
+            convs.append(nn.Conv2d(c, ch, kernel_size=3, padding=1))
+            c = ch
+        self.convs = nn.ModuleList(convs)
+        self.proj = nn.Linear(2 * c, out_dim)
+
+    def forward(self, maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """maps [N, C, H, W]; rows/cols [N] valid sizes -> [N, out_dim]."""
+        x = maps
+        for conv in self.convs:
+            x = F.relu(conv(x)) * _rect_mask(rows, cols, x.shape[2], x.shape[3], x.dtype)
+            x = F.max_pool2d(x, 2, ceil_mode=True)  # values are >= 0, so padded zeros never win
+            rows, cols = (rows + 1) // 2, (cols + 1) // 2
+        mask = _rect_mask(rows, cols, x.shape[2], x.shape[3], x.dtype)
+        x = x * mask
+        pooled_max = x.flatten(2).max(dim=2).values
+        pooled_mean = x.flatten(2).sum(2) / mask.flatten(1).sum(1, keepdim=True).clamp(min=1.0)
+        return torch.tanh(self.proj(torch.cat([pooled_max, pooled_mean], dim=1)))
+
+
+def _rect_mask(rows, cols, h, w, dtype):
+    r = torch.arange(h, device=rows.device).view(1, h, 1) < rows.view(-1, 1, 1)
+    c = torch.arange(w, device=cols.device).view(1, 1, w) < cols.view(-1, 1, 1)
+    return (r & c).unsqueeze(1).to(dtype)
 
 
 class MSN(nn.Module):
-    def __init__(self, cfg: MSNConfig):
+    name = "msn"
+
+    def __init__(self, config: MSNConfig, word_vectors: np.ndarray | None = None,
+                 has_vector: np.ndarray | None = None):
         super().__init__()
-        self.cfg = cfg
-        d = cfg.hidden
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embedding_dim, padding_idx=PAD)
-        self.project = nn.Linear(cfg.embedding_dim, d)
-        self.self_attn = nn.ModuleList(AttentiveModule(d, cfg.heads, cfg.dropout) for _ in range(cfg.hops))
-        self.cross_attn = AttentiveModule(d, cfg.heads, cfg.dropout)
-        self.fuse = nn.Parameter(torch.tensor([0.5, 0.5]))          # word- vs utterance-level relevance
-        self.hop_weights = nn.Parameter(torch.zeros(cfg.hops))       # softmax over hops
-        self.bilinear = nn.ParameterList(nn.Parameter(torch.eye(d) + 0.01 * torch.randn(d, d)) for _ in range(3))
-        c = cfg.cnn_channels
-        self.convs = nn.ModuleList([nn.Conv2d(6, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1),
-                                    nn.Conv2d(c, c, 3, padding=1)])
-        self.utt_proj = nn.Linear(2 * c, cfg.gru_hidden)
-        self.gru = nn.GRU(cfg.gru_hidden, cfg.gru_hidden, batch_first=True)
+        self.config = cfg = config
+        d = cfg.width
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=PAD)
+        if word_vectors is not None:
+            self.init_embeddings(word_vectors, has_vector)
+        self.proj = nn.Linear(cfg.embed_dim, d, bias=False) if cfg.hidden and cfg.hidden != cfg.embed_dim else None
+        ffn = cfg.ffn_dim or d
+        self.selector_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.selector_word = Bilinear(d)
+        self.hop_fuse = nn.Linear(cfg.hops, 1)
+        nn.init.constant_(self.hop_fuse.weight, 1.0)  # start: every hop counts, scores well above gamma
+        nn.init.zeros_(self.hop_fuse.bias)
+        self.utt_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.resp_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.utt_resp_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.resp_utt_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.bilinear = nn.ModuleList([Bilinear(d) for _ in range(3)])
+        self.cnn = MaskedCNN(6, cfg.cnn_channels, cfg.match_dim)
+        self.gru = nn.GRUCell(cfg.match_dim, cfg.gru_hidden)
+        self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.gru_hidden, 1)
-        self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, turns: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """turns [B, U, Lu] (turn slots left-padded: the last turn at U-1), response [B, Lr] -> logits [B]."""
-        B, U, Lu = turns.shape
-        d = self.cfg.hidden
-        t_pad = turns.eq(PAD)                                   # [B, U, Lu]
-        r_pad = response.eq(PAD)                                # [B, Lr]
-        turn_real = ~t_pad.all(-1)                              # [B, U]
-        u0 = self.dropout(self.project(self.embedding(turns.view(B * U, Lu))))   # [BU, Lu, d]
-        r0 = self.dropout(self.project(self.embedding(response)))                # [B, Lr, d]
-        u_layers, r_layers = [u0], [r0]
-        for am in self.self_attn:
-            u_layers.append(am(u_layers[-1], u_layers[-1], t_pad.view(B * U, Lu)))
-            r_layers.append(am(r_layers[-1], r_layers[-1], r_pad))
+    def init_embeddings(self, vectors: np.ndarray, has_vector: np.ndarray | None) -> None:
+        if vectors.shape != (self.config.vocab_size, self.config.embed_dim):
+            raise CldgError(f"word vectors have shape {vectors.shape}, the model needs "
+                            f"({self.config.vocab_size}, {self.config.embed_dim})")
+        with torch.no_grad():
+            w = self.embed.weight
+            std = float(np.std(vectors[has_vector])) if has_vector is not None and has_vector.any() else 0.1
+            w.normal_(0.0, std or 0.1)  # words without a vector: random, same scale
+            known = torch.as_tensor(has_vector if has_vector is not None else np.ones(len(vectors), bool))
+            w[known] = torch.as_tensor(vectors, dtype=w.dtype)[known]
+            w[PAD].zero_()
 
-        # multi-hop selector
-        n_real = turn_real.sum(1)                               # [B]
-        slot = torch.arange(U, device=turns.device)
+    # --- pieces -------------------------------------------------------------------------------
+
+    def embed_words(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        return self.proj(x) if self.proj is not None else x
+
+    def select(self, ctx: torch.Tensor, word_mask: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:
+        """Selector scores [B, U] in [0, 1]; turns below gamma (and empty slots) get 0."""
+        B, U, L, d = ctx.shape
+        flat_mask = word_mask.view(B * U, L)
+        attended = self.selector_attn(ctx.view(B * U, L, d), ctx.view(B * U, L, d), flat_mask, flat_mask)
+        utt_vec = masked_mean(attended.view(B, U, L, d), word_mask, dim=2)          # [B, U, d]
         hop_scores = []
-        for hop in range(1, self.cfg.hops + 1):
-            layer = u_layers[hop].view(B, U, Lu, d)
-            in_key = (slot.unsqueeze(0) >= (U - hop)) & turn_real          # the last `hop` real turns
-            key = layer.reshape(B, U * Lu, d)
-            key_mask = (in_key.unsqueeze(-1) & ~t_pad).view(B, U * Lu)
-            sim = torch.einsum("buld,bkd->bulk", layer, key) / math.sqrt(d)
-            sim = sim.masked_fill(~key_mask.view(B, 1, 1, U * Lu), float("-inf")).amax(-1)
-            sim = sim.masked_fill(t_pad, 0.0).clamp_min(-1e4)
-            word_rel = torch.sigmoid((sim * (~t_pad)).sum(-1) / (~t_pad).sum(-1).clamp_min(1))      # [B, U]
-            utt_vec = _masked_mean(layer, ~t_pad)                                                   # [B, U, d]
-            key_vec = (key * key_mask.unsqueeze(-1)).sum(1) / key_mask.sum(1, keepdim=True).clamp_min(1)
-            utt_rel = F.cosine_similarity(utt_vec, key_vec.unsqueeze(1), dim=-1).clamp_min(0)
-            fuse = torch.softmax(self.fuse, 0)
-            hop_scores.append(fuse[0] * word_rel + fuse[1] * utt_rel)
-        rel = (torch.softmax(self.hop_weights, 0).view(-1, 1, 1) * torch.stack(hop_scores)).sum(0)  # [B, U]
-        keep = (rel >= self.cfg.gamma) & turn_real
-        weight = (rel * keep).view(B * U, 1, 1)
+        for h in range(1, self.config.hops + 1):
+            last = torch.zeros(U, dtype=torch.bool, device=ctx.device)
+            last[max(U - h, 0):] = True
+            in_key = turn_mask & last                                               # [B, U]
+            n_key = in_key.sum(1).clamp(min=1).to(ctx.dtype).view(B, 1, 1)
+            key = (ctx * in_key.view(B, U, 1, 1).to(ctx.dtype)).sum(1) / n_key      # [B, L, d], word-wise mean
+            key_mask = (word_mask & in_key.unsqueeze(-1)).any(1)                    # [B, L]
+            key = self.selector_attn(key, key, key_mask, key_mask)
+            # word level: each turn word's best match among the key words, averaged over the turn
+            sim = self.selector_word(attended.view(B, U * L, d), key).view(B, U, L, L)
+            sim = sim.masked_fill(~key_mask.view(B, 1, 1, L), NEG).max(-1).values
+            word_rel = masked_mean(sim.unsqueeze(-1), word_mask, dim=2).squeeze(-1)  # [B, U]
+            utt_rel = F.cosine_similarity(utt_vec, masked_mean(key, key_mask, 1).unsqueeze(1), dim=-1, eps=1e-6)
+            hop_scores.append(self.config.alpha * word_rel + (1 - self.config.alpha) * utt_rel)
+        score = torch.sigmoid(self.hop_fuse(torch.stack(hop_scores, -1)).squeeze(-1))  # [B, U]
+        keep = turn_mask & (score >= self.config.gamma)
+        return score * keep.to(score.dtype)
 
-        # six matching channels per (utterance, response)
-        r_rep = lambda x: x.repeat_interleave(U, 0)  # noqa: E731  [B, ...] -> [B*U, ...]
-        rp = r_rep(r_pad)
-        u_emb, r_emb = u0 * weight, r_rep(r0)
-        u_self, r_self = u_layers[-1] * weight, r_rep(r_layers[-1])
-        u_cross = self.cross_attn(u_layers[-1], r_rep(r_layers[-1]), rp) * weight
-        r_cross = self.cross_attn(r_rep(r_layers[-1]), u_layers[-1], t_pad.view(B * U, Lu))
-        channels = []
-        for W, (x, y) in zip(self.bilinear, ((u_emb, r_emb), (u_self, r_self), (u_cross, r_cross))):
-            channels.append(torch.einsum("bid,de,bje->bij", x, W, y) / math.sqrt(d))
-            channels.append(torch.einsum("bid,bjd->bij", F.normalize(x, dim=-1), F.normalize(y, dim=-1)))
-        image = torch.stack(channels, 1)                                    # [BU, 6, Lu, Lr]
-        cell_mask = (~t_pad.view(B * U, Lu, 1) & ~rp.unsqueeze(1)).unsqueeze(1).to(image.dtype)
-        x = image * cell_mask
-        for conv in self.convs:
-            x = F.relu(conv(x)) * cell_mask
-            x = F.max_pool2d(x, 2, ceil_mode=True)
-            cell_mask = F.max_pool2d(cell_mask, 2, ceil_mode=True)
-        flat_mask = cell_mask.flatten(2)
-        feats = torch.cat([(x.flatten(2)).amax(-1), (x.flatten(2) * flat_mask).sum(-1) / flat_mask.sum(-1).clamp_min(1)], -1)
-        v = torch.relu(self.utt_proj(feats)).view(B, U, -1)                # [B, U, g]
+    def match(self, utt, utt_mask, resp, resp_mask) -> torch.Tensor:
+        """Matching vectors [N, match_dim] for N (turn, response) pairs of word representations."""
+        h_utt = self.utt_attn(utt, utt, utt_mask, utt_mask)
+        h_resp = self.resp_attn(resp, resp, resp_mask, resp_mask)
+        x_utt = self.utt_resp_attn(h_utt, h_resp, utt_mask, resp_mask)   # turn words attend to the response
+        x_resp = self.resp_utt_attn(h_resp, h_utt, resp_mask, utt_mask)  # and the other way round
+        maps = []
+        for bil, (a, b) in zip(self.bilinear, ((utt, resp), (h_utt, h_resp), (x_utt, x_resp))):
+            maps += [bil(a, b), pairwise_cosine(a, b)]
+        maps = torch.stack(maps, dim=1)                                 # [N, 6, L, Lr]
+        valid = (utt_mask.unsqueeze(2) & resp_mask.unsqueeze(1)).unsqueeze(1)
+        maps = maps * valid.to(maps.dtype)
+        return self.cnn(maps, utt_mask.sum(1), resp_mask.sum(1))
 
-        # GRU over the real turns, oldest first (slots are left-padded: shift real turns to the front)
-        n = n_real.clamp_min(1)
-        shift = (slot.unsqueeze(0) + (U - n).unsqueeze(1)) % U
-        v = v.gather(1, shift.unsqueeze(-1).expand(-1, -1, v.size(-1)))
-        _, h = self.gru(pack_padded_sequence(v, n.cpu(), batch_first=True, enforce_sorted=False))
-        return self.out(self.dropout(h[-1])).squeeze(-1)
-
-
-@dataclass
-class MatchBatch:
-    turns: torch.Tensor
-    response: torch.Tensor
-    labels: torch.Tensor
-
-    def to(self, device) -> "MatchBatch":
-        return MatchBatch(self.turns.to(device), self.response.to(device), self.labels.to(device))
+    def forward(self, context: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        """context [B, U, L], response [B, Lr] token ids -> matching logits [B]."""
+        B, U, L = context.shape
+        word_mask = context != PAD
+        turn_mask = word_mask.any(-1)
+        resp_mask = response != PAD
+        ctx = self.drop(self.embed_words(context))
+        resp = self.drop(self.embed_words(response))
+        weights = self.select(ctx, word_mask, turn_mask)
+        ctx = ctx * weights.view(B, U, 1, 1)
+        # only the turn slots that hold a turn are matched (a 1-turn context costs one map, not U)
+        b_idx, u_idx = turn_mask.nonzero(as_tuple=True)
+        vectors = self.match(ctx[b_idx, u_idx], word_mask[b_idx, u_idx], resp[b_idx], resp_mask[b_idx])
+        per_turn = vectors.new_zeros(B, U, vectors.shape[-1])
+        per_turn[b_idx, u_idx] = vectors
+        h = vectors.new_zeros(B, self.config.gru_hidden)
+        for u in range(U):  # empty slots leave the state unchanged
+            step = turn_mask[:, u].unsqueeze(-1).to(h.dtype)
+            h = step * self.gru(per_turn[:, u], h) + (1 - step) * h
+        return self.out(self.drop(h)).squeeze(-1)
 
 
-class MatchEncoder:
-    """Token ids for MSN: the last `max_turns` turns and the response, truncated, trimmed batches."""
+# --- tensors from token ids ---------------------------------------------------------------------
 
-    def __init__(self, tokenizer, cfg: MSNConfig):
-        self.tok, self.cfg = tokenizer, cfg
+def truncate_pair(context_ids: Sequence[Sequence[int]], response_ids: Sequence[int], max_turns: int,
+                  max_turn_len: int) -> tuple[list[list[int]], list[int]]:
+    """The last `max_turns` turns and each utterance's first `max_turn_len` tokens; an utterance
+    that encodes to nothing becomes [UNK] so that it still counts as a turn."""
+    turns = [list(t[:max_turn_len]) or [UNK] for t in context_ids[-max_turns:]] if max_turns > 0 else []
+    return turns, list(response_ids[:max_turn_len]) or [UNK]
 
-    def context_ids(self, turns: Sequence[str]) -> list[list[int]]:
-        turns = list(turns)[-self.cfg.max_turns:]
-        return [ids[: self.cfg.max_turn_len] for ids in self.tok.encode_batch(turns)] if turns else [[]]
 
-    def response_ids(self, text: str) -> list[int]:
-        return self.tok.encode(text)[: self.cfg.max_response_len]
+def pad_batch(contexts: Sequence[Sequence[Sequence[int]]], responses: Sequence[Sequence[int]],
+              device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Already-truncated ids -> (context [B, U, L], response [B, Lr]), trimmed to this batch's longest row.
 
-    @staticmethod
-    def batch(ctx: list[list[list[int]]], resp: list[list[int]], labels: Sequence[float] | None = None) -> MatchBatch:
-        U = max(len(c) for c in ctx)
-        L = max([len(t) for c in ctx for t in c] + [1])
-        R = max([len(r) for r in resp] + [1])
-        turns = torch.full((len(ctx), U, L), PAD, dtype=torch.long)
-        response = torch.full((len(ctx), R), PAD, dtype=torch.long)
-        for b, (c, r) in enumerate(zip(ctx, resp)):
-            for u, t in enumerate(c):
-                if t:
-                    turns[b, U - len(c) + u, :len(t)] = torch.tensor(t)
-            if r:
-                response[b, :len(r)] = torch.tensor(r)
-        lab = torch.tensor(labels if labels is not None else [0.0] * len(ctx), dtype=torch.float32)
-        return MatchBatch(turns, response, lab)
+    Turn slots are left-padded (the last turn at U-1); words are left-aligned in each slot.
+    """
+    B = len(contexts)
+    U = max(1, max(len(c) for c in contexts))
+    L = max(1, max((len(t) for c in contexts for t in c), default=1))
+    Lr = max(1, max(len(r) for r in responses))
+    ctx = np.zeros((B, U, L), dtype=np.int64)
+    resp = np.zeros((B, Lr), dtype=np.int64)
+    for i, (c, r) in enumerate(zip(contexts, responses)):
+        offset = U - len(c)
+        for j, t in enumerate(c):
+            ctx[i, offset + j, :len(t)] = t
+        resp[i, :len(r)] = r
+    return torch.from_numpy(ctx).to(device), torch.from_numpy(resp).to(device)
 
+
+# --- the Matcher --------------------------------------------------------------------------------
 
 class MSNMatcher:
-    """cldg.matching.base.Matcher over a trained MSN: batched by length, inference mode, trimmed padding."""
+    """`cldg.matching.base.Matcher` backed by an MSN: probabilities sigmoid(logit) in [0, 1].
+
+    Fast inference: utterances are encoded once per call (contexts repeat across candidates), pairs
+    are sorted by length so each batch carries little padding, batches are trimmed to their longest
+    row, and scoring runs under `torch.inference_mode` (bf16 autocast on CUDA).
+    """
 
     name = "msn"
 
-    def __init__(self, model: MSN, tokenizer, device, batch_size: int = 512):
+    def __init__(self, model: MSN, tokenizer, device: Any = "cpu", batch_size: int = 256):
         self.model = model.to(device).eval()
-        self.encoder = MatchEncoder(tokenizer, model.cfg)
-        self.device, self.batch_size = device, batch_size
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
 
-    @torch.inference_mode()
+    def encode(self, contexts: Sequence[Sequence[str]], responses: Sequence[str]):
+        unique = list(dict.fromkeys([u for c in contexts for u in c] + list(responses)))
+        ids = dict(zip(unique, self.tokenizer.encode_batch(unique))) if unique else {}
+        cfg = self.model.config
+        return [truncate_pair([ids[u] for u in c], ids[r], cfg.max_turns, cfg.max_turn_len)
+                for c, r in zip(contexts, responses)]
+
     def score(self, contexts: Sequence[Sequence[str]], responses: Sequence[str]) -> np.ndarray:
-        ctx = [self.encoder.context_ids(c) for c in contexts]
-        resp = [self.encoder.response_ids(r) for r in responses]
-        order = sorted(range(len(ctx)), key=lambda i: (len(ctx[i]), max((len(t) for t in ctx[i]), default=0), len(resp[i])))
-        out = np.zeros(len(ctx), np.float32)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            b = MatchEncoder.batch([ctx[i] for i in idx], [resp[i] for i in idx]).to(self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                logits = self.model(b.turns, b.response)
-            out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
-        return out
+        if len(contexts) != len(responses):
+            raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+        return self.score_ids(self.encode(contexts, responses))
 
+    def score_ids(self, pairs: Sequence[tuple[list[list[int]], list[int]]]) -> np.ndarray:
+        """Probabilities for already-truncated (context turn ids, response ids) pairs."""
+        return score_pairs(self.model, pairs, self.batch_size, self.device)
+
+
+def score_pairs(model: MSN, pairs: Sequence[tuple[list[list[int]], list[int]]], batch_size: int,
+                device: Any) -> np.ndarray:
+    """Batched, length-sorted MSN scoring of (context ids, response ids) pairs -> probabilities [N]."""
+    device = torch.device(device)
+    out = np.zeros(len(pairs), dtype=np.float32)
+    # sort by (turns, longest turn, response length): similar shapes share a batch, little padding
+    order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), max((len(t) for t in pairs[i][0]), default=0),
+                                                       len(pairs[i][1])))
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    with torch.inference_mode(), autocast:
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo:lo + batch_size]
+            ctx, resp = pad_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], device)
+            out[idx] = torch.sigmoid(model(ctx, resp).float()).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --- save / load ------------------------------------------------------------------------------
 
 def save_msn(directory: Path, model: MSN) -> None:
+    """model.safetensors + model.json ({"name": "msn", "config", "vocab_size"})."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    (directory / "model.json").write_text(json.dumps({"name": "msn", "config": asdict(model.cfg)}, indent=2))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {"name": "msn", "config": asdict(model.config), "vocab_size": model.config.vocab_size}
+    (directory / "model.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_msn(directory: Path, device="cpu") -> MSN:
+def load_msn(directory: Path, device: Any = "cpu") -> MSN:
     from safetensors.torch import load_file
 
-    meta = json.loads((Path(directory) / "model.json").read_text())
+    directory = Path(directory)
+    meta_path = directory / "model.json"
+    if not meta_path.is_file() or not (directory / "model.safetensors").is_file():
+        raise CldgError(f"{directory}: no model.json / model.safetensors (not an MSN matcher artifact; "
+                        f"run `cldg train-matcher`)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("name") != "msn":
+        raise CldgError(f"{meta_path}: model is {meta.get('name')!r}, expected 'msn'")
     model = MSN(MSNConfig(**meta["config"]))
-    model.load_state_dict(load_file(str(Path(directory) / "model.safetensors"), device="cpu"))
+    model.load_state_dict(load_file(str(directory / "model.safetensors"), device="cpu"))
     return model.to(device).eval()
 
 
-def load_msn_matcher(artifact_dir: Path, device, batch_size: int = 512) -> MSNMatcher:
-    """The matcher of a `cldg train-matcher` artifact, with the tokenizer of its prepare input."""
-    from cldg.artifacts import Artifact
+def find_tokenizer(artifact_dir: Path) -> Path:
+    """The matcher's own copy of tokenizer.json, else the prepare artifact named in its manifest."""
+    artifact_dir = Path(artifact_dir)
+    own = artifact_dir / "tokenizer.json"
+    if own.is_file():
+        return own
+    manifest = artifact_dir / "manifest.json"
+    if manifest.is_file():
+        prep = json.loads(manifest.read_text()).get("inputs", {}).get("prepare", {}).get("path")
+        if prep and (Path(prep) / "tokenizer.json").is_file():
+            return Path(prep) / "tokenizer.json"
+    raise CldgError(f"{artifact_dir}: no tokenizer.json here nor in its prepare input")
+
+
+def load_msn_matcher(artifact_dir: Path, device: Any = "cpu", batch_size: int = 256) -> MSNMatcher:
+    """The MSN matcher of a `cldg train-matcher` artifact, ready to score."""
     from cldg.text.tokenizer import DialogueTokenizer
 
-    art = Artifact.load(Path(artifact_dir))
-    prepared = Artifact.load(Path(art.manifest["inputs"]["prepare"]["path"]))
-    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
-    return MSNMatcher(load_msn(art.path, device), tok, device, batch_size)
+    model = load_msn(artifact_dir, device)
+    return MSNMatcher(model, DialogueTokenizer.load(find_tokenizer(artifact_dir)), device, batch_size)

@@ -1,9 +1,10 @@
 """Train the MSN matching model (BCE against random negatives) and compare it with BM25 and bag-of-words.
 
-Validation every N steps on 1 true + 9 random responses per valid context: R10@1, R10@2, R10@5 and
-MRR; the best checkpoint is kept, the learning rate halves when a check does not improve, and a rerun
-after a crash or Ctrl-C resumes (the shared trainer). The manifest holds MSN's, BM25's and
-bag-of-words' validation metrics side by side.
+Validation every N steps on 1 true + 9 random responses per valid context: R10@1, R10@2, R10@5, MRR;
+the best weights are kept, the learning rate halves when a check does not improve, and a rerun after
+a crash or Ctrl-C resumes from the last checkpoint. Writes model.safetensors, model.json,
+tokenizer.json (a copy of the prepare stage's) and metrics.json with MSN's, BM25's and bag-of-words'
+validation metrics side by side.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
 from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.errors import CldgError
 
 SCHEMA = 1
 PREPARE_SCHEMA = 1
@@ -20,45 +22,61 @@ PREPARE_SCHEMA = 1
 @dataclass
 class Config:
     prepare_dir: Path | None = option(None, "Prepare artifact (default: latest).", fingerprint=False)
-    hidden: int = option(128, "Attentive-module width.")
+    hidden: int = option(0, "Model width (0: the word-vector size, no projection).")
+    ffn_dim: int = option(0, "Attention block feed-forward size (0: the model width).")
+    max_turns: int = option(5, "Context turns the matcher sees (the last ones).")
+    max_turn_len: int = option(30, "Tokens per turn and per response.")
     hops: int = option(3, "Selector hops.")
-    gamma: float = option(0.3, "Selector threshold.")
-    heads: int = option(4, "Attention heads.")
-    cnn_channels: int = option(16, "CNN channels.")
+    gamma: float = option(0.3, "Selector threshold: turns scoring below it are dropped.")
+    alpha: float = option(0.5, "Selector weight of word-level vs utterance-level relevance.")
+    cnn_channels: str = option("16,32,64", "Channels of the three CNN layers, comma-separated.")
+    match_dim: int = option(128, "Matching vector size per turn.")
     gru_hidden: int = option(128, "Aggregation GRU size.")
     dropout: float = option(0.1, "Dropout.")
-    max_turns: int = option(5, "Context turns the matcher sees.")
-    max_turn_len: int = option(40, "Tokens per turn.")
-    max_response_len: int = option(40, "Tokens of the response.")
-    neg_ratio: int = option(1, "Random negatives per positive.")
     lr: float = option(1e-3, "Adam learning rate.")
-    batch_size: int = option(64, "Positive pairs per batch.")
+    batch_size: int = option(64, "True pairs per step (plus neg_ratio x as many negatives).")
+    neg_ratio: int = option(1, "Random negatives per true pair.")
     epochs: int = option(5, "Epochs at most.")
-    max_steps: int = option(0, "Steps at most (0: no limit).")
+    max_steps: int = option(0, "Steps at most (0: no limit; whichever ends first).")
     eval_every: int = option(500, "Validate every N steps.")
-    patience: int = option(5, "Checks without improvement before stopping.")
-    max_train_pairs: int = option(0, "Use only this many training pairs (0 = all).")
-    max_valid_pairs: int = option(1000, "Validation contexts (each with 9 negatives).")
+    patience: int = option(4, "Checks without improvement before stopping.")
+    max_train_pairs: int = option(0, "Use only this many training pairs (seeded; 0 = all).")
+    max_valid_pairs: int = option(1000, "Valid contexts used by the periodic checks (0 = all).")
+    final_valid_pairs: int = option(0, "Valid contexts of the final MSN / BM25 / BoW comparison (0 = all).")
+    score_batch_size: int = option(256, "Pairs per batch when scoring.", fingerprint=False)
+
+
+def parse_channels(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if len(out) != 3 or min(out) < 1:
+        raise CldgError(f"--cnn-channels {text!r}: expected three positive integers, e.g. 16,32,64")
+    return out
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
     import json
     import random
-
-    import torch
-    import torch.nn.functional as F
+    import shutil
+    import time
 
     from cldg.data.pairs import read_pairs
     from cldg.matching.baselines import BagOfWordsMatcher
     from cldg.matching.bm25 import BM25Matcher
-    from cldg.matching.evaluation import candidate_sets, evaluate_matcher
-    from cldg.matching.msn import MSN, MatchEncoder, MSNConfig, MSNMatcher, save_msn
+    from cldg.matching.evaluation import candidate_sets, evaluate_matcher, evaluate_scores
+    from cldg.matching.msn import MSN, MSNConfig, MSNMatcher, save_msn
+    from cldg.matching.training import MatcherTrainConfig, train_msn
     from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
     from cldg.text.tokenizer import DialogueTokenizer
     from cldg.text.vectors import load_word_vectors
-    from cldg.training.trainer import TrainConfig, Trainer
 
+    channels = parse_channels(cfg.cnn_channels)
+    for name in ("batch_size", "neg_ratio", "eval_every", "max_turns", "max_turn_len", "hops", "epochs"):
+        if getattr(cfg, name) < 1:
+            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     store = ArtifactStore(common.workdir)
     prepared = store.resolve_input("prepare", cfg.prepare_dir, PREPARE_SCHEMA, "--prepare-dir")
     config = fingerprint_config(cfg) | {"seed": common.seed}
@@ -70,76 +88,72 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         device = resolve_device(common.device)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
         vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
-        mcfg = MSNConfig(tok.vocab_size, vectors.shape[1], cfg.hidden, cfg.hops, cfg.gamma, cfg.heads, cfg.cnn_channels,
-                         cfg.gru_hidden, cfg.dropout, cfg.max_turns, cfg.max_turn_len, cfg.max_response_len)
-        model = MSN(mcfg)
-        with torch.no_grad():
-            rows = torch.from_numpy(has)
-            model.embedding.weight[rows] = torch.from_numpy(vectors[has])
+        mcfg = MSNConfig(vocab_size=tok.vocab_size, embed_dim=int(vectors.shape[1]), hidden=cfg.hidden,
+                         ffn_dim=cfg.ffn_dim, max_turns=cfg.max_turns, max_turn_len=cfg.max_turn_len, hops=cfg.hops,
+                         gamma=cfg.gamma, alpha=cfg.alpha, cnn_channels=channels, match_dim=cfg.match_dim,
+                         gru_hidden=cfg.gru_hidden, dropout=cfg.dropout)
+        model = MSN(mcfg, vectors, has)
+
+        t0 = time.time()
         train = read_pairs(prepared.file("pairs-train.parquet"))
         valid = read_pairs(prepared.file("pairs-valid.parquet"))
+        if len(train) < 2 or len(valid) < 10:
+            raise CldgError(f"{prepared.path}: too few pairs for matcher training ({len(train)} train, "
+                            f"{len(valid)} valid; need 2 and 10)")
         idx = list(range(len(train)))
         if cfg.max_train_pairs and len(idx) > cfg.max_train_pairs:
             idx = sorted(random.Random(common.seed).sample(idx, cfg.max_train_pairs))
-        enc = MatchEncoder(tok, mcfg)
-        ctx_ids = [enc.context_ids(train.context[i]) for i in idx]
-        resp_ids = [enc.response_ids(train.response[i]) for i in idx]
-        v_n = min(cfg.max_valid_pairs or len(valid), len(valid))
-        v_ctx, v_resp = valid.context[:v_n], valid.response[:v_n]
-        sets = candidate_sets(v_resp, 9, common.seed)
-        console.print(f"train-matcher: MSN {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                      f"{len(idx):,} train pairs, {len(sets):,} validation sets of 10, on {device}")
+        matcher = MSNMatcher(model, tok, device, cfg.score_batch_size)
+        train_pairs = matcher.encode([train.context[i] for i in idx], [train.response[i] for i in idx])
+        train_keys = [train.response[i] for i in idx]
+        sets_all = candidate_sets(valid.response, 9, common.seed)
+        check_sets = sets_all[: cfg.max_valid_pairs] if cfg.max_valid_pairs else sets_all
+        final_sets = sets_all[: cfg.final_valid_pairs] if cfg.final_valid_pairs else sets_all
+        valid_pairs = matcher.encode(valid.context, valid.response)
+        encode_s = time.time() - t0
+        n_params = sum(p.numel() for p in model.parameters())
+        console.print(f"train-matcher: MSN {n_params / 1e6:.2f}M parameters, {len(train_pairs):,} train pairs, "
+                      f"{len(check_sets):,} validation sets of 10 on {device}")
 
-        def batches(epoch: int, start: int):
-            rng = random.Random(common.seed * 31 + epoch)
-            order = list(range(len(idx)))
-            rng.shuffle(order)
-            chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            for rows_ in chunks[start:]:
-                c = [ctx_ids[i] for i in rows_]
-                r = [resp_ids[i] for i in rows_]
-                labels = [1.0] * len(rows_)
-                for _ in range(cfg.neg_ratio):  # random responses of other pairs as negatives
-                    c += [ctx_ids[i] for i in rows_]
-                    r += [resp_ids[rng.randrange(len(idx))] for _ in rows_]
-                    labels += [0.0] * len(rows_)
-                yield MatchEncoder.batch(c, r, labels)
-
-        def loss_fn(m, b):
-            logits = m(b.turns, b.response)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
-            acc = ((logits > 0).float() == b.labels).float().mean().item()
-            return loss, {"accuracy": acc, "tokens": int(b.response.ne(0).sum())}
-
-        def validate(m):
-            metrics = evaluate_matcher(MSNMatcher(m, tok, device), v_ctx, v_resp, sets)
-            m.train()
-            return {"criterion": 1.0 - metrics["MRR"], **metrics}
-
-        per_epoch = -(-len(idx) // cfg.batch_size)
-        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
-                                             patience=cfg.patience), run.dir, device, loss_fn, batches, per_epoch, validate)
-        summary = trainer.fit(description="train MSN")
-        trainer.load_best()
+        tcfg = MatcherTrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, neg_ratio=cfg.neg_ratio, epochs=cfg.epochs,
+                                  max_steps=cfg.max_steps, eval_every=cfg.eval_every, patience=cfg.patience,
+                                  score_batch_size=cfg.score_batch_size, seed=common.seed)
+        summary = train_msn(model, train_pairs, train_keys, valid_pairs, check_sets, tcfg, run.dir, device)
         save_msn(run.dir, model)
-        results = {"msn": evaluate_matcher(MSNMatcher(model, tok, device), v_ctx, v_resp, sets),
-                   "bm25": evaluate_matcher(BM25Matcher(tok.words, train.response), v_ctx, v_resp, sets),
-                   "bow": evaluate_matcher(BagOfWordsMatcher(tok.words), v_ctx, v_resp, sets)}
-        (run.dir / "metrics.json").write_text(json.dumps({"validation": results, **summary}, indent=2, default=float))
-        print_selection_table(results)
-        return run.commit(rows={"train_pairs": len(idx), "validation_sets": len(sets), "steps": summary["steps"]},
-                          timings={"train_s": summary["train_seconds"]}, extra={"validation": results})
+        shutil.copyfile(prepared.file("tokenizer.json"), run.dir / "tokenizer.json")
+
+        # the final comparison: the same candidate sets for all three matchers
+        results, timings = {}, {"encode_s": round(encode_s, 2), "train_s": summary["train_seconds"]}
+        t1 = time.time()
+        results["msn"] = evaluate_scores(lambda c, r: matcher.score_ids(list(zip(c, r))),
+                                         [p[0] for p in valid_pairs], [p[1] for p in valid_pairs], final_sets)
+        timings["msn_valid_s"] = round(time.time() - t1, 2)
+        n_scored = final_sets.size
+        pairs_per_s = n_scored / max(timings["msn_valid_s"], 1e-9)
+        results["bm25"] = evaluate_matcher(BM25Matcher(tok.words, train.response), valid.context, valid.response, final_sets)
+        results["bow"] = evaluate_matcher(BagOfWordsMatcher(tok.words), valid.context, valid.response, final_sets)
+        metrics = {"validation": results, "validation_sets": int(len(final_sets)),
+                   "msn_scoring_pairs_per_s": round(pairs_per_s, 1), "device": str(device),
+                   "parameters": n_params, "train": summary}
+        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        print_selection_table(results, len(final_sets))
+        console.print(f"train-matcher: {summary['steps']:,} steps in {summary['train_seconds']:.0f} s "
+                      f"(best at step {summary['best_step']}), MSN scores {pairs_per_s:,.0f} pairs/s on {device}")
+        return run.commit(rows={"train_pairs": len(train_pairs), "validation_sets": int(len(final_sets)),
+                                "steps": summary["steps"]},
+                          timings=timings, extra={"validation": results})
 
 
-def print_selection_table(results: dict[str, dict[str, float]]) -> None:
+def print_selection_table(results: dict[str, dict[str, float]], n_sets: int) -> None:
     from rich.table import Table
 
+    from cldg.matching.evaluation import METRICS
     from cldg.progress import console
 
-    table = Table(title="Response selection on valid (1 true + 9 random)")
+    table = Table(title=f"Response selection on valid ({n_sets:,} contexts, 1 true + 9 random)")
     table.add_column("matcher")
-    for k in ("R10@1", "R10@2", "R10@5", "MRR"):
+    for k in METRICS:
         table.add_column(k, justify="right")
     for name, m in results.items():
-        table.add_row(name, *(f"{m[k]:.3f}" for k in ("R10@1", "R10@2", "R10@5", "MRR")))
+        table.add_row(name, *(f"{m[k]:.3f}" for k in METRICS))
     console.print(table)

@@ -1,0 +1,124 @@
+"""BCE training of MSN against random negatives, on the shared resumable trainer.
+
+Each step takes B true (context, response) pairs and `neg_ratio` x B negatives: the same contexts with
+responses of random other training pairs (text different from the true one). The order of an epoch and
+its negatives are functions of (seed, epoch, batch index) only, so a run resumed from a checkpoint sees
+exactly the batches an uninterrupted run would have. Validation (R10@1/2/5, MRR on 1 true + 9 random
+valid responses) runs every `eval_every` steps; the best weights are kept (criterion 1 - MRR), the
+learning rate halves when a check does not improve, training stops after `patience` such checks.
+Checkpoints (model safetensors, optimizer + RNG state loaded with weights_only=True, step) live in
+`run_dir/resume/` (`cldg.training.trainer.Trainer`); bf16 autocast on CUDA.
+BM25 hard negatives are not implemented (random negatives only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cldg.matching.evaluation import evaluate_scores
+from cldg.matching.msn import MSN, pad_batch, score_pairs
+
+Pair = tuple[list[list[int]], list[int]]  # (context turn ids, response ids), already truncated
+
+
+@dataclass
+class MatchBatch:
+    context: torch.Tensor   # [B, U, L]
+    response: torch.Tensor  # [B, Lr]
+    labels: torch.Tensor    # [B] 1 = true response, 0 = random one
+
+    def to(self, device) -> "MatchBatch":
+        return MatchBatch(self.context.to(device), self.response.to(device), self.labels.to(device))
+
+
+@dataclass
+class MatcherTrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 64          # true pairs per step (the batch holds (1 + neg_ratio) x this)
+    neg_ratio: int = 1
+    epochs: int = 5
+    max_steps: int = 0            # 0: epochs decide
+    eval_every: int = 500
+    patience: int = 4
+    grad_clip: float = 5.0
+    score_batch_size: int = 256
+    seed: int = 13
+
+
+def epoch_batches(pairs: Sequence[Pair], response_keys: Sequence[Any], batch_size: int, neg_ratio: int,
+                  seed: int, epoch: int, start: int = 0):
+    """The batches of one epoch from batch index `start`; deterministic in (seed, epoch, batch index).
+
+    response_keys: something comparable per pair (the response text) so a negative never equals the truth.
+    """
+    n = len(pairs)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    n_batches = -(-n // batch_size)
+    for b in range(start, n_batches):
+        rows = order[b * batch_size:(b + 1) * batch_size]
+        rng = np.random.default_rng([seed, epoch, b + 1])
+        contexts = [pairs[i][0] for i in rows]
+        responses = [pairs[i][1] for i in rows]
+        labels = [1.0] * len(rows)
+        for _ in range(neg_ratio):
+            for i in rows:
+                j = int(rng.integers(n))
+                for _ in range(10):  # resample the rare draw of the pair itself / the same text
+                    if response_keys[j] != response_keys[i]:
+                        break
+                    j = int(rng.integers(n))
+                contexts.append(pairs[i][0])
+                responses.append(pairs[j][1])
+                labels.append(0.0)
+        ctx, resp = pad_batch(contexts, responses)
+        yield MatchBatch(ctx, resp, torch.tensor(labels))
+
+
+def bce_loss(model: MSN, batch: MatchBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    logits = model(batch.context, batch.response).float()
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+    acc = ((logits > 0).float() == batch.labels).float().mean().item()
+    return loss, {"accuracy": acc, "tokens": int(batch.response.ne(0).sum())}
+
+
+def train_msn(model: MSN, train_pairs: Sequence[Pair], train_keys: Sequence[Any], valid_pairs: Sequence[Pair],
+              valid_sets: np.ndarray, cfg: MatcherTrainConfig, run_dir: Path, device: torch.device,
+              progress=None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train in place; returns the trainer's summary (steps, best step, time, last validation).
+
+    The model ends with the best validated weights. `on_step(step)` is called after each step (tests
+    use it to simulate a crash).
+    """
+    from cldg.training.trainer import TrainConfig, Trainer
+
+    valid_ctx = [p[0] for p in valid_pairs]
+    valid_resp = [p[1] for p in valid_pairs]
+
+    def validate(m: MSN) -> dict[str, float]:
+        metrics = evaluate_scores(
+            lambda c, r: score_pairs(m, list(zip(c, r)), cfg.score_batch_size, device),
+            valid_ctx, valid_resp, valid_sets)
+        return {"criterion": 1.0 - metrics["MRR"], **metrics}
+
+    def batches(epoch: int, start: int):
+        for batch in epoch_batches(train_pairs, train_keys, cfg.batch_size, cfg.neg_ratio, cfg.seed, epoch, start):
+            yield batch
+
+    def loss_fn(m, batch):
+        out = bce_loss(m, batch)
+        if on_step is not None:
+            on_step(trainer.state["step"] + 1)
+        return out
+
+    per_epoch = -(-len(train_pairs) // cfg.batch_size)
+    trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, grad_clip=cfg.grad_clip,
+                                         eval_every=cfg.eval_every, patience=cfg.patience, lr_decay=0.5),
+                      run_dir, device, loss_fn, batches, per_epoch, validate)
+    summary = trainer.fit(progress=progress, description="train MSN")
+    trainer.load_best()
+    return summary
