@@ -40,9 +40,10 @@ S_POS_FLOOR = 1e-6  # log s+ stays finite when a matcher gives a positive a prob
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the last dim where mask is set, per group; groups with nothing there give 0."""
-    m = mask.to(x.dtype)
-    return (x * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+    """Mean over the last dim where mask is set, per group; groups with nothing there give 0.
+    torch.where (not x * mask) so that an inf in an empty slot can neither leak into the value nor the gradient."""
+    m = mask.bool()
+    return torch.where(m, x, torch.zeros_like(x)).sum(-1) / m.sum(-1).clamp_min(1).to(x.dtype)
 
 
 def log_weighted_negative(d: torch.Tensor, s_neg: torch.Tensor) -> torch.Tensor:
@@ -60,8 +61,13 @@ def log_soft(d: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, s_pos: torch.Tensor, s_neg: torch.Tensor,
-                     pos_mask: torch.Tensor, neg_mask: torch.Tensor, variant: str = "eq4") -> torch.Tensor:
+                     pos_mask: torch.Tensor | None = None, neg_mask: torch.Tensor | None = None,
+                     variant: str = "eq4") -> torch.Tensor:
     """The group-wise contrastive loss, averaged over groups.
+
+    d_pos, s_pos, pos_mask: [G, P]; d_neg, s_neg, neg_mask: [G, N]. A mask left out means every slot is
+    present. s+ is floored at S_POS_FLOOR, so a positive the matcher scored ~0 costs a large but finite
+    constant (no -inf); the log-sigmoids keep every term finite for any finite D.
 
     eq4 (the paper's Eq. 4): -(1/|P|) sum log[s+ sig(D+)] - (1/|N|) sum log[1 + s- sig(D-)].
         log[s+ sig(D)] = log s+ + log sig(D): s+ shifts the loss value, not its gradient.
@@ -70,6 +76,12 @@ def contrastive_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, s_pos: torch.Tens
     soft: -log(m (sig(D) - 1/2) + 1/2), m = 2 prob - 1, prob = s+ for positives and 1 + s- for negatives:
         the positive weights change the gradient.
     """
+    if pos_mask is None:
+        pos_mask = torch.ones_like(d_pos, dtype=torch.bool)
+    if neg_mask is None:
+        neg_mask = torch.ones_like(d_neg, dtype=torch.bool)
+    pos_mask, neg_mask = pos_mask.bool(), neg_mask.bool()
+    d_pos, d_neg, s_pos, s_neg = d_pos.float(), d_neg.float(), s_pos.float(), s_neg.float()
     if variant == "eq4":
         pos = torch.log(s_pos.clamp_min(S_POS_FLOOR)) + F.logsigmoid(d_pos)
         neg = log_weighted_negative(d_neg, s_neg)
