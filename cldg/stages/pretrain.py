@@ -92,10 +92,13 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         model = build_model(cfg.model, tok.vocab_size, **model_config(cfg))
         vectors, has_vector = load_word_vectors(prepared.file("word-vectors.safetensors"))
         n_init = model.init_embeddings(vectors, has_vector, common.seed)
+        emb_dim = model.embedding.weight.size(1)
+        embedding_init = (f"{n_init:,} rows from {vectors.shape[1]}-d word vectors"
+                          + ("" if vectors.shape[1] == emb_dim else f" through a seeded random projection to {emb_dim}-d"))
         n_params = sum(p.numel() for p in model.parameters())
         if dist.rank == 0:
-            console.print(f"pretrain: {cfg.model}, {n_params / 1e6:.2f}M parameters, {n_init:,} embeddings from word "
-                          f"vectors, {len(train):,} train / {len(valid):,} valid pairs on {device}"
+            console.print(f"pretrain: {cfg.model}, {n_params / 1e6:.2f}M parameters, embeddings: {embedding_init}, "
+                          f"{len(train):,} train / {len(valid):,} valid pairs on {device}"
                           + (f", DDP world {dist.world_size}" if dist.enabled else ""))
 
         def loss_fn(m, batch):
@@ -123,7 +126,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         save_model(run.dir, model)
         best_nll = summary["best_criterion"]
         metrics = {"model": cfg.model, "parameters": n_params, "best_valid_nll": best_nll,
-                   "best_valid_ppl": float(torch.exp(torch.tensor(min(best_nll, 50.0)))), **summary}
+                   "best_valid_ppl": float(torch.exp(torch.tensor(min(best_nll, 50.0)))), "embedding_init": embedding_init,
+                   **summary}
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         console.print(f"pretrain: best valid ppl {metrics['best_valid_ppl']:.2f} at step {summary['best_step']} "
                       f"({summary['stopped']}, {summary['steps']} steps)")
