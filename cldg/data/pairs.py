@@ -30,11 +30,14 @@ class CleanStats:
     dialogues_in: int = 0
     empty_turns_dropped: int = 0
     short_dialogues_dropped: int = 0  # fewer than two turns: no pair
+    renamed_duplicate_ids: int = 0  # a dialogue id seen before gets a '#k' suffix: ids stay unique
 
 
 def clean_dialogues(dialogues: Iterable[Dialogue], stats: CleanStats) -> list[Dialogue]:
-    """Drop empty turns (counted) and dialogues left with fewer than two turns (counted)."""
+    """Drop empty turns (counted) and dialogues left with fewer than two turns (counted); make ids
+    unique, since the split and every later stage tell dialogues apart by id."""
     kept = []
+    seen: Counter = Counter()
     for d in dialogues:
         stats.dialogues_in += 1
         turns = [t for t in d.turns if t]
@@ -42,7 +45,34 @@ def clean_dialogues(dialogues: Iterable[Dialogue], stats: CleanStats) -> list[Di
         if len(turns) < 2:
             stats.short_dialogues_dropped += 1
             continue
-        kept.append(Dialogue(d.id, turns, d.pair_only))
+        did = d.id
+        seen[d.id] += 1
+        if seen[d.id] > 1:
+            did = f"{d.id}#{seen[d.id]}"
+            stats.renamed_duplicate_ids += 1
+        kept.append(Dialogue(did, turns, d.pair_only))
+    return kept
+
+
+def pairs_in(d: Dialogue) -> int:
+    return 1 if d.pair_only else len(d.turns) - 1
+
+
+def subset_dialogues(dialogues: list[Dialogue], max_dialogues: int, max_pairs: int, seed: int) -> list[Dialogue]:
+    """A seeded subset of whole dialogues: at most `max_dialogues` of them and at most `max_pairs`
+    pairs in all (0 = no cap). Whole dialogues, so the later split stays by dialogue."""
+    if not max_dialogues and not max_pairs:
+        return dialogues
+    order = list(range(len(dialogues)))
+    random.Random(seed).shuffle(order)
+    kept, n_pairs = [], 0
+    for i in order:
+        if max_dialogues and len(kept) >= max_dialogues:
+            break
+        if max_pairs and n_pairs + pairs_in(dialogues[i]) > max_pairs:
+            continue  # too long for what is left of the budget: a shorter one may still fit
+        kept.append(dialogues[i])
+        n_pairs += pairs_in(dialogues[i])
     return kept
 
 
@@ -80,25 +110,43 @@ def make_pairs(splits: dict[str, list[Dialogue]], max_context_turns: int) -> dic
     return tables
 
 
-def corpus_statistics(tables: dict[str, PairTable], word_count, vocab_size: int) -> dict:
-    """The paper's Table 1: pairs, avg turns per context, avg words per utterance, split sizes, vocab."""
+def corpus_statistics(splits: dict[str, list[Dialogue]], tables: dict[str, PairTable], word_count,
+                      vocab_size: int) -> dict:
+    """The paper's Table 1 (pairs, avg turns per context, avg words per utterance, split sizes, vocab)
+    and the duplicates a user should know about (reported, not removed).
+
+    Words per utterance: every turn of every kept dialogue counts once (a turn that appears in several
+    contexts is not counted again), with the tokenizer's word split.
+    """
     n_pairs = sum(len(t) for t in tables.values())
     ctx_turns = [len(c) for t in tables.values() for c in t.context]
-    utterances = {u for t in tables.values() for c, r in zip(t.context, t.response) for u in (*c, r)}
-    words = [word_count(u) for u in utterances]
-    dup = Counter((tuple(c), r) for c, r in zip(tables["train"].context, tables["train"].response))
+    n_utt = n_words = 0
+    for dialogues in splits.values():
+        for d in dialogues:
+            n_utt += len(d.turns)
+            n_words += sum(word_count(u) for u in d.turns)
+    train = tables["train"]
+    train_keys = Counter(zip(map(tuple, train.context), train.response))
+    heldout_in_train = sum(1 for s in ("valid", "test") for k in zip(map(tuple, tables[s].context), tables[s].response)
+                           if k in train_keys)
+    dialogue_keys = Counter(tuple(d.turns) for ds in splits.values() for d in ds)
     return {
         "pairs": n_pairs,
-        "train_pairs": len(tables["train"]),
+        "train_pairs": len(train),
         "valid_pairs": len(tables["valid"]),
         "test_pairs": len(tables["test"]),
-        "train_dialogues": len(set(tables["train"].dialogue_id)),
-        "valid_dialogues": len(set(tables["valid"].dialogue_id)),
-        "test_dialogues": len(set(tables["test"].dialogue_id)),
+        "train_dialogues": len(splits["train"]),
+        "valid_dialogues": len(splits["valid"]),
+        "test_dialogues": len(splits["test"]),
         "avg_turns_per_context": round(sum(ctx_turns) / max(len(ctx_turns), 1), 3),
-        "avg_words_per_utterance": round(sum(words) / max(len(words), 1), 3),
+        "avg_words_per_utterance": round(n_words / max(n_utt, 1), 3),
         "vocabulary": vocab_size,
-        "duplicate_train_pairs": sum(n - 1 for n in dup.values() if n > 1),
+        # a (context, response) pair seen more than once in train, beyond its first occurrence
+        "duplicate_train_pairs": sum(n - 1 for n in train_keys.values() if n > 1),
+        # valid/test pairs whose exact (context, response) also occurs in train (generic exchanges)
+        "heldout_pairs_seen_in_train": heldout_in_train,
+        # dialogues whose whole turn sequence occurs more than once in the corpus, beyond the first
+        "duplicate_dialogues": sum(n - 1 for n in dialogue_keys.values() if n > 1),
     }
 
 

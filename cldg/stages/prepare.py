@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cldg.artifacts import Artifact, ArtifactStore
+from cldg.artifacts import Artifact, ArtifactStore, sha256_file
 from cldg.config import CommonOptions, fingerprint_config, option
 from cldg.data.loaders import FORMATS
 
@@ -22,16 +22,19 @@ SCHEMA = 1
 class Config:
     input: Path | None = option(None, "Corpus file; left out: the chitchat corpus of the chitchat-dataset package.")
     format: str = option("auto", "Corpus format.", choices=FORMATS)
-    max_context_turns: int = option(3, "Earlier turns kept as context.")
+    # The paper's corpora average 2.7-3.9 context turns (Table 1); 3 keeps the short chit-chat
+    # exchanges whole while bounding the context encoders' work.
+    max_context_turns: int = option(3, "Earlier turns kept as context (the paper's corpora average 2.7-3.9).")
     valid_fraction: float = option(0.05, "Share of dialogues for validation.")
     test_fraction: float = option(0.05, "Share of dialogues for test.")
     max_dialogues: int = option(0, "Use only this many dialogues (seeded subset; 0 = all).")
+    max_pairs: int = option(0, "Use only whole dialogues up to this many pairs in all (seeded subset; 0 = all).")
     vocab_size: int = option(20000, "Vocabulary cap (special tokens included).")
     min_freq: int = option(1, "Minimum word frequency for the vocabulary.")
     lowercase: bool = option(True, "Lowercase text in the tokenizer.")
     pretokenized: bool = option(False, "Text is already segmented (e.g. Chinese): split on whitespace only.")
     vectors: Path | None = option(None, "A fastText .vec file; left out: train fastText on the training text.")
-    vector_dim: int = option(300, "Dimension of trained word vectors.")
+    vector_dim: int = option(300, "Dimension of trained word vectors (the paper: 300).")
     vector_epochs: int = option(5, "Epochs of fastText training.")
     skip_bad_lines: bool = option(False, "Skip (and report) malformed lines instead of stopping.")
     max_line_bytes: int = option(1 << 20, "Longest input line accepted, in bytes.")
@@ -39,13 +42,11 @@ class Config:
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
-    import random
-
     from rich.table import Table
 
     from cldg.data.loaders import BadLines, read_dialogues
     from cldg.data.pairs import (SPLITS, CleanStats, clean_dialogues, corpus_statistics, make_pairs,
-                                 split_dialogues, write_pairs_parquet)
+                                 split_dialogues, subset_dialogues, write_pairs_parquet)
     from cldg.errors import CldgError
     from cldg.progress import console, make_progress
     from cldg.text.ngrams import count_ngrams, save_ngram_counts
@@ -57,14 +58,17 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
             raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 0.5)")
     if cfg.max_context_turns < 1:
         raise CldgError(f"--max-context-turns {cfg.max_context_turns}: must be at least 1")
+    for name in ("max_dialogues", "max_pairs", "vector_epochs", "min_freq"):
+        if getattr(cfg, name) < 0:
+            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must not be negative")
+    if cfg.vector_dim < 1:
+        raise CldgError(f"--vector-dim {cfg.vector_dim}: must be at least 1")
     if cfg.vocab_size <= len(SPECIALS):
         raise CldgError(f"--vocab-size {cfg.vocab_size}: must exceed the {len(SPECIALS)} special tokens")
 
     store = ArtifactStore(common.workdir)
     config = fingerprint_config(cfg) | {"seed": common.seed}
     if cfg.input is not None:  # the corpus content, not only its name, decides the output
-        from cldg.artifacts import sha256_file
-
         if not Path(cfg.input).is_file():
             raise CldgError(f"--input {cfg.input}: no such file")
         config["input_sha256"] = sha256_file(Path(cfg.input))
@@ -84,8 +88,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         dialogues = clean_dialogues(read_dialogues(cfg.input, cfg.format, bad, cfg.max_line_bytes), stats)
         if not dialogues:
             raise CldgError(f"{cfg.input or 'chitchat'}: no dialogue with at least two non-empty turns")
-        if cfg.max_dialogues and len(dialogues) > cfg.max_dialogues:
-            dialogues = random.Random(common.seed).sample(dialogues, cfg.max_dialogues)
+        dialogues = subset_dialogues(dialogues, cfg.max_dialogues, cfg.max_pairs, common.seed)
         splits = split_dialogues(dialogues, cfg.valid_fraction, cfg.test_fraction, common.seed)
         tables = make_pairs(splits, cfg.max_context_turns)
         for s in SPLITS:
@@ -102,22 +105,26 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         timings["tokenizer_ngrams_s"] = round(time.time() - t0, 3)
 
         t0 = time.time()
-        with make_progress(transient=True) as progress:
-            task = progress.add_task("word vectors", total=None, unit="words")
-            if cfg.vectors is not None:
-                vecs, has = read_vec_file(Path(cfg.vectors), tok.vocab(), len(SPECIALS), cfg.lowercase)
-            else:
-                wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, cfg.workers)
-                vecs, has = vectors_from_fasttext(wv, tok.vocab(), len(SPECIALS))
-            progress.update(task, total=1, completed=1)
+        if cfg.vectors is not None:
+            console.print(f"prepare: reading word vectors from {cfg.vectors}")
+            vecs, has = read_vec_file(Path(cfg.vectors), tok.vocab(), len(SPECIALS), cfg.lowercase)
+        else:
+            with make_progress() as progress:
+                task = progress.add_task(f"fastText {cfg.vector_dim}-d", total=cfg.vector_epochs, unit="epochs")
+                wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, cfg.workers,
+                                    on_epoch_end=lambda: progress.update(task, advance=1))
+            vecs, has = vectors_from_fasttext(wv, tok.vocab(), len(SPECIALS))
         save_word_vectors(run.dir / "word-vectors.safetensors", vecs, has)
         timings["vectors_s"] = round(time.time() - t0, 3)
 
-        corpus = corpus_statistics(tables, lambda u: len(tok.words(u)), tok.vocab_size)
-        corpus.update(dialogues_read=stats.dialogues_in, empty_turns_dropped=stats.empty_turns_dropped,
+        corpus = corpus_statistics(splits, tables, lambda u: len(tok.words(u)), tok.vocab_size)
+        corpus.update(dialogues_read=stats.dialogues_in, renamed_duplicate_ids=stats.renamed_duplicate_ids,
+                      empty_turns_dropped=stats.empty_turns_dropped,
                       short_dialogues_dropped=stats.short_dialogues_dropped, skipped_lines=len(bad.lines),
                       words_with_vectors=int(has.sum()))
         _print_stats(console, corpus, Table)
+        if bad.lines:
+            console.print(f"prepare: skipped {len(bad.lines)} bad line(s) (listed in manifest.json), first: {bad.lines[0]}")
         return run.commit(rows={f"{s}_pairs": len(tables[s]) for s in SPLITS}, timings=timings,
                           extra={"corpus_stats": corpus, "skipped_lines": bad.lines,
                                  "source": str(cfg.input) if cfg.input else "chitchat-dataset"})
@@ -128,8 +135,9 @@ def _print_stats(console, corpus: dict, Table) -> None:
     table.add_column("statistic")
     table.add_column("value", justify="right")
     for key in ("pairs", "train_pairs", "valid_pairs", "test_pairs", "avg_turns_per_context",
-                "avg_words_per_utterance", "vocabulary", "duplicate_train_pairs", "empty_turns_dropped",
-                "short_dialogues_dropped", "skipped_lines"):
+                "avg_words_per_utterance", "vocabulary", "train_dialogues", "valid_dialogues", "test_dialogues",
+                "duplicate_train_pairs", "heldout_pairs_seen_in_train", "duplicate_dialogues",
+                "empty_turns_dropped", "short_dialogues_dropped", "skipped_lines"):
         v = corpus[key]
         table.add_row(key.replace("_", " "), f"{v:,}" if isinstance(v, int) else f"{v:.2f}")
     console.print(table)

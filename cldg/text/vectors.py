@@ -13,13 +13,21 @@ import numpy as np
 from cldg.errors import CldgError
 
 
-def train_fasttext(sentences: list[list[str]], dim: int, epochs: int, seed: int, workers: int = 2):
+def train_fasttext(sentences: list[list[str]], dim: int, epochs: int, seed: int, workers: int = 2,
+                   on_epoch_end=None):
+    """Skip-gram fastText (gensim) on tokenized sentences; `on_epoch_end()` is called after each epoch."""
     from gensim.models import FastText
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    class _EpochHook(CallbackAny2Vec):
+        def on_epoch_end(self, model):
+            if on_epoch_end is not None:
+                on_epoch_end()
 
     model = FastText(vector_size=dim, window=5, min_count=1, sg=1, seed=seed, workers=workers,
                      min_n=3, max_n=6)
     model.build_vocab(corpus_iterable=sentences)
-    model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=epochs)
+    model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=epochs, callbacks=[_EpochHook()])
     return model.wv
 
 
@@ -35,32 +43,39 @@ def vectors_from_fasttext(wv, vocab: list[str], n_special: int) -> tuple[np.ndar
 
 
 def read_vec_file(path: Path, vocab: list[str], n_special: int, lowercase: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A fastText `.vec` file: a header 'count dim', then 'word v1 ... vdim' lines."""
+    """A fastText `.vec` file: an optional header 'count dim', then 'word v1 ... vdim' lines.
+
+    Only vocabulary words are parsed (a 2M-word file is mostly other words). With `lowercase`, the
+    first (most frequent, in fastText's order) casing of a word gives its vector.
+    """
     index = {w: i for i, w in enumerate(vocab) if i >= n_special}
     mat = has = None
     dim = None
     try:
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
-                parts = line.rstrip("\n").rstrip(" ").split(" ")
-                if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                line = line.rstrip("\r\n").rstrip(" ")
+                if not line:
+                    continue
+                word, _, rest = line.partition(" ")
+                if lineno == 1 and word.isdigit() and rest.isdigit():
                     continue  # header
                 if dim is None:
-                    dim = len(parts) - 1
+                    dim = len(rest.split(" ")) if rest else 0
                     if dim < 1:
                         raise CldgError(f"{path}:{lineno}: expected 'word v1 v2 ...'")
                     mat = np.zeros((len(vocab), dim), dtype=np.float32)
                     has = np.zeros(len(vocab), dtype=np.uint8)
-                if len(parts) != dim + 1:
-                    raise CldgError(f"{path}:{lineno}: expected {dim} numbers after the word, got {len(parts) - 1}")
-                w = parts[0].lower() if lowercase else parts[0]
-                i = index.get(w)
+                i = index.get(word.lower() if lowercase else word)
                 if i is None or has[i]:
                     continue
+                values = rest.split(" ")
+                if len(values) != dim:
+                    raise CldgError(f"{path}:{lineno}: expected {dim} numbers after the word, got {len(values)}")
                 try:
-                    mat[i] = np.asarray(parts[1:], dtype=np.float32)
+                    mat[i] = np.asarray(values, dtype=np.float32)
                 except ValueError:
-                    raise CldgError(f"{path}:{lineno}: not a number in the vector of {parts[0]!r}") from None
+                    raise CldgError(f"{path}:{lineno}: not a number in the vector of {word!r}") from None
                 has[i] = 1
     except UnicodeDecodeError as exc:
         raise CldgError(f"{path}: not UTF-8 text ({exc.reason})") from None
