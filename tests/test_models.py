@@ -175,7 +175,7 @@ def test_tiny_model_overfits_a_few_pairs(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert first > 3.0 and float(loss) < 0.1, (first, float(loss))
+    assert first > 3.0 and loss.item() < 0.1, (first, loss.item())
 
 
 @pytest.mark.parametrize("name", model_names())

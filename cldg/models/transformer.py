@@ -47,6 +47,10 @@ class Transformer(DialogueModel):
         if c.positions not in ("sinusoidal", "learned"):
             raise ValueError(f"positions must be sinusoidal or learned, not {c.positions!r}")
         self.embedding = nn.Embedding(vocab_size, c.embedding_dim, padding_idx=PAD)
+        # std d^-1/2 (fairseq): after the sqrt(d) scaling in _embed, words and positions have the same scale
+        nn.init.normal_(self.embedding.weight, 0.0, c.embedding_dim ** -0.5)
+        with torch.no_grad():
+            self.embedding.weight[PAD].zero_()
         if c.positions == "learned":
             self.positions = nn.Embedding(c.max_positions, c.embedding_dim)
         else:
