@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cldg.text.tokenizer import BOS, EOS, PAD, UNK
+from cldg.text.tokenizer import BOS, EOS, PAD, SEP, UNK
 
 METHODS = ("greedy", "beam", "topk", "nucleus")
 
@@ -51,8 +51,7 @@ def _banned(hyp: list[int], ctx: list[int] | None, cfg: DecodeConfig) -> list[in
 
 def _constrain(logp: torch.Tensor, hyps: list[list[int]], ctxs: list[list[int]] | None, step: int,
                cfg: DecodeConfig) -> torch.Tensor:
-    logp[:, PAD] = float("-inf")
-    logp[:, BOS] = float("-inf")
+    logp[:, [PAD, BOS, SEP]] = float("-inf")  # never part of a response
     if cfg.ban_unk:
         logp[:, UNK] = float("-inf")
     if step < cfg.min_len:
@@ -116,8 +115,22 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
     return hyps
 
 
+def _length_normalised(score: float, length: int, alpha: float) -> float:
+    """GNMT length penalty: score / ((5 + length) / 6) ** alpha (alpha = 0: raw log-probability)."""
+    return score / (((5 + length) / 6) ** alpha)
+
+
 def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
+    """Batched beam search (fairseq-style bookkeeping).
+
+    Each step ranks the K * V continuations of an item's K live hypotheses and looks at the best 2K:
+    an EOS among the first K ranks finishes that hypothesis (its length counts the EOS); the best K
+    non-EOS continuations stay alive. An item stops once it has K finished hypotheses; after
+    `max_len` tokens the live ones are finished as they are (greedy does the same), so beam 1 is greedy.
+    """
     B, K = batch.size, cfg.beam_size
+    if K < 1:
+        raise ValueError("beam_size must be at least 1")
     device = batch.context.device
     state = model.init_decoding(batch)
     state = model.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))
@@ -125,54 +138,51 @@ def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
     if cfg.block_context_ngram:
         ctxs = [c for c in _context_tokens(batch) for _ in range(K)]
     scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0
+    scores[:, 0] = 0.0  # all K rows start identical: only the first may expand at step 0
     hyps: list[list[int]] = [[] for _ in range(B * K)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     prev = torch.full((B * K,), BOS, dtype=torch.long, device=device)
-    V = None
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
         V = logits.size(-1)
         logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
-        if step == cfg.max_len - 1:  # force an end: the last step may only produce EOS
-            eos = logp[:, EOS].clone()
-            logp.fill_(float("-inf"))
-            logp[:, EOS] = eos
         cand = (scores.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)
-        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # 2K: room for the ones that end here
-        beam_idx, tok_idx = top_idx // V, top_idx % V
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # 2K: K live ones even if K end here
+        ts, ti = top_scores.tolist(), top_idx.tolist()
         new_scores = torch.full((B, K), float("-inf"), device=device)
-        new_rows = torch.zeros(B * K, dtype=torch.long, device=device)
-        new_tokens = torch.full((B * K,), EOS, dtype=torch.long, device=device)
+        new_rows_list = list(range(B * K))  # rows of finished items stay as placeholders
+        new_tokens = torch.full((B * K,), EOS, dtype=torch.long)
         new_hyps: list[list[int]] = [[] for _ in range(B * K)]
-        ts, bi, ti = top_scores.tolist(), beam_idx.tolist(), tok_idx.tolist()
         for b in range(B):
-            filled = 0
             if len(finished[b]) >= K:  # this item has its K finished hypotheses: no more expansion
                 continue
-            for s, src, tok in zip(ts[b], bi[b], ti[b]):
-                if s == float("-inf"):
+            filled = 0
+            for rank, (s, flat) in enumerate(zip(ts[b], ti[b])):
+                if s == float("-inf") or filled == K:
                     break
-                row = b * K + src
+                row, tok = b * K + flat // V, flat % V
                 if tok == EOS:
-                    length = len(hyps[row]) + 1
-                    finished[b].append((s / (((5 + length) / 6) ** cfg.length_penalty), hyps[row]))
+                    if rank < K and len(finished[b]) < K:
+                        finished[b].append((_length_normalised(s, len(hyps[row]) + 1, cfg.length_penalty), hyps[row]))
                     continue
-                if filled < K:
-                    dst = b * K + filled
-                    new_scores[b, filled] = s
-                    new_rows[dst] = row
-                    new_tokens[dst] = tok
-                    new_hyps[dst] = hyps[row] + [tok]
-                    filled += 1
-        scores, hyps, prev = new_scores, new_hyps, new_tokens
-        state = model.reorder_state(state, new_rows)
+                dst = b * K + filled
+                new_scores[b, filled] = s
+                new_rows_list[dst] = row
+                new_tokens[dst] = tok
+                new_hyps[dst] = hyps[row] + [tok]
+                filled += 1
+        scores, hyps = new_scores, new_hyps
+        prev = new_tokens.to(device)
+        state = model.reorder_state(state, torch.tensor(new_rows_list, device=device))
         if all(len(f) >= K for f in finished) or torch.isinf(scores).all():
             break
     out = []
     for b in range(B):
-        if finished[b]:
-            out.append(max(finished[b], key=lambda x: x[0])[1])
-        else:
-            out.append(hyps[b * K])
+        pool = list(finished[b])
+        if len(pool) < K:  # ran out of length: the live hypotheses compete as they are
+            for j in range(K):
+                s = float(scores[b, j])
+                if s != float("-inf"):
+                    pool.append((_length_normalised(s, len(hyps[b * K + j]), cfg.length_penalty), hyps[b * K + j]))
+        out.append(max(pool, key=lambda x: x[0])[1] if pool else [])
     return out
