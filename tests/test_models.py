@@ -194,6 +194,11 @@ def test_transformer_learned_positions_and_bad_configs(tmp_path):
     batch = batch_of(random_pairs(3))
     save_model(tmp_path, model)
     assert torch.equal(logprobs(model, batch), logprobs(load_model(tmp_path), batch))
+    long = batch_of([((list(range(5, 25)) * 3, [list(range(5, 25)) * 3]), [7])])  # 60 > 32 positions
+    with pytest.raises(CldgError, match="longer than this transformer's learned positions"):
+        model(long)
+    sinusoidal = tiny("transformer").eval()
+    assert torch.isfinite(logprobs(sinusoidal, long)).all()  # sinusoids extend past max_positions
     with pytest.raises(CldgError, match="unknown config keys"):
         build_model("seq2seq", V, hidden=3)
     with pytest.raises(CldgError, match="unknown"):

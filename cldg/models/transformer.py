@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cldg.errors import CldgError
 from cldg.models import register_model
 from cldg.models.base import DialogueModel
 from cldg.text.tokenizer import PAD
@@ -67,7 +68,15 @@ class Transformer(DialogueModel):
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         T = tokens.size(1)
-        pos = self.positions.weight[:T] if self.config.positions == "learned" else self.pos_table[:T]
+        if self.config.positions == "learned":
+            if T > self.config.max_positions:
+                raise CldgError(f"a sequence of {T} tokens is longer than this transformer's learned positions "
+                                f"({self.config.max_positions}); use a shorter --max-len")
+            pos = self.positions.weight[:T]
+        elif T > self.pos_table.size(0):  # sinusoids extend to any length
+            pos = sinusoidal_table(T, self.config.embedding_dim).to(self.pos_table)
+        else:
+            pos = self.pos_table[:T]
         return self.dropout(self.embedding(tokens) * math.sqrt(self.config.embedding_dim) + pos)
 
     def _decode(self, tokens: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor) -> torch.Tensor:
