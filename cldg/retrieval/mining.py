@@ -7,8 +7,12 @@ For a pair (c, r):
 - context side: BM25-search the response index with r; the contexts c_j of the hits (plus random
   ones) are scored as (c_j, r); the k highest are c+, the k lowest c-.
 Weights: s+ = matcher probability (floored at 1e-6 so that log s+ stays finite), s- = probability - 1.
-Candidates always come from the training split. Random candidates are drawn from a generator seeded
-by (seed, pair id, side), so a pair's samples do not depend on how the work is sharded.
+Candidates always come from the training split, each text at most once (a corpus repeats short
+responses like "ok"; a group of three identical r+ would be one sample counted thrice). Random
+candidates are drawn from a generator seeded by (seed, pair id, side), so a pair's samples do not
+depend on how the work is sharded or chunked. Positives are ranked best first, negatives worst first.
+When fewer than 2k candidates remain (a tiny corpus), a group keeps floor(candidates / 2) of each
+polarity - positives and negatives never overlap - and a note records why.
 """
 from __future__ import annotations
 
@@ -50,12 +54,13 @@ def _candidates(hits: list[tuple[int, float]], pool: TrainPool, self_id: int, sa
                 n_candidates: int, n_random: int, rng: np.random.Generator) -> list[int]:
     """Rows of `pool`: BM25 hits then random rows; no self, nothing identical to the query's own text."""
     rows: list[int] = []
-    seen: set[int] = set()
+    seen_text: set[str] = {same_key}
 
     def take(row: int) -> bool:
-        if row in seen or pool.pair_ids[row] == self_id or keys[row] == same_key:
+        key = keys[row]
+        if key in seen_text or pool.pair_ids[row] == self_id:
             return False
-        seen.add(row)
+        seen_text.add(key)
         rows.append(row)
         return True
 
@@ -131,9 +136,14 @@ def mine_dual_samples(queries: Sequence[Query], pool: TrainPool, context_searche
     return out, notes
 
 
-def write_samples(columns: dict[str, list], path) -> None:
+NOTES_KEY = b"cldg.short_groups"
+
+
+def samples_table(columns: dict[str, list], notes: Sequence[str] = ()):
+    """The long-format pyarrow table; `notes` (why some groups are short) ride in the schema metadata."""
+    import json
+
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.table({
         "split": pa.array(columns["split"], pa.string()),
@@ -145,7 +155,21 @@ def write_samples(columns: dict[str, list], path) -> None:
         "matcher_prob": pa.array(columns["matcher_prob"], pa.float32()),
         "weight": pa.array(columns["weight"], pa.float32()),
     })
-    pq.write_table(table, path)
+    return table.replace_schema_metadata({NOTES_KEY: json.dumps(list(notes)).encode()})
+
+
+def write_samples(columns: dict[str, list], path, notes: Sequence[str] = ()) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(samples_table(columns, notes), path)
+
+
+def table_notes(table_or_schema) -> list[str]:
+    """The short-group notes stored with a shard (see samples_table)."""
+    import json
+
+    meta = table_or_schema.schema.metadata if hasattr(table_or_schema, "schema") else table_or_schema.metadata
+    return json.loads(meta[NOTES_KEY]) if meta and NOTES_KEY in meta else []
 
 
 def read_samples(directory) -> dict[str, list]:

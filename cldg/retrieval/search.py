@@ -1,19 +1,34 @@
-"""Batched BM25 retrieval over a cldg index (`LuceneSearcher.batch_search` with threads)."""
+"""Batched BM25 retrieval over a cldg index (`LuceneSearcher.batch_search` with threads).
+
+The query analyzer must match the index's: the English analyzer (the searcher's default) for `en`
+indexes, Lucene's WhitespaceAnalyzer for `pretokenized` ones (otherwise a Chinese query would be cut
+into single characters that were never indexed). Call `cldg.retrieval.jvm.start_jvm` first.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 
 class BM25Searcher:
-    def __init__(self, directory: Path, k1: float = 0.9, b: float = 0.4, threads: int = 2):
+    def __init__(self, directory: Path, k1: float = 0.9, b: float = 0.4, threads: int = 2,
+                 pretokenized: bool = False):
+        from cldg.retrieval.jvm import start_jvm
+
+        start_jvm()  # no-op when already running; must precede the pyserini import
         from pyserini.search.lucene import LuceneSearcher
 
         self.searcher = LuceneSearcher(str(directory))
         self.searcher.set_bm25(k1, b)
+        if pretokenized:
+            from pyserini.analysis import JWhiteSpaceAnalyzer
+
+            self.searcher.set_analyzer(JWhiteSpaceAnalyzer())
         self.threads = threads
 
     def batch_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """For each query, up to k (pair id, BM25 score), best first. Empty queries get no hits."""
+        if not queries or k <= 0:
+            return [[] for _ in queries]
         qids = [str(i) for i in range(len(queries))]
         # Lucene cannot search an empty string; a query of stopwords only also returns nothing.
         safe = [q if q.strip() else "<empty>" for q in queries]

@@ -7,9 +7,17 @@ doing them all). Every worker that points at the same workdir (a shared filesyst
 options writes into the same `samples/<fingerprint>.partial/`: the fingerprint does not depend on I,
 each shard has its own lock and is written atomically (tmp + rename), a rerun skips the shards that
 are there and resumes a half-done shard at its last finished chunk, and whichever worker completes the
-last shard commits the artifact. Example on two machines:
+last shard commits the artifact. Example on two machines sharing /shared/work (NFS or similar; the
+per-shard locks are flock(2) locks, which NFSv4 honours):
 
-    machine A: cldg mine-samples --shard 0/2      machine B: cldg mine-samples --shard 1/2
+    machine A: cldg mine-samples --workdir /shared/work --shard 0/2
+    machine B: cldg mine-samples --workdir /shared/work --shard 1/2
+
+Without a shared filesystem, copy the prepare and index artifacts to each machine (same fingerprints),
+mine a shard on each, then copy every `shard-*.parquet` into one machine's
+`samples/<fingerprint>.partial/` and run `cldg mine-samples --num-shards N` there: it finds all shards
+and commits. A pair's samples do not depend on N or on which machine mined it, so `--shard 0/2` plus
+`--shard 1/2` give the same rows as one process mining everything.
 """
 from __future__ import annotations
 
@@ -63,14 +71,12 @@ def shard_name(i: int, n: int) -> str:
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
-    import fcntl
-    import os
     import time
 
-    from cldg.data.pairs import read_pairs
-    from cldg.progress import console, make_progress
-    from cldg.retrieval.jvm import start_jvm
-    from cldg.retrieval.mining import COLUMNS, Query, TrainPool, mine_dual_samples, read_samples, write_samples
+    import pyarrow.parquet as pq
+
+    from cldg.progress import console
+    from cldg.retrieval.mining import COLUMNS, table_notes
 
     if cfg.k < 1 or cfg.n_candidates < 0 or cfg.n_random < 0:
         raise CldgError("--k must be >= 1, --n-candidates and --n-random >= 0")
@@ -87,69 +93,91 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
             console.print(f"mine-samples: complete artifact {run.existing.path} found - skipped")
             return run.existing
         t_start = time.time()
-        train = read_pairs(prepared.file("pairs-train.parquet"))
-        valid = read_pairs(prepared.file("pairs-valid.parquet"))
-        pool = TrainPool(train.pair_id, train.context, train.response)
-        n_train = len(train) if not cfg.max_pairs else min(cfg.max_pairs, len(train))
-        queries = [Query("train", train.pair_id[i], train.context[i], train.response[i]) for i in range(n_train)]
-        queries += [Query("valid", valid.pair_id[i], valid.context[i], valid.response[i]) for i in range(len(valid))]
-        matcher = load_matcher(cfg, inputs, prepared, train, common)
-        start_jvm(cfg.java_heap)
-        from cldg.retrieval.search import BM25Searcher
-
-        bm25 = index.manifest.get("bm25", {"k1": 0.9, "b": 0.4})
-        ctx_search = BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], cfg.threads)
-        resp_search = BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], cfg.threads)
-        notes_path = run.dir / "resume-notes.txt"
-        with make_progress() as progress:
-            for s in shards:
-                target = run.dir / shard_name(s, n_shards)
-                if target.exists():
-                    continue
-                lo, hi = len(queries) * s // n_shards, len(queries) * (s + 1) // n_shards
-                lock = open(run.dir / f".shard-{s:05d}.lock", "w")
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    console.print(f"mine-samples: shard {s}/{n_shards} is being mined by another worker - skipped")
-                    continue
-                task = progress.add_task(f"mine shard {s}/{n_shards}", total=hi - lo, unit="pairs")
-                chunk_files = []
-                for c_lo in range(lo, hi, cfg.chunk_size):
-                    c_hi = min(c_lo + cfg.chunk_size, hi)
-                    part = run.dir / f".shard-{s:05d}-chunk-{c_lo:09d}.parquet"
-                    chunk_files.append(part)
-                    if not part.exists():  # resume at the first unfinished chunk
-                        cols, notes = mine_dual_samples(queries[c_lo:c_hi], pool, ctx_search, resp_search, matcher,
-                                                        cfg.k, cfg.n_candidates, cfg.n_random, common.seed)
-                        write_samples(cols, part.with_suffix(".tmp"))
-                        os.replace(part.with_suffix(".tmp"), part)
-                        if notes:
-                            with open(notes_path, "a") as fh:
-                                fh.write("\n".join(notes) + "\n")
-                    progress.update(task, advance=c_hi - c_lo)
-                merge_chunks(chunk_files, target)
-                for part in chunk_files:
-                    part.unlink(missing_ok=True)
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                lock.close()
-        ctx_search.close()
-        resp_search.close()
+        todo = [s for s in shards if not (run.dir / shard_name(s, n_shards)).exists()]
+        if todo:
+            mine_shards(run.dir, todo, n_shards, cfg, common, prepared, index, inputs)
         missing = [i for i in range(n_shards) if not (run.dir / shard_name(i, n_shards)).exists()]
         if missing:
             console.print(f"mine-samples: shards {missing} of {n_shards} are still to be mined "
                           f"(run `cldg mine-samples --shard I/{n_shards}` for each); not complete yet")
             return Artifact("samples", run.fingerprint, run.dir, {"schema": SCHEMA, "stage": "samples",
                                                                   "fingerprint": run.fingerprint, "partial": True})
-        cols = read_samples(run.dir)
-        notes = notes_path.read_text().splitlines() if notes_path.exists() else []
-        rows = {"samples": len(cols["pair_id"]), "queries": len(queries), "train_queries": n_train,
-                "valid_queries": len(valid), "short_groups": len(notes)}
-        console.print(f"mine-samples: {rows['samples']:,} samples for {len(queries):,} pairs "
+        n_samples, notes = 0, []
+        for i in range(n_shards):
+            meta = pq.read_metadata(run.dir / shard_name(i, n_shards))
+            n_samples += meta.num_rows
+            notes += table_notes(meta.schema.to_arrow_schema())
+        n_train = pq.read_metadata(prepared.file("pairs-train.parquet")).num_rows
+        n_train = min(n_train, cfg.max_pairs) if cfg.max_pairs else n_train
+        n_valid = pq.read_metadata(prepared.file("pairs-valid.parquet")).num_rows
+        rows = {"samples": n_samples, "queries": n_train + n_valid, "train_queries": n_train,
+                "valid_queries": n_valid, "short_groups": len(notes)}
+        console.print(f"mine-samples: {n_samples:,} samples for {n_train + n_valid:,} pairs "
                       f"({len(notes)} short groups) with the {cfg.matcher} matcher")
         return run.commit(rows=rows, timings={"mine_s": round(time.time() - t_start, 2)},
                           extra={"short_groups": notes[:1000], "matcher": cfg.matcher, "k": cfg.k,
                                  "num_shards": n_shards, "columns": list(COLUMNS)})
+
+
+def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, common: CommonOptions,
+                prepared, index, inputs: dict) -> None:
+    """Mine `shards` into run_dir, each under its own lock, resuming a half-done shard at its last chunk."""
+    import fcntl
+    import os
+
+    from cldg.data.pairs import read_pairs
+    from cldg.progress import console, make_progress
+    from cldg.retrieval.jvm import start_jvm
+    from cldg.retrieval.mining import Query, TrainPool, mine_dual_samples, write_samples
+
+    train = read_pairs(prepared.file("pairs-train.parquet"))
+    valid = read_pairs(prepared.file("pairs-valid.parquet"))
+    pool = TrainPool(train.pair_id, train.context, train.response)
+    n_train = len(train) if not cfg.max_pairs else min(cfg.max_pairs, len(train))
+    queries = [Query("train", train.pair_id[i], train.context[i], train.response[i]) for i in range(n_train)]
+    queries += [Query("valid", valid.pair_id[i], valid.context[i], valid.response[i]) for i in range(len(valid))]
+    matcher = load_matcher(cfg, inputs, prepared, train, common)
+    start_jvm(cfg.java_heap)
+    from cldg.retrieval.search import BM25Searcher
+
+    bm25 = index.manifest.get("bm25", {"k1": 0.9, "b": 0.4})
+    pretokenized = index.manifest.get("language") == "pretokenized"
+    ctx_search = BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], cfg.threads, pretokenized)
+    resp_search = BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], cfg.threads, pretokenized)
+    with make_progress() as progress:
+        for s in shards:
+            target = run_dir / shard_name(s, n_shards)
+            lo, hi = len(queries) * s // n_shards, len(queries) * (s + 1) // n_shards
+            lock = open(run_dir / f".shard-{s:05d}.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                console.print(f"mine-samples: shard {s}/{n_shards} is being mined by another worker - skipped")
+                continue
+            if target.exists():  # finished by another worker while we were starting up
+                lock.close()
+                continue
+            task = progress.add_task(f"mine shard {s}/{n_shards}", total=hi - lo, unit="pairs")
+            chunk_files = []
+            for c_lo in range(lo, hi, cfg.chunk_size):
+                c_hi = min(c_lo + cfg.chunk_size, hi)
+                # the name holds both ends, so chunks of a run with another --chunk-size are never reused
+                part = run_dir / f".shard-{s:05d}-chunk-{c_lo:09d}-{c_hi:09d}.parquet"
+                chunk_files.append(part)
+                if not part.exists():  # resume at the first unfinished chunk
+                    cols, notes = mine_dual_samples(queries[c_lo:c_hi], pool, ctx_search, resp_search, matcher,
+                                                    cfg.k, cfg.n_candidates, cfg.n_random, common.seed)
+                    write_samples(cols, part.with_suffix(".tmp"), notes)
+                    os.replace(part.with_suffix(".tmp"), part)
+                progress.update(task, advance=c_hi - c_lo)
+            merge_chunks(chunk_files, target)
+            for part in chunk_files:
+                part.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+    ctx_search.close()
+    resp_search.close()
 
 
 def merge_chunks(parts: list[Path], target: Path) -> None:
@@ -159,14 +187,13 @@ def merge_chunks(parts: list[Path], target: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
-    tmp = target.with_name(target.name + ".tmp")
-    if table is None:
-        from cldg.retrieval.mining import COLUMNS, write_samples
+    from cldg.retrieval.mining import COLUMNS, samples_table, table_notes
 
-        write_samples({c: [] for c in COLUMNS}, tmp)
-    else:
-        pq.write_table(table, tmp)
+    tables = [pq.read_table(p) for p in parts]
+    notes = [n for t in tables for n in table_notes(t)]
+    table = pa.concat_tables([samples_table({c: [] for c in COLUMNS})] + tables)
+    tmp = target.with_name("." + target.name + ".tmp")  # a dot name: never part of a committed artifact
+    pq.write_table(table.replace_schema_metadata(samples_table({c: [] for c in COLUMNS}, notes).schema.metadata), tmp)
     os.replace(tmp, target)
 
 
