@@ -72,3 +72,94 @@ def test_pair_records_make_exactly_one_pair(tmp_path):
     tables = make_pairs({"train": ds, "valid": [], "test": []}, max_context_turns=2)
     assert tables["train"].response == ["d", "f", "g"]
     assert tables["train"].context == [["b", "c"], ["e"], ["e", "f"]]
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("a.jsonl", '{"turns": ["a", "b"]}\n', "jsonl"),
+    ("a.ndjson", '{"turns": ["a", "b"]}\n', "jsonl"),
+    ("a.json", '[{"turns": ["a", "b"]}]', "json"),
+    ("a.txt", '\n{"turns": ["a", "b"]}\n', "jsonl"),
+    ("dialogues_text.txt", "Hi . __eou__ Hello . __eou__\n", "dailydialog"),
+    ("valid.txt", "1 your persona: i ski.\n2 hi\thello\n", "personachat"),
+    ("douban.tsv", "1\tni hao\thao\n", "douban"),
+    ("subs.txt", "Hello.\nHi.\n\nBye.\nSee you.\n", "opensubtitles"),
+])
+def test_format_detection_by_extension_then_content(tmp_path, name, content, expected):
+    p = tmp_path / name
+    p.write_text(content)
+    assert detect_format(p) == expected
+
+
+def test_detection_of_parquet_and_directory(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    q = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"turns": [["a", "b"]]}), q)
+    assert detect_format(q) == "parquet"
+    with pytest.raises(CldgError, match="is a directory"):
+        detect_format(tmp_path)
+
+
+def test_chitchat_corpus_groups_messages_by_sender():
+    import chitchat_dataset
+
+    raw = chitchat_dataset.Dataset()
+    ds = list(read_dialogues(None, "auto", BadLines()))
+    assert len(ds) == len(raw) == 7168
+    first = ds[0]
+    groups = raw[first.id]["messages"]
+    # one turn per run of one sender's messages, so consecutive turns come from different senders
+    assert len(first.turns) == len(groups)
+    assert first.turns[0] == " ".join(m["text"] for m in groups[0]).strip()
+    assert all(a[0]["sender"] != b[0]["sender"] for a, b in zip(groups, groups[1:]))
+    assert sum(len(d.turns) >= 2 for d in ds) == 4018
+
+
+def test_personachat_silence_and_bad_line(tmp_path):
+    p = tmp_path / "pc.txt"
+    p.write_text("1 your persona: i like tea.\n2 __SILENCE__\thi , anyone there ?\n3 yes , me .\tgreat !\n")
+    assert [d.turns for d in _read(p, "personachat")] == [["hi , anyone there ?", "yes , me .", "great !"]]
+    p.write_text("1 hi\thello\nno number here\n")
+    with pytest.raises(CldgError, match=r"pc.txt:2: expected 'N text'"):
+        _read(p, "personachat")
+    bad = BadLines(skip=True)
+    assert [d.turns for d in read_dialogues(p, "personachat", bad)] == [["hi", "hello"]]
+    assert len(bad.lines) == 1 and bad.lines[0].endswith("pc.txt:2: expected 'N text' (ParlAI PersonaChat format)")
+
+
+def test_dailydialog_line_without_separator_is_named(tmp_path):
+    p = tmp_path / "dd.txt"
+    p.write_text("A . __eou__ B . __eou__\nno separator here\n")
+    with pytest.raises(CldgError, match=r"dd.txt:2: no '__eou__'"):
+        _read(p, "dailydialog")
+
+
+def test_bom_crlf_and_unicode_whitespace_are_normalised(tmp_path):
+    p = tmp_path / "w.jsonl"
+    p.write_bytes('\ufeff{"turns": ["  Hello\\tthere  ", "caf\u00e9\\u00a0ok"]}\r\n'.encode("utf-8"))
+    assert [d.turns for d in _read(p)] == [["Hello there", "caf\u00e9 ok"]]
+
+
+def test_skip_collects_non_utf8_and_long_lines(tmp_path):
+    p = tmp_path / "s.txt"
+    p.write_bytes(b"Hello.\nHi \xff there.\n" + b"x" * 200 + b"\nHow are you?\n")
+    bad = BadLines(skip=True)
+    ds = list(read_dialogues(p, "opensubtitles", bad, max_line_bytes=100))
+    assert [d.turns for d in ds] == [["Hello.", "How are you?"]]
+    assert [ln.split(": ", 1)[0] for ln in bad.lines] == [f"{p}:2", f"{p}:3"]
+    assert "not valid UTF-8" in bad.lines[0] and "over --max-line-bytes 100" in bad.lines[1]
+
+
+def test_empty_file_and_json_errors(tmp_path):
+    e = tmp_path / "e.txt"
+    e.write_bytes(b"")
+    with pytest.raises(CldgError, match=r"e.txt:1: the file is empty"):
+        _read(e)
+    j = tmp_path / "bad.json"
+    j.write_text('[{"turns": ["a", "b"]}, ')
+    with pytest.raises(CldgError, match=r"bad.json: invalid JSON"):
+        _read(j)
+    j.write_text('[{"turns": ["a", "b"]}, {"text": "c"}]')
+    with pytest.raises(CldgError, match=r"bad.json:record 2: missing field"):
+        _read(j)

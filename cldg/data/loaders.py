@@ -88,9 +88,11 @@ def _text_lines(path: Path, bad: BadLines, max_line_bytes: int) -> Iterator[tupl
                 bad.report(f"{path}:{lineno}", f"line is {len(raw):,} bytes, over --max-line-bytes {max_line_bytes:,}")
                 continue
             try:
-                yield lineno, raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 bad.report(f"{path}:{lineno}", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            yield lineno, text[1:] if lineno == 1 and text.startswith("\ufeff") else text  # drop a BOM
 
 
 def _record_to_dialogue(rec: object, where: str, default_id: str, bad: BadLines) -> Dialogue | None:
@@ -240,6 +242,8 @@ def read_dialogues(path: Path | None, fmt: str, bad: BadLines, max_line_bytes: i
     path = Path(path)
     if not path.exists():
         raise CldgError(f"--input {path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CldgError(f"{path}:1: the file is empty")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "jsonl":

@@ -6,11 +6,18 @@ text (subword n-grams give a vector to every vocabulary word). Stored as safeten
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from cldg.errors import CldgError
+
+
+def _stable_hash(text: str) -> int:
+    """gensim seeds each word's initial vector with hashfxn(word + seed); Python's str hash changes
+    from one process to the next, so use a stable one (same seed, one worker: same vectors)."""
+    return zlib.crc32(text.encode("utf-8"))
 
 
 def train_fasttext(sentences: list[list[str]], dim: int, epochs: int, seed: int, workers: int = 2,
@@ -24,8 +31,12 @@ def train_fasttext(sentences: list[list[str]], dim: int, epochs: int, seed: int,
             if on_epoch_end is not None:
                 on_epoch_end()
 
+    # fastText's default 2M n-gram buckets cost 2.4 GB at 300-d; a dialogue corpus has far fewer
+    # distinct character n-grams, so size the table to the vocabulary (collisions stay rare).
+    n_words = len({w for s in sentences for w in s})
+    bucket = min(2_000_000, max(100_000, 20 * n_words))
     model = FastText(vector_size=dim, window=5, min_count=1, sg=1, seed=seed, workers=workers,
-                     min_n=3, max_n=6)
+                     min_n=3, max_n=6, bucket=bucket, hashfxn=_stable_hash)
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=epochs, callbacks=[_EpochHook()])
     return model.wv
