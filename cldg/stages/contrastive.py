@@ -34,7 +34,7 @@ class Config:
     no_matching_scores: bool = option(False, "Ablation: ignore matching scores (= --loss eq3).")
     mle_weight: float = option(0.0, "Weight of an MLE term on the pairs themselves.")
     from_scratch: bool = option(False, "Start the target from random weights (with an MLE warm-up).")
-    mle_warmup_steps: int = option(0, "MLE-only steps before the contrastive loss (with --from-scratch).")
+    mle_warmup_steps: int = option(0, "MLE-only steps before the contrastive loss (for --from-scratch).")
     lr: float = option(1e-4, "Adam learning rate.")
     batch_size: int = option(16, "Groups per batch (each has up to 4k+1 sequences).")
     epochs: int = option(3, "Epochs at most.")
@@ -76,15 +76,18 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                         f"was trained on ({reference.path}); rerun `cldg mine-samples`")
     if cfg.k > samples.manifest.get("k", cfg.k):
         raise CldgError(f"--k {cfg.k}: the samples were mined with k = {samples.manifest['k']}")
-    variant = "eq3" if cfg.no_matching_scores and cfg.loss == "eq4" else cfg.loss
+    variant = cfg.loss
+    # --no-matching-scores sets every s+ = 1 and s- = -1 in the groups, which turns eq4 into eq3 exactly
+    shown = "eq3" if cfg.no_matching_scores and variant == "eq4" else variant
     opts = GroupOptions(cfg.k, cfg.no_positive_group, cfg.no_negative_group, cfg.no_group, cfg.response_side_only,
-                        cfg.context_side_only)
+                        cfg.context_side_only, cfg.no_matching_scores)
     device = resolve_device(common.device)
     dist = distributed.init_from_env(device.type)
     device = distributed.device_for_rank(device, dist)
-    config = fingerprint_config(cfg) | {"seed": common.seed, "loss_applied": variant}
+    config = fingerprint_config(cfg) | {"seed": common.seed, "loss_applied": shown}
     inputs = {"prepare": prepared, "reference": reference, "samples": samples}
-    with store.begin("contrastive", SCHEMA, config, inputs, force=common.force) as run:
+    # under DDP every rank trains, rank 0 alone holds the lock, fills the reference cache and writes files
+    with store.begin("contrastive", SCHEMA, config, inputs, force=common.force, exclusive=dist.rank == 0) as run:
         if run.existing:
             console.print(f"contrastive-train: complete artifact {run.existing.path} found - skipped")
             return run.existing
@@ -113,11 +116,19 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         # the reference pass, once, over every sequence any group of any ablation can use
         full = GroupOptions(samples.manifest.get("k", cfg.k))
         all_seqs = build_groups(table, "train", full).sequences() | build_groups(table, "valid", full).sequences()
-        ref_model = load_model(reference.path, device)
-        cache = build_reference_cache(store, reference, samples, {"limits": vars(limits)}, ref_model, text, all_seqs,
-                                      cfg.cache_batch_size, device)
+        if dist.rank == 0:
+            ref_model = load_model(reference.path, device)
+            cache = build_reference_cache(store, reference, samples, vars(limits), ref_model, text,
+                                          all_seqs, cfg.cache_batch_size, device)
+            del ref_model
+        distributed.barrier(dist)
+        if dist.rank != 0:  # rank 0 made it: this only finds it
+            cache = build_reference_cache(store, reference, samples, vars(limits), None, text, all_seqs,
+                                          cfg.cache_batch_size, device)
         ref_logp = load_reference_cache(cache)
-        del ref_model
+        missing = next((s for s in all_seqs if s not in ref_logp), None)
+        if missing is not None:
+            raise CldgError(f"{cache.path}: no reference log-prob for sequence {missing}; rerun with --force")
 
         model = load_model(reference.path, device)
         if cfg.from_scratch:
@@ -126,7 +137,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                     m.reset_parameters()
         model.train()
         console.print(f"contrastive-train: {len(train_groups):,} train / {len(valid_groups):,} valid groups, "
-                      f"loss {variant}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
+                      f"loss {shown}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
 
         def group_loss(m, gb, warmup: bool = False):
             logits = m(gb.seqs)
@@ -138,18 +149,16 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                 return nll, {"tokens": n_tok, "nll": nll.item()}
             loss = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask, gb.neg_mask,
                                     variant)
+            dd = d.detach()
             info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(gb.seqs.response_out.ne(PAD).sum()),
-                    "d_pos": float((d[gb.pos_index] * gb.pos_mask).sum() / gb.pos_mask.sum().clamp_min(1)),
-                    "d_neg": float((d[gb.neg_index] * gb.neg_mask).sum() / gb.neg_mask.sum().clamp_min(1))}
+                    "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
+                    "d_neg": float(dd[gb.neg_index][gb.neg_mask].mean()) if gb.neg_mask.any() else 0.0}
             if cfg.mle_weight:
                 loss = loss + cfg.mle_weight * nll
             return loss, info
 
-        step_counter = {"n": 0}
-
         def loss_fn(m, gb):
-            step_counter["n"] += 1
-            warm = cfg.from_scratch and trainer.state["step"] < cfg.mle_warmup_steps
+            warm = trainer.state["step"] < cfg.mle_warmup_steps
             return group_loss(m, gb, warmup=warm)
 
         def batches(epoch: int, start: int):
@@ -182,13 +191,13 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                                              grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
                                              patience=cfg.patience),
                           run.dir, device, loss_fn, batches, batches_per_epoch, validate)
-        summary = trainer.fit(description=f"contrastive {variant}")
+        summary = trainer.fit(description=f"contrastive {shown}")
         if dist.rank != 0:
-            distributed.barrier(dist)
-            return run.existing
+            distributed.barrier(dist)  # wait for rank 0 to commit
+            return Artifact.load(run.final) if (run.final / "manifest.json").is_file() else None
         trainer.load_best()
         save_model(run.dir, model)
-        metrics = {"loss": variant, "k": cfg.k, "best_valid_criterion": summary["best_criterion"], **summary}
+        metrics = {"loss": shown, "k": cfg.k, "best_valid_criterion": summary["best_criterion"], **summary}
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         console.print(f"contrastive-train: best valid criterion {summary['best_criterion']:.4f} at step "
                       f"{summary['best_step']} ({summary['stopped']}, {summary['steps']} steps)")

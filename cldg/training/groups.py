@@ -2,6 +2,7 @@
 
 Positives (P = 2k + 1 slots): the pair itself (slot 0, s+ = 1), then the k response-side r+ as (c, r+)
 and the k context-side c+ as (c+, r). Negatives (N = 2k slots): the k (c, r-) then the k (c-, r).
+Within a side, slots follow the mined rank (positives best first, negatives worst first).
 A sequence is named by (context pair id, response pair id). Ablation flags decide which samples fill
 the slots; empty slots are masked. `GroupBatch` flattens every real sequence of a batch of groups into
 one `DialogueBatch`, so the model scores all of them in one pass.
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from cldg.data.batching import DialogueBatch, Limits, collate_ids, encode_context
+from cldg.errors import CldgError
 
 
 @dataclass
@@ -24,10 +26,13 @@ class GroupOptions:
     no_group: bool = False            # one positive and one negative           (Table 5 a)
     response_side_only: bool = False  # no context-side samples                 (Table 5 e)
     context_side_only: bool = False   # no response-side samples                (Table 5 d)
+    no_matching_scores: bool = False  # s+ = 1 and s- = -1: Eq. 4 becomes Eq. 3  (Table 5 f)
 
     def __post_init__(self):
+        if self.k < 1:
+            raise CldgError(f"--k {self.k}: the group size must be at least 1")
         if self.response_side_only and self.context_side_only:
-            raise ValueError("response_side_only and context_side_only exclude each other")
+            raise CldgError("--response-side-only and --context-side-only exclude each other")
 
 
 @dataclass
@@ -77,9 +82,14 @@ def build_groups(samples: dict[str, list], split: str, opts: GroupOptions) -> Gr
         for i in rows[pid]:
             side, pol, rank = samples["side"][i], samples["polarity"][i], int(samples["rank"][i])
             cand, w = int(samples["cand_pair_id"][i]), float(samples["weight"][i])
+            if side not in ("response", "context") or pol not in ("pos", "neg"):
+                raise CldgError(f"samples row {i} (pair {pid}): side {side!r} / polarity {pol!r} is not "
+                                f"response|context / pos|neg - rerun `cldg mine-samples`")
             if rank >= k or (side == "response" and not use_resp) or (side == "context" and not use_ctx):
                 continue
             ctx, resp = (pid, cand) if side == "response" else (cand, pid)
+            if opts.no_matching_scores:
+                w = 1.0 if pol == "pos" else -1.0
             if pol == "pos":
                 if opts.no_positive_group or opts.no_group:
                     continue
