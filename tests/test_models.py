@@ -203,6 +203,10 @@ def test_transformer_learned_positions_and_bad_configs(tmp_path):
         build_model("seq2seq", V, hidden=3)
     with pytest.raises(CldgError, match="unknown"):
         build_model("gpt", V)
+    with pytest.raises(CldgError, match="must be even"):
+        build_model("seq2seq", V, hidden_size=15)
+    with pytest.raises(CldgError, match="not a multiple of --num-heads 3"):
+        build_model("transformer", V, embedding_dim=16, num_heads=3)
     with pytest.raises(CldgError, match="model.json"):
         load_model(tmp_path / "nowhere")
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from cldg.errors import CldgError
 from cldg.models import register_model
 from cldg.models.base import DialogueModel, attention_mask_scores
 from cldg.text.tokenizer import PAD
@@ -32,7 +33,8 @@ class Seq2Seq(DialogueModel):
     def __init__(self, vocab_size: int, config: Seq2SeqConfig):
         super().__init__(vocab_size, config)
         c = config
-        assert c.hidden_size % 2 == 0, "hidden_size must be even (bidirectional encoder)"
+        if c.hidden_size % 2:
+            raise CldgError(f"seq2seq: --hidden-size {c.hidden_size} must be even (two encoder directions of half size)")
         self.embedding = nn.Embedding(vocab_size, c.embedding_dim, padding_idx=PAD)
         self.encoder = nn.LSTM(c.embedding_dim, c.hidden_size // 2, c.num_layers, batch_first=True,
                                bidirectional=True, dropout=c.dropout if c.num_layers > 1 else 0.0)

@@ -46,7 +46,9 @@ class Transformer(DialogueModel):
         super().__init__(vocab_size, config)
         c = config
         if c.positions not in ("sinusoidal", "learned"):
-            raise ValueError(f"positions must be sinusoidal or learned, not {c.positions!r}")
+            raise CldgError(f"transformer: positions must be sinusoidal or learned, not {c.positions!r}")
+        if c.embedding_dim % c.num_heads:
+            raise CldgError(f"transformer: --embedding-dim {c.embedding_dim} is not a multiple of --num-heads {c.num_heads}")
         self.embedding = nn.Embedding(vocab_size, c.embedding_dim, padding_idx=PAD)
         # std d^-1/2 (fairseq): after the sqrt(d) scaling in _embed, words and positions have the same scale
         nn.init.normal_(self.embedding.weight, 0.0, c.embedding_dim ** -0.5)
