@@ -321,3 +321,25 @@ def test_missing_or_mismatched_inputs_are_one_clear_line(inputs, tmp_path):
         contrastive.run(contrastive.Config(), CommonOptions(workdir=tmp_path, device="cpu"))
     with pytest.raises(CldgError, match="k = 2"):
         contrastive.run(contrastive.Config(k=3), CommonOptions(workdir=workdir, device="cpu"))
+
+
+def test_group_loss_adds_the_mle_term_of_the_pairs_themselves_and_warm_up_is_that_term_alone(inputs):
+    from cldg.models import load_model
+    from cldg.retrieval.mining import read_samples
+    from cldg.text.tokenizer import PAD
+    from cldg.training.groups import contrastive_group_loss
+    from cldg.training.losses import nll_loss
+
+    _, prepared, reference, samples = inputs
+    text = text_index(prepared, reference)
+    groups = build_groups(read_samples(samples.path), "train", GroupOptions(k=2))
+    gb = make_group_batch(groups, [0, 1, 2], text, None)
+    model = load_model(reference.path, "cpu")
+    with torch.no_grad():
+        plain, info = contrastive_group_loss(model, gb, "eq4")
+        mixed, _ = contrastive_group_loss(model, gb, "eq4", mle_weight=0.5)
+        warm, _ = contrastive_group_loss(model, gb, "eq4", mle_only=True)
+        own = gb.seqs.select(gb.self_index)
+        nll = nll_loss(model(own), own.response_out, PAD)[0].item()
+    assert warm.item() == pytest.approx(nll, rel=1e-5) and info["nll"] == pytest.approx(nll, rel=1e-5)
+    assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)

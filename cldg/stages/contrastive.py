@@ -60,10 +60,9 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.progress import console
     from cldg.retrieval.mining import read_samples
     from cldg.runtime import resolve_device, set_seed
-    from cldg.text.tokenizer import PAD, DialogueTokenizer
+    from cldg.text.tokenizer import DialogueTokenizer
     from cldg.training import distributed
-    from cldg.training.groups import GroupOptions, TextIndex, build_groups, make_group_batch
-    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
+    from cldg.training.groups import GroupOptions, TextIndex, build_groups, contrastive_group_loss, make_group_batch
     from cldg.training.reference_cache import build_reference_cache, load_reference_cache
     from cldg.training.trainer import TrainConfig, Trainer
 
@@ -140,22 +139,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                       f"loss {shown}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
 
         def group_loss(m, gb, warmup: bool = False):
-            logits = m(gb.seqs)
-            lp = sequence_logprob(logits, gb.seqs.response_out, PAD)
-            d = lp - gb.ref_logp
-            own = gb.self_index
-            nll, n_tok = nll_loss(logits[own], gb.seqs.response_out[own], PAD)
-            if warmup:
-                return nll, {"tokens": n_tok, "nll": nll.item()}
-            loss = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask, gb.neg_mask,
-                                    variant)
-            dd = d.detach()
-            info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(gb.seqs.response_out.ne(PAD).sum()),
-                    "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
-                    "d_neg": float(dd[gb.neg_index][gb.neg_mask].mean()) if gb.neg_mask.any() else 0.0}
-            if cfg.mle_weight:
-                loss = loss + cfg.mle_weight * nll
-            return loss, info
+            return contrastive_group_loss(m, gb, variant, cfg.mle_weight, mle_only=warmup)
 
         def loss_fn(m, gb):
             warm = trainer.state["step"] < cfg.mle_warmup_steps

@@ -171,3 +171,28 @@ def make_group_batch(groups: Groups, rows: list[int], text: TextIndex, ref_logp:
     return GroupBatch(text.batch(seqs), pos_index, neg_index, pos_mask, neg_mask,
                       torch.from_numpy(groups.pos_w[rows]), torch.from_numpy(groups.neg_w[rows]), ref,
                       pos_index[:, 0].clone())
+
+
+def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weight: float = 0.0,
+                           mle_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """One forward over every sequence of the batch's groups, D = log p_model - cached log p_reference,
+    and the contrastive loss (plus `mle_weight` x the NLL of the pairs themselves). `mle_only` (the
+    warm-up of a target trained from scratch) returns that NLL alone. Returns (loss, what to log)."""
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
+
+    logits = model(gb.seqs)
+    targets = gb.seqs.response_out
+    d = sequence_logprob(logits, targets, PAD) - gb.ref_logp
+    own = gb.self_index
+    nll, n_own = nll_loss(logits[own], targets[own], PAD)
+    if mle_only:
+        return nll, {"tokens": n_own, "nll": nll.item()}
+    loss = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask, gb.neg_mask, variant)
+    dd = d.detach()
+    info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(targets.ne(PAD).sum()),
+            "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
+            "d_neg": float(dd[gb.neg_index][gb.neg_mask].mean()) if gb.neg_mask.any() else 0.0}
+    if mle_weight:
+        loss = loss + mle_weight * nll
+    return loss, info
