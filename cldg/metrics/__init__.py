@@ -1,18 +1,41 @@
-"""Automatic metrics of the paper's Table 2, each a small pure function (see the submodules)."""
+"""Automatic metrics of the paper's Table 2, each a small pure function (see the submodules), and the
+table layout that `evaluate` and `compare` print. Kept import-light: submodules load on use."""
 from __future__ import annotations
 
-import numpy as np
+# The paper's Table 2 columns, in its order: (header, metrics.json key).
+TABLE_LAYOUT = [("BLEU-1", "bleu1"), ("BLEU-2", "bleu2"), ("BLEU-3", "bleu3"), ("BLEU-4", "bleu4"),
+                ("Dist-1", "dist1"), ("Dist-2", "dist2"), ("Dist-3", "dist3"),
+                ("Avg.", "average"), ("Ext.", "extrema"), ("Gre.", "greedy"), ("Coh.", "coherence"),
+                ("Ent-1", "ent1"), ("Ent-2", "ent2")]
+EXTRA_LAYOUT = [("len", "length"), ("ref ppl", "reference_ppl")]
+# Shown in %, like the paper; the entropies are in bits.
+PERCENT = {"bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "dist3", "average", "extrema", "greedy", "coherence"}
 
-from cldg.metrics import bleu, diversity, embedding
 
-TABLE2 = ("bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "dist3", "ent1", "ent2", "average", "extrema",
-          "greedy", "coherence")
+def fmt(key: str, value: float) -> str:
+    """A metric as the paper prints it: % with two decimals; entropies (bits) with three."""
+    if key in PERCENT:
+        return f"{100 * value:.2f}"
+    if key.startswith("ent") or key.startswith("gen_entropy"):
+        return f"{value:.3f}"
+    return f"{value:.2f}"
 
 
 def compute_all(hypotheses: list[list[str]], references: list[list[str]], last_turns: list[list[str]],
-                ngram_counts: dict[int, dict], wv: embedding.WordVectors) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Corpus metrics (means in [0, 1] except entropies in bits and sacreBLEU in 0-100) and the
-    per-response values they average (for paired bootstrap comparisons)."""
+                ngram_counts: dict[int, dict], wv) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """All automatic metrics over a test set, from metric words (`DialogueTokenizer.words`).
+
+    Returns (corpus, per_response): corpus figures are means of the per-response values (BLEU-n,
+    Ent-n, Average, Extrema, Greedy, Coherence, length) or corpus-level (Dist-n, generated-n-gram
+    entropy, sacreBLEU in 0-100); fractions are in [0, 1], entropies in bits. The per-response
+    values feed the paired bootstrap of `cldg compare`.
+    """
+    import numpy as np
+
+    from cldg.metrics import bleu, diversity, embedding
+
+    if not len(hypotheses) == len(references) == len(last_turns):
+        raise ValueError("hypotheses, references and last context turns must be equally many")
     per = bleu.bleu_scores(hypotheses, references)
     per["ent1"] = diversity.ent_n(hypotheses, 1, ngram_counts.get(1, {}))
     per["ent2"] = diversity.ent_n(hypotheses, 2, ngram_counts.get(2, {}))
@@ -21,7 +44,7 @@ def compute_all(hypotheses: list[list[str]], references: list[list[str]], last_t
     per["greedy"] = [embedding.greedy(wv, h, r) for h, r in zip(hypotheses, references)]
     per["coherence"] = [embedding.coherence(wv, c, h) for c, h in zip(last_turns, hypotheses)]
     per["length"] = [float(len(h)) for h in hypotheses]
-    corpus = {k: float(np.mean(v)) if v else 0.0 for k, v in per.items()}
+    corpus: dict[str, float] = {k: float(np.mean(v)) if v else 0.0 for k, v in per.items()}
     for n in (1, 2, 3):
         corpus[f"dist{n}"] = diversity.distinct_n(hypotheses, n)
     corpus["gen_entropy1"] = diversity.generated_entropy(hypotheses, 1)

@@ -1,9 +1,10 @@
 """`cldg compare`: evaluate runs side by side, best per metric marked, with paired bootstrap intervals.
 
-Not an artifact stage: it reads evaluate artifacts and writes `comparison.{json,md,png}` to --out.
-Every run after the first is compared with the first (the baseline, e.g. the MLE reference) on the
-same test pairs: the mean difference and its 95% bootstrap interval, from per-response values
-(resampling responses for Dist-n, which is a corpus-level figure).
+Not an artifact stage: it reads evaluate artifacts and, with --out, writes `comparison.json`,
+`comparison.md` and `comparison.png` (grouped bars). Every run after the first is compared with the
+first (the baseline, e.g. the MLE reference) on the same test pairs: the mean difference and its 95%
+paired bootstrap interval, resampling responses; per-response values come from generations.jsonl
+(Dist-n, a corpus-level figure, is recomputed on each resample).
 """
 from __future__ import annotations
 
@@ -13,115 +14,199 @@ from pathlib import Path
 from cldg.artifacts import Artifact
 from cldg.errors import CldgError
 
-HIGHER_IS_BETTER_EXCEPT = {"reference_ppl"}
+LOWER_IS_BETTER = {"reference_ppl"}
+NO_BEST = {"length"}  # longer is not better
+BOOTSTRAP_SAMPLES = 1000
+DIST_BOOTSTRAP_SAMPLES = 200  # Dist-n recomputes the whole corpus figure per resample
 
 
-def _load_run(path: Path) -> tuple[Artifact, dict, list[dict]]:
+class EvalRun:
+    """One evaluate artifact: its metrics, generations (in file order) and generated words."""
+
+    def __init__(self, art: Artifact, metrics: dict, generations: list[dict]):
+        self.art, self.metrics, self.generations = art, metrics, generations
+        self.name = f"{metrics.get('model', '?')} ({metrics.get('decoding', '?')})"
+        self._words: list[list[str]] | None = None
+
+    def words(self) -> list[list[str]]:
+        """Generated responses as metric words: the tokenizer of the prepare artifact it was scored with."""
+        if self._words is None:
+            words = _tokenizer_words(self.art)
+            self._words = [words(g["generated"]) for g in self.generations]
+        return self._words
+
+
+def _tokenizer_words(art: Artifact):
+    try:
+        from cldg.text.tokenizer import DialogueTokenizer
+
+        tok = DialogueTokenizer.load(Path(art.manifest["inputs"]["prepare"]["path"]) / "tokenizer.json")
+        return tok.words
+    except Exception:  # the prepare artifact moved away: decoded text is space-joined words already
+        return lambda text: text.lower().split()
+
+
+def resolve_run(spec: Path, workdir: Path) -> Path:
+    """A run is an eval artifact directory, or the name of one under WORKDIR/eval (a fingerprint or 'latest')."""
+    spec = Path(spec)
+    if (spec / "manifest.json").is_file():
+        return spec
+    under = Path(workdir) / "eval" / spec
+    if (under / "manifest.json").is_file():
+        return under
+    raise CldgError(f"{spec}: not an evaluate artifact (no manifest.json there or in {Path(workdir) / 'eval'})")
+
+
+def load_run(path: Path) -> EvalRun:
     art = Artifact.load(Path(path))
     if art.stage != "eval":
-        raise CldgError(f"{path}: a '{art.stage}' artifact, not an evaluate run")
-    metrics = json.loads(art.file("metrics.json").read_text())
-    gens = [json.loads(line) for line in art.file("generations.jsonl").read_text().splitlines() if line.strip()]
-    return art, metrics, gens
+        raise CldgError(f"{path}: a '{art.stage}' artifact, not an evaluate run (make one with `cldg evaluate`)")
+    try:
+        metrics = json.loads(art.file("metrics.json").read_text())
+        lines = art.file("generations.jsonl").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise CldgError(f"{path}: evaluate artifact without {Path(exc.filename).name}") from None
+    except json.JSONDecodeError as exc:
+        raise CldgError(f"{art.file('metrics.json')}:{exc.lineno}: not JSON ({exc.msg})") from None
+    gens = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            g = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CldgError(f"{art.file('generations.jsonl')}:{lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(g, dict) or "pair_id" not in g or "generated" not in g:
+            raise CldgError(f"{art.file('generations.jsonl')}:{lineno}: needs 'pair_id' and 'generated'")
+        gens.append(g)
+    if not gens:
+        raise CldgError(f"{art.file('generations.jsonl')}: no generations")
+    return EvalRun(art, metrics, gens)
 
 
-def _dist_bootstrap(a_texts: list[list[str]], b_texts: list[list[str]], n: int, samples: int = 200, seed: int = 0):
+def dist_bootstrap(base: list[list[str]], other: list[list[str]], n: int, samples: int = DIST_BOOTSTRAP_SAMPLES,
+                   seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """Dist-n(other) - Dist-n(base) with a paired bootstrap interval over responses."""
     import numpy as np
 
     from cldg.metrics.diversity import distinct_n
 
     rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(samples):
-        idx = rng.integers(0, len(a_texts), len(a_texts))
-        diffs.append(distinct_n([b_texts[i] for i in idx], n) - distinct_n([a_texts[i] for i in idx], n))
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    return {"diff": distinct_n(b_texts, n) - distinct_n(a_texts, n), "ci_low": float(lo), "ci_high": float(hi),
-            "p_not_better": float((np.asarray(diffs) <= 0).mean())}
+    diffs = np.empty(samples)
+    for s in range(samples):
+        idx = rng.integers(0, len(base), len(base))
+        diffs[s] = distinct_n([other[i] for i in idx], n) - distinct_n([base[i] for i in idx], n)
+    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return {"diff": distinct_n(other, n) - distinct_n(base, n), "ci_low": float(lo), "ci_high": float(hi),
+            "p_not_better": float((diffs <= 0).mean())}
+
+
+def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> dict[str, dict]:
+    """Per metric: mean difference run - base, 95% paired bootstrap interval, share of resamples not better."""
+    from cldg.metrics.stats import paired_bootstrap
+
+    if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in base.generations]:
+        raise CldgError(f"{run.art.path}: evaluated on other pairs than {base.art.path} "
+                        "(compare runs of the same split and --limit)")
+    out = {}
+    for k in keys:
+        if k in ("dist1", "dist2", "dist3"):
+            out[k] = dist_bootstrap(base.words(), run.words(), int(k[-1]), seed=seed)
+        elif all(k in g.get("metrics", {}) for g in base.generations + run.generations):
+            out[k] = paired_bootstrap([g["metrics"][k] for g in base.generations],
+                                      [g["metrics"][k] for g in run.generations], BOOTSTRAP_SAMPLES, seed)
+    return out
 
 
 def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json: bool) -> dict:
-    from rich.table import Table
-
-    from cldg.metrics.stats import paired_bootstrap
-    from cldg.progress import console
-    from cldg.stages.evaluate import PERCENT, TABLE_LAYOUT, fmt
+    """Table (best per metric in bold), differences against the first run with 95% bootstrap
+    intervals; with out_dir, comparison.{json,md,png}. Returns the comparison as a dict."""
+    from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
     if not runs:
         raise CldgError("compare: give at least one evaluate artifact directory")
-    loaded = [_load_run(p) for p in runs]
-    names = [f"{m['model']} ({m['decoding']})" for _, m, _ in loaded]
+    loaded = [load_run(resolve_run(p, workdir)) for p in runs]
+    names = [r.name for r in loaded]
     if len(set(names)) < len(names):
-        names = [f"{n} [{a.fingerprint[:6]}]" for n, (a, _, _) in zip(names, loaded)]
-    keys = [k for _, k in TABLE_LAYOUT] + ["length", "reference_ppl", "sacrebleu"]
+        names = [f"{n} [{r.art.fingerprint[:6]}]" for n, r in zip(names, loaded)]
+    layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")]
+    keys = [k for _, k in layout]
+    for r in loaded:
+        missing = [k for k in keys if k not in r.metrics]
+        if missing:
+            raise CldgError(f"{r.art.file('metrics.json')}: missing metrics {missing}")
     best = {}
     for k in keys:
-        vals = [m[k] for _, m, _ in loaded]
-        best[k] = min(vals) if k in HIGHER_IS_BETTER_EXCEPT else max(vals)
-    result = {"runs": [{"name": n, "path": str(a.path), "metrics": {k: m[k] for k in keys}} for n, (a, m, _) in
-                       zip(names, loaded)], "differences": []}
-    base_art, base_m, base_g = loaded[0]
-    words = lambda g: g["generated"].lower().split()  # noqa: E731
-    for (art, m, gens), name in zip(loaded[1:], names[1:]):
-        if [g["pair_id"] for g in gens] != [g["pair_id"] for g in base_g]:
-            raise CldgError(f"{art.path}: evaluated on other pairs than {base_art.path}; compare runs of the same split")
-        diffs = {}
-        for k in keys:
-            if k in ("dist1", "dist2", "dist3"):
-                diffs[k] = _dist_bootstrap([words(g) for g in base_g], [words(g) for g in gens], int(k[-1]))
-            elif k in gens[0]["metrics"]:
-                diffs[k] = paired_bootstrap([g["metrics"][k] for g in base_g], [g["metrics"][k] for g in gens])
-        result["differences"].append({"baseline": names[0], "run": name, "metrics": diffs})
+        if k in NO_BEST or len(loaded) < 2:
+            continue
+        vals = [r.metrics[k] for r in loaded]
+        best[k] = min(vals) if k in LOWER_IS_BETTER else max(vals)
+    result = {"runs": [{"name": n, "path": str(r.art.path), "metrics": {k: r.metrics[k] for k in keys}}
+                       for n, r in zip(names, loaded)],
+              "best": {k: [n for n, r in zip(names, loaded) if r.metrics[k] == v] for k, v in best.items()},
+              "differences": [{"baseline": names[0], "run": n, "metrics": differences(loaded[0], r, keys)}
+                              for n, r in zip(names[1:], loaded[1:])]}
 
-    label = {k: n for n, k in TABLE_LAYOUT} | {"length": "length", "reference_ppl": "ref ppl", "sacrebleu": "sacreBLEU"}
-    table = Table(title="cldg compare (best in bold; BLEU/Dist/embedding in %)")
-    table.add_column("metric")
-    for n in names:
-        table.add_column(n, justify="right")
-    if len(loaded) > 1:
-        table.add_column(f"{names[-1]} - {names[0]} [95% CI]", justify="right")
-    md = ["| metric | " + " | ".join(names) + (" | difference [95% CI] |" if len(loaded) > 1 else " |"),
-          "|---|" + "---|" * (len(names) + (1 if len(loaded) > 1 else 0))]
-    for k in keys:
-        cells = []
-        for _, m, _ in loaded:
-            v = fmt(k, m[k]) if k in PERCENT or k in dict(TABLE_LAYOUT).values() else f"{m[k]:.2f}"
-            cells.append((f"[bold]{v}[/]", f"**{v}**") if m[k] == best[k] and len(loaded) > 1 else (v, v))
-        row = [c[0] for c in cells]
-        md_row = [c[1] for c in cells]
-        if len(loaded) > 1:
-            d = result["differences"][-1]["metrics"].get(k)
-            scale = 100 if k in PERCENT else 1
-            txt = f"{scale * d['diff']:+.2f} [{scale * d['ci_low']:+.2f}, {scale * d['ci_high']:+.2f}]" if d else ""
-            row.append(txt)
-            md_row.append(txt)
-        table.add_row(label[k], *row)
-        md.append(f"| {label[k]} | " + " | ".join(md_row) + " |")
-    console.print(table)
+    def cell(k: str, d: dict | None) -> str:
+        if not d:
+            return ""
+        scale = 100 if k in PERCENT else 1
+        return f"{scale * d['diff']:+.2f} [{scale * d['ci_low']:+.2f}, {scale * d['ci_high']:+.2f}]"
+
+    header = ["metric"] + names + [f"{d['run']} - {names[0]} [95% CI]" for d in result["differences"]]
+    rows = []
+    for label, k in layout:
+        values = [(fmt(k, r.metrics[k]), k in best and r.metrics[k] == best[k]) for r in loaded]
+        rows.append((label, values, [cell(k, d["metrics"].get(k)) for d in result["differences"]]))
+    if not as_json:
+        _print_table(header, rows)
+    md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for label, values, diffs in rows:
+        md.append("| " + " | ".join([label] + [f"**{v}**" if b else v for v, b in values] + diffs) + " |")
+    result["markdown"] = "\n".join(md) + "\n"
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "comparison.json").write_text(json.dumps(result, indent=2))
-        (out_dir / "comparison.md").write_text("\n".join(md) + "\n")
-        _plot(out_dir / "comparison.png", names, loaded, TABLE_LAYOUT, PERCENT)
+        (out_dir / "comparison.json").write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"},
+                                                            indent=2))
+        (out_dir / "comparison.md").write_text(
+            "# cldg compare\n\nBLEU, Dist and embedding metrics in %, Ent in bits; best in bold; differences "
+            "against the first run with 95% paired bootstrap intervals.\n\n" + result["markdown"])
+        plot_comparison(out_dir / "comparison.png", names, [r.metrics for r in loaded])
         result["outputs"] = [str(out_dir / f) for f in ("comparison.json", "comparison.md", "comparison.png")]
     return result
 
 
-def _plot(path: Path, names, loaded, layout, percent) -> None:
+def _print_table(header: list[str], rows: list) -> None:
+    from rich.table import Table
+
+    from cldg.progress import console
+
+    table = Table(title="cldg compare (best in bold; BLEU/Dist/embedding in %, Ent in bits)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for label, values, diffs in rows:
+        table.add_row(label, *[f"[bold green]{v}[/]" if b else v for v, b in values], *diffs)
+    console.print(table)
+
+
+def plot_comparison(path: Path, names: list[str], metrics: list[dict]) -> None:
+    """Grouped bars: one group per %-metric of Table 2, one bar per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    keys = [(n, k) for n, k in layout if k in percent]
-    x = np.arange(len(keys))
-    width = 0.8 / len(loaded)
+    from cldg.metrics import PERCENT, TABLE_LAYOUT
+
+    shown = [(n, k) for n, k in TABLE_LAYOUT if k in PERCENT]
+    x = np.arange(len(shown))
+    width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(11, 4))
-    for i, ((_, m, _), name) in enumerate(zip(loaded, names)):
-        ax.bar(x + i * width, [100 * m[k] for _, k in keys], width, label=name)
-    ax.set_xticks(x + width * (len(loaded) - 1) / 2, [n for n, _ in keys])
+    for i, (name, m) in enumerate(zip(names, metrics)):
+        ax.bar(x + i * width, [100 * m[k] for _, k in shown], width, label=name)
+    ax.set_xticks(x + width * (len(names) - 1) / 2, [n for n, _ in shown])
     ax.set_ylabel("%")
     ax.legend()
     fig.tight_layout()

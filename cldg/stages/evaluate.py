@@ -1,8 +1,9 @@
 """Decode the test contexts with a trained model and score the responses (the paper's Table 2 metrics).
 
 --model reference | contrastive (the latest of that stage) | a model artifact directory. Writes
-`generations.jsonl`, `metrics.json`, `report.md` and PNG plots, and prints the metrics laid out like
-the paper's Table 2. `--json` prints metrics.json only.
+`generations.jsonl` (context, reference, generated, per-response metrics), `metrics.json`,
+`report.md` and PNG plots, and prints the metrics laid out like the paper's Table 2.
+`--json` prints metrics.json only.
 """
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
 from cldg.config import CommonOptions, fingerprint_config, option
-from cldg.decoding.search import METHODS
+from cldg.errors import CldgError
+from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
 SCHEMA = 1
 JSON_OUTPUT = "metrics.json"
-
-TABLE_LAYOUT = [("BLEU-1", "bleu1"), ("BLEU-2", "bleu2"), ("BLEU-3", "bleu3"), ("BLEU-4", "bleu4"),
-                ("Dist-1", "dist1"), ("Dist-2", "dist2"), ("Dist-3", "dist3"), ("Ent-1", "ent1"), ("Ent-2", "ent2"),
-                ("Avg.", "average"), ("Ext.", "extrema"), ("Gre.", "greedy"), ("Coh.", "coherence")]
-PERCENT = {"bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "dist3", "average", "extrema", "greedy", "coherence"}
+METHODS = ("greedy", "beam", "topk", "nucleus")  # = cldg.decoding.search.METHODS (not imported: it loads torch)
 
 
 @dataclass
@@ -47,34 +45,71 @@ def decode_config(cfg: Config):
                         cfg.max_len, cfg.min_len, cfg.no_repeat_ngram, cfg.block_context_ngram)
 
 
+def check_config(cfg: Config) -> None:
+    """Bad values stop the stage with one line naming the option."""
+    problems = [(cfg.beam_size < 1, "--beam-size must be at least 1"),
+                (cfg.top_k < 1, "--top-k must be at least 1"),
+                (not 0 < cfg.top_p <= 1, "--top-p must be in (0, 1]"),
+                (cfg.temperature <= 0, "--temperature must be positive"),
+                (cfg.max_len < 1, "--max-len must be at least 1"),
+                (not 0 <= cfg.min_len <= cfg.max_len, "--min-len must be between 0 and --max-len"),
+                (cfg.no_repeat_ngram < 0 or cfg.block_context_ngram < 0, "n-gram blocking sizes must be >= 0"),
+                (cfg.limit < 0, "--limit must be >= 0 (0 = all)"),
+                (cfg.batch_size < 1, "--batch-size must be at least 1")]
+    for bad, msg in problems:
+        if bad:
+            raise CldgError(f"evaluate: {msg}")
+
+
+def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device, generator,
+               label: str = "decode") -> list[str]:
+    """Responses (decoded text) for every context, decoded in batches of similar context length."""
+    from cldg.data.batching import collate
+    from cldg.decoding.search import generate
+    from cldg.progress import make_progress
+
+    n = len(contexts)
+    order = sorted(range(n), key=lambda i: sum(len(t) for t in contexts[i]))  # less padding per batch
+    outputs: list[str] = [""] * n
+    with make_progress() as progress:
+        task = progress.add_task(label, total=n, unit="responses")
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate(tok, [contexts[i] for i in idx], None, limits).to(device)
+            for i, ids in zip(idx, generate(model, batch, dcfg, generator)):
+                outputs[i] = tok.decode(ids)
+            progress.advance(task, len(idx))
+    return outputs
+
+
 def run(cfg: Config, common: CommonOptions) -> Artifact:
     import json
     import time
 
     import torch
 
-    from cldg.data.batching import collate
     from cldg.data.pairs import read_pairs
-    from cldg.decoding.search import generate
     from cldg.metrics import compute_all
     from cldg.metrics.embedding import WordVectors
     from cldg.models import load_model
     from cldg.models.resolve import model_limits, model_prepare, resolve_model
-    from cldg.progress import console, make_progress
+    from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
-    from cldg.training.evaluation import reference_perplexity
     from cldg.text.ngrams import load_ngram_counts
     from cldg.text.tokenizer import DialogueTokenizer
     from cldg.text.vectors import load_word_vectors
+    from cldg.training.evaluation import reference_perplexity
 
+    check_config(cfg)
     store = ArtifactStore(common.workdir)
     model_art = resolve_model(store, cfg.model)
     prepared = model_prepare(model_art)
+    # "reference" and the same reference's directory are one evaluation: the input fingerprint tells models apart.
     config = fingerprint_config(cfg) | {"seed": common.seed, "model": model_art.stage}
     with store.begin("eval", SCHEMA, config, {"model": model_art, "prepare": prepared}, force=common.force) as run:
         if run.existing:
             console.print(f"evaluate: complete artifact {run.existing.path} found - skipped")
-            print_metrics_table(run.existing.manifest["metrics"], f"{model_art.stage} ({cfg.decoding})")
+            print_metrics_table(json.loads(run.existing.file("metrics.json").read_text()))
             return run.existing
         set_seed(common.seed)
         device = resolve_device(common.device)
@@ -83,91 +118,109 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         limits = model_limits(model_art)
         pairs = read_pairs(prepared.file(f"pairs-{cfg.split}.parquet"))
         n = len(pairs) if not cfg.limit else min(cfg.limit, len(pairs))
-        contexts, references = pairs.context[:n], pairs.response[:n]
-        dcfg = decode_config(cfg)
-        gen = torch.Generator().manual_seed(common.seed)
-        order = sorted(range(n), key=lambda i: sum(len(t) for t in contexts[i]))  # similar lengths batch together
-        outputs: list[str] = [""] * n
+        if n == 0:
+            raise CldgError(f"{prepared.file(f'pairs-{cfg.split}.parquet')}: the {cfg.split} split has no pairs")
+        contexts, references = list(pairs.context[:n]), list(pairs.response[:n])
+
         t0 = time.time()
-        with make_progress() as progress:
-            task = progress.add_task(f"decode {cfg.decoding}", total=n, unit="responses")
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                batch = collate(tok, [contexts[i] for i in idx], None, limits).to(device)
-                for i, ids in zip(idx, generate(model, batch, dcfg, gen)):
-                    outputs[i] = tok.decode(ids)
-                progress.advance(task, len(idx))
+        generator = torch.Generator().manual_seed(common.seed)
+        outputs = decode_all(model, tok, contexts, limits, decode_config(cfg), cfg.batch_size, device, generator,
+                             f"decode {cfg.decoding}")
         decode_s = time.time() - t0
+
         t0 = time.time()
         hyps = [tok.words(o) for o in outputs]
         refs = [tok.words(r) for r in references]
         last = [tok.words(c[-1]) if c else [] for c in contexts]
         vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
         counts = load_ngram_counts(prepared.file("ngram-counts.parquet"))
-        wv = WordVectors(vectors, has, tok.tok.token_to_id, counts.get(1, {}))
+        wv = WordVectors(vectors, has, tok.token_to_id, counts.get(1, {}))
         metrics, per = compute_all(hyps, refs, last, counts, wv)
-        metrics["reference_ppl"] = reference_perplexity(model, tok, contexts, references, limits, device)
         metrics_s = time.time() - t0
-        metrics.update(model=model_art.stage, model_path=str(model_art.path), decoding=cfg.decoding, split=cfg.split,
+        metrics["reference_ppl"] = reference_perplexity(model, tok, contexts, references, limits, device)
+        metrics.update(model=model_art.stage, model_path=str(model_art.path), decoding=cfg.decoding,
+                       split=cfg.split, decode_config=fingerprint_config(cfg),
                        decode_seconds=round(decode_s, 2), responses_per_second=round(n / max(decode_s, 1e-9), 1))
-        with open(run.dir / "generations.jsonl", "w") as fh:
+
+        with open(run.dir / "generations.jsonl", "w", encoding="utf-8") as fh:
             for i in range(n):
-                fh.write(json.dumps({"pair_id": pairs.pair_id[i], "context": contexts[i], "reference": references[i],
-                                     "generated": outputs[i], "metrics": {k: per[k][i] for k in per}},
-                                    ensure_ascii=False) + "\n")
+                fh.write(json.dumps({"pair_id": int(pairs.pair_id[i]), "context": contexts[i],
+                                     "reference": references[i], "generated": outputs[i],
+                                     "metrics": {k: per[k][i] for k in per}}, ensure_ascii=False) + "\n")
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (run.dir / "report.md").write_text(markdown_report(metrics, outputs, contexts, references))
         write_plots(run.dir, metrics, per)
-        print_metrics_table(metrics, f"{model_art.stage} ({cfg.decoding})")
-        return run.commit(rows={"responses": n}, timings={"decode_s": round(decode_s, 2), "metrics_s": round(metrics_s, 2)},
-                          extra={"metrics": metrics})
+        print_metrics_table(metrics)
+        return run.commit(rows={"responses": n},
+                          timings={"decode_s": round(decode_s, 2), "metrics_s": round(metrics_s, 2)},
+                          extra={"metrics": {k: metrics[k] for _, k in TABLE_LAYOUT + EXTRA_LAYOUT}})
 
 
-def fmt(key: str, value: float) -> str:
-    return f"{100 * value:.2f}" if key in PERCENT else f"{value:.3f}"
+def run_label(metrics: dict) -> str:
+    return f"{metrics.get('model', '?')} ({metrics.get('decoding', '?')})"
 
 
-def print_metrics_table(metrics: dict, title: str) -> None:
-    """The paper's Table 2 metrics (in %, entropies in bits), plus length, reference ppl and sacreBLEU."""
+def print_metrics_table(metrics: dict, title: str | None = None) -> None:
+    """One row laid out like the paper's Table 2 (BLEU, Dist, embedding metrics in %; Ent in bits),
+    then mean response length and the references' perplexity; sacreBLEU and the generated-n-gram
+    entropies below it. On a narrow terminal the columns wrap into several tables, never truncated."""
+    from rich import box
     from rich.table import Table
 
     from cldg.progress import console
 
-    table = Table(title=f"Automatic evaluation: {title}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, key in TABLE_LAYOUT:
-        table.add_row(name + (" (%)" if key in PERCENT else " (bits)"), fmt(key, metrics[key]))
-    table.add_row("length (words)", f"{metrics['length']:.2f}")
-    table.add_row("reference ppl", f"{metrics['reference_ppl']:.2f}")
-    table.add_row("sacreBLEU", f"{metrics['sacrebleu']:.2f}")
-    console.print(table)
+    cols = [(name, fmt(k, metrics[k])) for name, k in TABLE_LAYOUT + EXTRA_LAYOUT]
+    groups: list[list[tuple[str, str]]] = [[]]
+    used = 4
+    for name, value in cols:  # pack columns into tables as wide as the terminal
+        width = max(len(name), len(value)) + 3
+        if groups[-1] and used + width > console.width:
+            groups.append([])
+            used = 4
+        groups[-1].append((name, value))
+        used += width
+    title = f"Automatic evaluation: {title or run_label(metrics)}, {metrics.get('responses', '?')} " \
+            f"{metrics.get('split', '')} pairs"
+    for i, group in enumerate(groups):
+        table = Table(title=title if i == 0 else None, box=box.SIMPLE_HEAD, padding=(0, 1))
+        for name, _ in group:
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_row(*(v for _, v in group))
+        console.print(table)
+    console.print(f"(BLEU, Dist, Avg./Ext./Gre./Coh. in %; Ent in bits)  sacreBLEU {metrics['sacrebleu']:.2f}; "
+                  f"generated n-gram entropy {metrics['gen_entropy1']:.3f} / {metrics['gen_entropy2']:.3f} bits")
 
 
-def markdown_report(metrics: dict, outputs: list[str], contexts: list[list[str]], references: list[str]) -> str:
-    head = "| " + " | ".join(name for name, _ in TABLE_LAYOUT) + " | len | ref ppl | sacreBLEU |"
-    sep = "|" + "---|" * (len(TABLE_LAYOUT) + 3)
-    row = "| " + " | ".join(fmt(k, metrics[k]) for _, k in TABLE_LAYOUT) + \
-          f" | {metrics['length']:.1f} | {metrics['reference_ppl']:.1f} | {metrics['sacrebleu']:.2f} |"
-    lines = [f"# Evaluation: {metrics['model']} ({metrics['decoding']}, {metrics['responses']} {metrics['split']} pairs)",
-             "", "BLEU, Dist and embedding metrics in %, Ent in bits.", "", head, sep, row, "", "## Examples", ""]
-    for i in range(min(10, len(outputs))):
+def markdown_report(metrics: dict, outputs: list[str], contexts: list[list[str]], references: list[str],
+                    examples: int = 10) -> str:
+    cols = TABLE_LAYOUT + EXTRA_LAYOUT
+    lines = [f"# Evaluation: {run_label(metrics)}, {metrics['responses']} {metrics['split']} pairs", "",
+             "BLEU, Dist and the embedding metrics in %, Ent in bits (the paper's Table 2 layout).", "",
+             "| Model | " + " | ".join(name for name, _ in cols) + " |",
+             "|---|" + "---:|" * len(cols),
+             f"| {metrics['model']} | " + " | ".join(fmt(k, metrics[k]) for _, k in cols) + " |", "",
+             f"- sacreBLEU (corpus): {metrics['sacrebleu']:.2f}",
+             f"- generated-n-gram entropy: {metrics['gen_entropy1']:.3f} (1-gram), {metrics['gen_entropy2']:.3f} (2-gram) bits",
+             f"- decoding: {metrics['decoding']}, {metrics.get('responses_per_second', 0)} responses/s",
+             "", "## Examples", ""]
+    for i in range(min(examples, len(outputs))):
         lines += [f"- **context**: {' / '.join(contexts[i])}", f"  - **reference**: {references[i]}",
                   f"  - **generated**: {outputs[i]}"]
     return "\n".join(lines) + "\n"
 
 
 def write_plots(directory: Path, metrics: dict, per: dict) -> None:
+    """metrics.png (the %-metrics as bars) and lengths.png (generated-length histogram)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    keys = [k for _, k in TABLE_LAYOUT if k in PERCENT]
-    ax.bar([n for n, k in TABLE_LAYOUT if k in PERCENT], [100 * metrics[k] for k in keys], color="#4477aa")
+    shown = [(n, k) for n, k in TABLE_LAYOUT if k in PERCENT]
+    ax.bar([n for n, _ in shown], [100 * metrics[k] for _, k in shown], color="#4477aa")
     ax.set_ylabel("%")
-    ax.set_title(f"{metrics['model']} ({metrics['decoding']})")
+    ax.set_title(run_label(metrics))
     fig.tight_layout()
     fig.savefig(directory / "metrics.png", dpi=120)
     plt.close(fig)

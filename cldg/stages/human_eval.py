@@ -26,12 +26,26 @@ def _generations(run: Path) -> dict[int, dict]:
     art = Artifact.load(Path(run))
     if art.stage != "eval":
         raise CldgError(f"{run}: a '{art.stage}' artifact, not an evaluate run")
-    return {g["pair_id"]: g for g in map(json.loads, art.file("generations.jsonl").read_text().splitlines())}
+    out = {}
+    path = art.file("generations.jsonl")
+    if not path.is_file():
+        raise CldgError(f"{run}: evaluate artifact without generations.jsonl")
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            g = json.loads(line)
+            out[int(g["pair_id"])] = g
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise CldgError(f"{path}:{lineno}: not a generation record (JSON with pair_id)") from None
+    return out
 
 
 def export_sheets(run_a: Path, run_b: Path, n: int, out_dir: Path, seed: int) -> dict:
     from cldg.progress import console
 
+    if n < 1:
+        raise CldgError(f"human-eval export: -n {n}: need at least one item")
     a, b = _generations(run_a), _generations(run_b)
     shared = sorted(set(a) & set(b))
     if not shared:
@@ -65,9 +79,13 @@ def read_sheet(path: Path, key: dict) -> dict[str, str]:
                 raise CldgError(f"{path}:1: header must contain 'item' and 'preference'")
             for row in reader:
                 line = reader.line_num
+                if None in row:  # more cells than the header has columns (an unquoted comma?)
+                    raise CldgError(f"{path}:{line}: more cells than the header has columns")
                 item, pref = (row.get("item") or "").strip(), (row.get("preference") or "").strip().lower()
                 if item not in key["items"]:
                     raise CldgError(f"{path}:{line}: item {item!r} is not in the key")
+                if item in out:
+                    raise CldgError(f"{path}:{line}: item {item} appears twice")
                 if pref not in CHOICES:
                     raise CldgError(f"{path}:{line}: preference {pref!r} must be 1, 2 or tie")
                 first = key["items"][item]["response_1"]
@@ -76,6 +94,10 @@ def read_sheet(path: Path, key: dict) -> dict[str, str]:
         raise CldgError(f"{path}: no such sheet") from None
     except UnicodeDecodeError:
         raise CldgError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise CldgError(f"{path}: not a CSV sheet ({exc})") from None
+    if not out:
+        raise CldgError(f"{path}: no filled rows")
     return out
 
 
@@ -95,17 +117,24 @@ def score_sheets(sheets: list[Path], key_path: Path, as_json: bool) -> dict:
         key = json.loads(Path(key_path).read_text())
     except (FileNotFoundError, json.JSONDecodeError) as exc:
         raise CldgError(f"--key {key_path}: cannot read the key ({exc})") from None
+    if not isinstance(key, dict) or not isinstance(key.get("items"), dict) or "system_a" not in key:
+        raise CldgError(f"--key {key_path}: not a key written by `cldg human-eval export`")
+    if not sheets:
+        raise CldgError("human-eval score: give at least one filled sheet")
     labels = [read_sheet(Path(s), key) for s in sheets]
     items = sorted(set.intersection(*(set(x) for x in labels)), key=int)
     if not items:
         raise CldgError("the sheets have no item in common")
-    per = {str(s): _wlt([x[i] for i in items]) for s, x in zip(sheets, labels)}
+    names = [str(s) for s in sheets]
+    if len(set(names)) < len(names):
+        raise CldgError("human-eval score: the same sheet is given twice")
+    per = {name: _wlt([x[i] for i in items]) for name, x in zip(names, labels)}
     majority = []
     for i in items:
         votes = [x[i] for x in labels]
         top = max(set(votes), key=votes.count)
         majority.append(top if votes.count(top) * 2 > len(votes) else "tie")
-    kappas = {f"{a} vs {b}": cohens_kappa([labels[a][i] for i in items], [labels[b][i] for i in items])
+    kappas = {f"{names[a]} vs {names[b]}": cohens_kappa([labels[a][i] for i in items], [labels[b][i] for i in items])
               for a, b in combinations(range(len(labels)), 2)}
     result = {"system_a": key["system_a"], "system_b": key["system_b"], "per_annotator": per,
               "overall": _wlt(majority), "kappa": kappas,
@@ -118,5 +147,5 @@ def score_sheets(sheets: list[Path], key_path: Path, as_json: bool) -> dict:
             table.add_row(name, f"{100 * r['win']:.1f}", f"{100 * r['loss']:.1f}", f"{100 * r['tie']:.1f}", str(r["items"]))
         console.print(table)
         if kappas:
-            console.print(f"Cohen's kappa: " + ", ".join(f"{k}: {v:.3f}" for k, v in kappas.items()))
+            console.print("Cohen's kappa: " + ", ".join(f"{k}: {v:.3f}" for k, v in kappas.items()))
     return result

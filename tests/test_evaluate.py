@@ -1,0 +1,229 @@
+"""`cldg evaluate` on a tiny trained model, `compare_runs` and the human-evaluation sheets."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cldg.config import CommonOptions
+from cldg.errors import CldgError
+
+
+@pytest.fixture(scope="module")
+def model_workdir(tmp_path_factory, prepared_workdir):
+    """A workdir of its own with a tiny seq2seq reference trained on the shared prepare artifact."""
+    from cldg.stages import pretrain
+
+    _, prepared = prepared_workdir
+    workdir = tmp_path_factory.mktemp("evalwork")
+    cfg = pretrain.Config(model="seq2seq", prepare_dir=prepared.path, embedding_dim=16, hidden_size=16,
+                          num_layers=1, batch_size=16, epochs=3, dropout=0.0)
+    art = pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
+    return workdir, art, prepared
+
+
+def evaluate(workdir, **kw):
+    from cldg.stages import evaluate as ev
+
+    cfg = ev.Config(**({"model": "reference", "max_len": 10, "batch_size": 8} | kw))
+    return ev.run(cfg, CommonOptions(workdir=workdir, seed=5, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def greedy_run(model_workdir):
+    return evaluate(model_workdir[0], decoding="greedy")
+
+
+@pytest.fixture(scope="module")
+def beam_run(model_workdir):
+    return evaluate(model_workdir[0], decoding="beam", beam_size=3, no_repeat_ngram=2)
+
+
+def read_generations(art):
+    return [json.loads(line) for line in art.file("generations.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_writes_consistent_artifact(greedy_run, model_workdir):
+    from cldg.data.pairs import read_pairs
+    from cldg.metrics import TABLE_LAYOUT, compute_all
+    from cldg.metrics.embedding import WordVectors
+    from cldg.text.ngrams import load_ngram_counts
+    from cldg.text.tokenizer import DialogueTokenizer
+    from cldg.text.vectors import load_word_vectors
+
+    _, _, prepared = model_workdir
+    art = greedy_run
+    assert art.stage == "eval"
+    for name in ("generations.jsonl", "metrics.json", "report.md", "metrics.png", "lengths.png"):
+        assert art.file(name).is_file()
+    for png in ("metrics.png", "lengths.png"):
+        assert art.file(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads(art.file("metrics.json").read_text())
+    gens = read_generations(art)
+    test = read_pairs(prepared.file("pairs-test.parquet"))
+    assert len(gens) == len(test) == metrics["responses"]
+    assert [g["pair_id"] for g in gens] == list(test.pair_id)
+    assert [g["reference"] for g in gens] == list(test.response)
+    assert any(g["generated"] for g in gens)
+    # the metrics recomputed independently from the written generations match metrics.json
+    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+    vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
+    counts = load_ngram_counts(prepared.file("ngram-counts.parquet"))
+    corpus, per = compute_all([tok.words(g["generated"]) for g in gens], [tok.words(g["reference"]) for g in gens],
+                              [tok.words(g["context"][-1]) for g in gens], counts,
+                              WordVectors(vectors, has, tok.token_to_id, counts.get(1, {})))
+    for _, key in TABLE_LAYOUT:
+        assert metrics[key] == pytest.approx(corpus[key], rel=1e-6, abs=1e-9), key
+    for key in ("bleu2", "average", "coherence", "ent1"):
+        assert [g["metrics"][key] for g in gens] == pytest.approx(per[key])
+    assert 1.0 < metrics["reference_ppl"] < tok.vocab_size * 2
+    assert 0 < metrics["length"] <= 10
+    assert metrics["coherence"] > 0 and metrics["average"] > 0  # the tiny corpus is all in vocabulary
+    report = art.file("report.md").read_text()
+    assert "| BLEU-1 |" in report and "Coh." in report and "ref ppl" in report
+
+
+def test_evaluate_is_skipped_when_done_and_model_dir_is_the_same_run(greedy_run, model_workdir):
+    workdir, reference, _ = model_workdir
+    again = evaluate(workdir, decoding="greedy", model=str(reference.path), batch_size=3)
+    assert again.path == greedy_run.path  # same model, config and seed: same artifact, not recomputed
+
+
+def test_evaluate_beam_differs_and_respects_blocking(beam_run, greedy_run):
+    assert beam_run.path != greedy_run.path
+    for g in read_generations(beam_run):
+        words = g["generated"].split()
+        bigrams = list(zip(words, words[1:]))
+        assert len(bigrams) == len(set(bigrams))
+
+
+def test_evaluate_bad_input(model_workdir, tmp_path):
+    from cldg.errors import MissingArtifactError
+
+    with pytest.raises(CldgError, match="--beam-size"):
+        evaluate(model_workdir[0], decoding="beam", beam_size=0)
+    with pytest.raises(MissingArtifactError, match="pretrain"):
+        evaluate(tmp_path, model="reference")
+    with pytest.raises(CldgError, match="not a model"):
+        evaluate(model_workdir[0], model=str(model_workdir[2].path))  # a prepare artifact
+
+
+def test_evaluate_json_cli(greedy_run, model_workdir):
+    from typer.testing import CliRunner
+
+    from cldg.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", "--workdir", str(model_workdir[0]), "--model", "reference",
+                                      "--max-len", "10", "--seed", "5", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    start = result.stdout.index("{")
+    assert json.loads(result.stdout[start:]) == json.loads(greedy_run.file("metrics.json").read_text())
+
+
+def test_compare_runs(greedy_run, beam_run, model_workdir, tmp_path):
+    from cldg.stages.compare import compare_runs
+
+    out = tmp_path / "cmp"
+    result = compare_runs([greedy_run.path, beam_run.path], model_workdir[0], out, as_json=False)
+    assert [r["path"] for r in result["runs"]] == [str(greedy_run.path), str(beam_run.path)]
+    g = json.loads(greedy_run.file("metrics.json").read_text())
+    b = json.loads(beam_run.file("metrics.json").read_text())
+    diffs = result["differences"][0]["metrics"]
+    for key in ("bleu1", "average", "dist1", "length"):
+        assert diffs[key]["diff"] == pytest.approx(b[key] - g[key], abs=1e-9)
+        assert diffs[key]["ci_low"] <= diffs[key]["ci_high"]
+    assert result["best"]["bleu1"] == [r["name"] for r, m in zip(result["runs"], (g, b)) if m["bleu1"] ==
+                                       max(g["bleu1"], b["bleu1"])]
+    assert "length" not in result["best"]
+    for name in ("comparison.json", "comparison.md", "comparison.png"):
+        assert (out / name).is_file()
+    assert "**" in (out / "comparison.md").read_text()
+    # a run against itself: every difference and interval is exactly 0
+    same = compare_runs([greedy_run.path, greedy_run.path], model_workdir[0], None, as_json=True)
+    assert all(d["diff"] == 0 and d["ci_low"] == 0 == d["ci_high"] for d in same["differences"][0]["metrics"].values())
+    # by fingerprint under WORKDIR/eval
+    by_name = compare_runs([greedy_run.fingerprint], model_workdir[0], None, as_json=True)
+    assert by_name["runs"][0]["path"] == str(greedy_run.path)
+
+
+def test_compare_bad_input(greedy_run, model_workdir, tmp_path):
+    from cldg.stages.compare import compare_runs
+
+    workdir, reference, _ = model_workdir
+    with pytest.raises(CldgError, match="not an evaluate run"):
+        compare_runs([reference.path], workdir, None, True)
+    with pytest.raises(CldgError, match="not an evaluate artifact"):
+        compare_runs([tmp_path / "nothing"], workdir, None, True)
+    short = evaluate(workdir, decoding="greedy", limit=3)
+    with pytest.raises(CldgError, match="other pairs"):
+        compare_runs([greedy_run.path, short.path], workdir, None, True)
+
+
+def fill(sheet, dest, key, choose):
+    """Copy a sheet, writing `choose(item, system_of_response_1)` in the preference column."""
+    rows = list(csv.DictReader(open(sheet, encoding="utf-8")))
+    with open(dest, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            r["preference"] = choose(int(r["item"]), key["items"][r["item"]]["response_1"])
+            w.writerow(r)
+    return dest
+
+
+def test_human_eval_export_and_score(greedy_run, beam_run, tmp_path):
+    from cldg.metrics.stats import cohens_kappa
+    from cldg.stages.human_eval import export_sheets, score_sheets
+
+    out = export_sheets(greedy_run.path, beam_run.path, 6, tmp_path / "he", seed=3)
+    rows = list(csv.DictReader(open(out["sheet"], encoding="utf-8")))
+    key = json.loads(open(out["key"]).read())
+    assert len(rows) == out["items"] == 6 and all(r["preference"] == "" for r in rows)
+    text = open(out["sheet"], encoding="utf-8").read()
+    assert greedy_run.fingerprint not in text and beam_run.fingerprint not in text  # blind: no system named
+    assert {k["response_1"] for k in key["items"].values()} == {"A", "B"}  # the order is randomised
+    assert set(rows[0]) == {"item", "context", "response 1", "response 2", "preference"}
+    greedy = {g["pair_id"]: g["generated"] for g in read_generations(greedy_run)}
+    for r in rows:  # the key says which response is system A (greedy)
+        k = key["items"][r["item"]]
+        a_text = r["response 1"] if k["response_1"] == "A" else r["response 2"]
+        assert a_text == greedy[k["pair_id"]]
+    # annotator 1 always prefers A; annotator 2 prefers A on items 1-3, B on 4-5, tie on 6
+    first = lambda sys: "1" if sys == "A" else "2"  # noqa: E731
+    second = lambda sys: "2" if sys == "A" else "1"  # noqa: E731
+    s1 = fill(out["sheet"], tmp_path / "ann1.csv", key, lambda i, s: first(s))
+    s2 = fill(out["sheet"], tmp_path / "ann2.csv", key, lambda i, s: first(s) if i <= 3 else (second(s) if i <= 5 else "tie"))
+    result = score_sheets([s1, s2], tmp_path / "he" / "key.json", as_json=True)
+    assert result["per_annotator"][str(s1)] == {"win": 1.0, "loss": 0.0, "tie": 0.0, "items": 6}
+    assert result["per_annotator"][str(s2)]["win"] == pytest.approx(3 / 6)
+    assert result["per_annotator"][str(s2)]["loss"] == pytest.approx(2 / 6)
+    kappa = result["kappa"][f"{s1} vs {s2}"]
+    assert kappa == pytest.approx(cohens_kappa(["A"] * 6, ["A"] * 3 + ["B"] * 2 + ["tie"]))
+    # majority of two: agreement gives the label, disagreement a tie
+    assert result["overall"]["win"] == pytest.approx(3 / 6) and result["overall"]["tie"] == pytest.approx(3 / 6)
+
+
+def test_human_eval_malformed_sheets(greedy_run, beam_run, tmp_path):
+    from cldg.stages.human_eval import export_sheets, score_sheets
+
+    out = export_sheets(greedy_run.path, beam_run.path, 4, tmp_path / "he", seed=1)
+    key = json.loads(open(out["key"]).read())
+    bad = fill(out["sheet"], tmp_path / "bad.csv", key, lambda i, s: "maybe" if i == 2 else "tie")
+    with pytest.raises(CldgError, match=r"bad\.csv:3: preference 'maybe'"):
+        score_sheets([bad], out["key"], True)
+    blank = fill(out["sheet"], tmp_path / "blank.csv", key, lambda i, s: "" if i == 4 else "1")
+    with pytest.raises(CldgError, match=r"blank\.csv:5:"):
+        score_sheets([blank], out["key"], True)
+    nohead = tmp_path / "nohead.csv"
+    nohead.write_text("1,ctx,a,b,1\n")
+    with pytest.raises(CldgError, match=r"nohead\.csv:1: header"):
+        score_sheets([nohead], out["key"], True)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("item,preference\n1,1\n1,2\n")
+    with pytest.raises(CldgError, match=r"dup\.csv:3: item 1 appears twice"):
+        score_sheets([dup], out["key"], True)
+    with pytest.raises(CldgError, match="cannot read the key"):
+        score_sheets([dup], tmp_path / "missing.json", True)
+    with pytest.raises(CldgError, match="at least one item"):
+        export_sheets(greedy_run.path, beam_run.path, 0, tmp_path / "x", seed=1)
