@@ -27,9 +27,10 @@ def random_pairs(n: int, seed: int = 0, vocab: int = 40):
     return out
 
 
-def test_forward_shapes_and_padding_never_changes_a_score():
+@pytest.mark.parametrize("heads", [1, 2])
+def test_forward_shapes_and_padding_never_changes_a_score(heads):
     torch.manual_seed(0)
-    model = MSN(tiny_config()).eval()
+    model = MSN(tiny_config(heads=heads)).eval()
     pairs = random_pairs(6)
     ctx, resp = pad_batch([p[0] for p in pairs], [p[1] for p in pairs])
     with torch.no_grad():
@@ -64,6 +65,7 @@ def test_full_bilinear_forms_and_selector_drops_turns_below_gamma():
 def test_truncation_keeps_last_turns_and_marks_empty_utterances():
     turns, resp = truncate_pair([[5], [], [6, 7, 8, 9]], [], max_turns=2, max_turn_len=3)
     assert turns == [[1], [6, 7, 8]] and resp == [1]
+    assert truncate_pair([[5, 6, 7]], [8, 9, 10, 11], 3, 2, max_response_len=3) == ([[5, 6]], [8, 9, 10])
 
 
 def test_expected_rank_metrics_and_candidate_sets():
@@ -164,7 +166,7 @@ def test_train_matcher_stage_writes_artifact_with_baselines(prepared_workdir):
     from cldg.stages import train_matcher
 
     workdir, _ = prepared_workdir
-    cfg = train_matcher.Config(hidden=16, max_turn_len=12, cnn_channels="4,4,4", match_dim=16, gru_hidden=16,
+    cfg = train_matcher.Config(hidden=16, max_turn_len=12, heads=2, cnn_channels=4, match_dim=16, gru_hidden=16,
                                batch_size=16, epochs=1, max_steps=6, eval_every=3, max_valid_pairs=20)
     art = train_matcher.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
     assert art.stage == "matcher"
@@ -185,10 +187,13 @@ def test_train_matcher_stage_writes_artifact_with_baselines(prepared_workdir):
     assert again.path == art.path
 
 
-def test_bad_cnn_channels_is_one_clear_error(prepared_workdir):
+def test_bad_sizes_are_one_clear_error(prepared_workdir):
     from cldg.config import CommonOptions
     from cldg.errors import CldgError
     from cldg.stages import train_matcher
 
-    with pytest.raises(CldgError, match="cnn-channels"):
-        train_matcher.run(train_matcher.Config(cnn_channels="16,x"), CommonOptions(workdir=prepared_workdir[0]))
+    common = CommonOptions(workdir=prepared_workdir[0], device="cpu")
+    with pytest.raises(CldgError, match="--heads 3: the model width 16"):
+        train_matcher.run(train_matcher.Config(hidden=16, heads=3, max_steps=1), common)
+    with pytest.raises(CldgError, match="--cnn-channels 0"):
+        train_matcher.run(train_matcher.Config(cnn_channels=0), common)

@@ -51,7 +51,9 @@ class MSNConfig:
     hidden: int = 0               # model width (0: embed_dim, no projection)
     ffn_dim: int = 0              # attention block feed-forward size (0: hidden)
     max_turns: int = 5            # context turns seen (the last ones)
-    max_turn_len: int = 30        # tokens per turn and per response
+    max_turn_len: int = 30        # tokens per context turn
+    max_response_len: int = 0     # tokens of the response (0: max_turn_len)
+    heads: int = 1                # attention heads (slices of the width, no projections)
     hops: int = 3                 # selector hops (keys = mean of the last 1..hops turns)
     gamma: float = 0.3            # selector threshold
     alpha: float = 0.5            # weight of word-level vs utterance-level relevance
@@ -63,6 +65,10 @@ class MSNConfig:
     @property
     def width(self) -> int:
         return self.hidden or self.embed_dim
+
+    @property
+    def response_len(self) -> int:
+        return self.max_response_len or self.max_turn_len
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -92,20 +98,32 @@ class Bilinear(nn.Module):
 
 
 class AttentiveBlock(nn.Module):
-    """The DAM / MSN attentive module: LN(q + Attn(q, k, v)), then LN(x + FFN(x)). Padded queries -> 0."""
+    """The DAM / MSN attentive module: LN(q + Attn(q, k, v)), then LN(x + FFN(x)). Padded queries -> 0.
 
-    def __init__(self, dim: int, ffn_dim: int, dropout: float):
+    As in DAM there are no q/k/v projections; with `heads` > 1 the width is split into that many
+    slices, each attending on its own (multi-head attention without projections).
+    """
+
+    def __init__(self, dim: int, ffn_dim: int, dropout: float, heads: int = 1):
         super().__init__()
+        if dim % heads:
+            raise CldgError(f"--heads {heads}: the model width {dim} is not divisible by it")
+        self.heads = heads
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
         self.drop = nn.Dropout(dropout)
-        self.scale = 1.0 / math.sqrt(dim)
+        self.scale = 1.0 / math.sqrt(dim // heads)
 
     def forward(self, q, kv, q_mask, kv_mask):
-        logits = (q @ kv.transpose(1, 2)) * self.scale
-        logits = logits.masked_fill(~kv_mask.unsqueeze(1), NEG)
-        x = self.norm1(q + self.drop(torch.softmax(logits, dim=-1) @ kv))
+        N, Lq, d = q.shape
+        h = self.heads
+        qh = q.view(N, Lq, h, d // h).transpose(1, 2)                   # [N, h, Lq, d/h]
+        kh = kv.view(N, kv.shape[1], h, d // h).transpose(1, 2)          # [N, h, Lk, d/h]
+        logits = (qh @ kh.transpose(2, 3)) * self.scale
+        logits = logits.masked_fill(~kv_mask.view(N, 1, 1, -1), NEG)
+        att = (torch.softmax(logits, dim=-1) @ kh).transpose(1, 2).reshape(N, Lq, d)
+        x = self.norm1(q + self.drop(att))
         x = self.norm2(x + self.drop(self.ffn(x)))
         return x * q_mask.unsqueeze(-1).to(x.dtype)
 
@@ -159,15 +177,15 @@ class MSN(nn.Module):
             self.init_embeddings(word_vectors, has_vector)
         self.proj = nn.Linear(cfg.embed_dim, d, bias=False) if cfg.hidden and cfg.hidden != cfg.embed_dim else None
         ffn = cfg.ffn_dim or d
-        self.selector_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.selector_attn = AttentiveBlock(d, ffn, cfg.dropout, cfg.heads)
         self.selector_word = Bilinear(d)
         self.hop_fuse = nn.Linear(cfg.hops, 1)
         nn.init.constant_(self.hop_fuse.weight, 1.0)  # start: every hop counts, scores well above gamma
         nn.init.zeros_(self.hop_fuse.bias)
-        self.utt_attn = AttentiveBlock(d, ffn, cfg.dropout)
-        self.resp_attn = AttentiveBlock(d, ffn, cfg.dropout)
-        self.utt_resp_attn = AttentiveBlock(d, ffn, cfg.dropout)
-        self.resp_utt_attn = AttentiveBlock(d, ffn, cfg.dropout)
+        self.utt_attn = AttentiveBlock(d, ffn, cfg.dropout, cfg.heads)
+        self.resp_attn = AttentiveBlock(d, ffn, cfg.dropout, cfg.heads)
+        self.utt_resp_attn = AttentiveBlock(d, ffn, cfg.dropout, cfg.heads)
+        self.resp_utt_attn = AttentiveBlock(d, ffn, cfg.dropout, cfg.heads)
         self.bilinear = nn.ModuleList([Bilinear(d) for _ in range(3)])
         self.cnn = MaskedCNN(6, cfg.cnn_channels, cfg.match_dim)
         self.gru = nn.GRUCell(cfg.match_dim, cfg.gru_hidden)
@@ -256,11 +274,12 @@ class MSN(nn.Module):
 # --- tensors from token ids ---------------------------------------------------------------------
 
 def truncate_pair(context_ids: Sequence[Sequence[int]], response_ids: Sequence[int], max_turns: int,
-                  max_turn_len: int) -> tuple[list[list[int]], list[int]]:
-    """The last `max_turns` turns and each utterance's first `max_turn_len` tokens; an utterance
-    that encodes to nothing becomes [UNK] so that it still counts as a turn."""
+                  max_turn_len: int, max_response_len: int = 0) -> tuple[list[list[int]], list[int]]:
+    """The last `max_turns` turns, each turn's first `max_turn_len` tokens and the response's first
+    `max_response_len` (0: max_turn_len); an utterance that encodes to nothing becomes [UNK] so that it
+    still counts as a turn."""
     turns = [list(t[:max_turn_len]) or [UNK] for t in context_ids[-max_turns:]] if max_turns > 0 else []
-    return turns, list(response_ids[:max_turn_len]) or [UNK]
+    return turns, list(response_ids[:max_response_len or max_turn_len]) or [UNK]
 
 
 def pad_batch(contexts: Sequence[Sequence[Sequence[int]]], responses: Sequence[Sequence[int]],
@@ -305,7 +324,7 @@ class MSNMatcher:
         unique = list(dict.fromkeys([u for c in contexts for u in c] + list(responses)))
         ids = dict(zip(unique, self.tokenizer.encode_batch(unique))) if unique else {}
         cfg = self.model.config
-        return [truncate_pair([ids[u] for u in c], ids[r], cfg.max_turns, cfg.max_turn_len)
+        return [truncate_pair([ids[u] for u in c], ids[r], cfg.max_turns, cfg.max_turn_len, cfg.response_len)
                 for c, r in zip(contexts, responses)]
 
     def score(self, contexts: Sequence[Sequence[str]], responses: Sequence[str]) -> np.ndarray:

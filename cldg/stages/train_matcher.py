@@ -25,11 +25,13 @@ class Config:
     hidden: int = option(0, "Model width (0: the word-vector size, no projection).")
     ffn_dim: int = option(0, "Attention block feed-forward size (0: the model width).")
     max_turns: int = option(5, "Context turns the matcher sees (the last ones).")
-    max_turn_len: int = option(30, "Tokens per turn and per response.")
+    max_turn_len: int = option(30, "Tokens per context turn.")
+    max_response_len: int = option(0, "Tokens of the response (0: same as --max-turn-len).")
     hops: int = option(3, "Selector hops.")
     gamma: float = option(0.3, "Selector threshold: turns scoring below it are dropped.")
     alpha: float = option(0.5, "Selector weight of word-level vs utterance-level relevance.")
-    cnn_channels: str = option("16,32,64", "Channels of the three CNN layers, comma-separated.")
+    heads: int = option(4, "Attention heads (slices of the model width).")
+    cnn_channels: int = option(16, "Channels of the first CNN layer; the second and third have 2x and 4x.")
     match_dim: int = option(128, "Matching vector size per turn.")
     gru_hidden: int = option(128, "Aggregation GRU size.")
     dropout: float = option(0.1, "Dropout.")
@@ -44,16 +46,8 @@ class Config:
     max_valid_pairs: int = option(1000, "Valid contexts used by the periodic checks (0 = all).")
     final_valid_pairs: int = option(0, "Valid contexts of the final MSN / BM25 / BoW comparison (0 = all).")
     score_batch_size: int = option(256, "Pairs per batch when scoring.", fingerprint=False)
-
-
-def parse_channels(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        out = []
-    if len(out) != 3 or min(out) < 1:
-        raise CldgError(f"--cnn-channels {text!r}: expected three positive integers, e.g. 16,32,64")
-    return out
+    threads: int = option(0, "torch CPU threads (0: torch's default; 1 is often fastest on a busy machine).",
+                          fingerprint=False)
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
@@ -61,6 +55,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     import random
     import shutil
     import time
+
+    import torch
 
     from cldg.data.pairs import read_pairs
     from cldg.matching.baselines import BagOfWordsMatcher
@@ -73,10 +69,12 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.text.tokenizer import DialogueTokenizer
     from cldg.text.vectors import load_word_vectors
 
-    channels = parse_channels(cfg.cnn_channels)
-    for name in ("batch_size", "neg_ratio", "eval_every", "max_turns", "max_turn_len", "hops", "epochs"):
+    for name in ("batch_size", "neg_ratio", "eval_every", "max_turns", "max_turn_len", "hops", "epochs", "heads",
+                 "cnn_channels"):
         if getattr(cfg, name) < 1:
             raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.hidden and cfg.hidden % cfg.heads:
+        raise CldgError(f"--heads {cfg.heads}: the model width {cfg.hidden} is not divisible by it")
     store = ArtifactStore(common.workdir)
     prepared = store.resolve_input("prepare", cfg.prepare_dir, PREPARE_SCHEMA, "--prepare-dir")
     config = fingerprint_config(cfg) | {"seed": common.seed}
@@ -86,11 +84,15 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
             return run.existing
         set_seed(common.seed)
         device = resolve_device(common.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
         vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
         mcfg = MSNConfig(vocab_size=tok.vocab_size, embed_dim=int(vectors.shape[1]), hidden=cfg.hidden,
-                         ffn_dim=cfg.ffn_dim, max_turns=cfg.max_turns, max_turn_len=cfg.max_turn_len, hops=cfg.hops,
-                         gamma=cfg.gamma, alpha=cfg.alpha, cnn_channels=channels, match_dim=cfg.match_dim,
+                         ffn_dim=cfg.ffn_dim, max_turns=cfg.max_turns, max_turn_len=cfg.max_turn_len,
+                         max_response_len=cfg.max_response_len, heads=cfg.heads, hops=cfg.hops, gamma=cfg.gamma,
+                         alpha=cfg.alpha, cnn_channels=[cfg.cnn_channels, 2 * cfg.cnn_channels, 4 * cfg.cnn_channels],
+                         match_dim=cfg.match_dim,
                          gru_hidden=cfg.gru_hidden, dropout=cfg.dropout)
         model = MSN(mcfg, vectors, has)
 
