@@ -4,7 +4,7 @@
 
 For each model (in its own subprocess, so that peak memory is its own): real response tokens per
 second of full training steps (forward, backward, clip, Adam; the first step is a warm-up and not
-timed), real context + response tokens per second, seconds per step, and peak memory (CPU: peak RSS
+timed), real context + response tokens per second, seconds per step (wall and CPU), and peak memory (CPU: peak RSS
 of the process; CUDA: peak allocated). Also the share of real (non-pad) tokens per batch with
 length-bucketed batches against plain random batches. Without --prepare-dir the pairs are random ids
 with chitchat-like lengths and a 20,000-word vocabulary. Prints JSON.
@@ -97,7 +97,7 @@ def bench_one(name: str, args) -> dict:
         if i == 1:  # the first step warms up (allocator, kernels); time the rest
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
         batch = batch.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, n = nll_loss(model(batch), batch.response_out, PAD)
@@ -110,12 +110,15 @@ def bench_one(name: str, args) -> dict:
             all_tokens += n + int(batch.context.ne(PAD).sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     out = {"model": name, "device": str(device), "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
            "config": model.config_dict(), "vocab_size": vocab, "batch_size": args.batch_size,
            "timed_steps": len(batches) - 1, "seconds_per_step": round(seconds / (len(batches) - 1), 3),
            "response_tokens_per_s": round(resp_tokens / seconds, 1),
            "context_and_response_tokens_per_s": round(all_tokens / seconds, 1),
+           # CPU seconds of this process (all its threads): on a shared machine wall time mostly measures the others
+           "cpu_seconds_per_step": round(cpu_seconds / (len(batches) - 1), 3),
+           "response_tokens_per_cpu_s": round(resp_tokens / cpu_seconds, 1),
            "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         out["peak_gpu_memory_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
