@@ -31,7 +31,7 @@ class Config:
     no_group: bool = option(False, "Ablation: one positive and one negative per group.")
     response_side_only: bool = option(False, "Ablation: response-side samples only.")
     context_side_only: bool = option(False, "Ablation: context-side samples only.")
-    no_matching_scores: bool = option(False, "Ablation: ignore matching scores (= --loss eq3).")
+    no_matching_scores: bool = option(False, "Ablation: every s+ = 1 and s- = -1 (eq4 becomes eq3).")
     mle_weight: float = option(0.0, "Weight of an MLE term on the pairs themselves.")
     from_scratch: bool = option(False, "Start the target from random weights (with an MLE warm-up).")
     mle_warmup_steps: int = option(0, "MLE-only steps before the contrastive loss (for --from-scratch).")
