@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -63,6 +64,7 @@ def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.timeout(300)  # a rank stuck in a collective must not hold CI for 15 minutes
 def test_two_process_gloo_ddp_keeps_ranks_in_sync(prepared_workdir, tmp_path):
     from safetensors.torch import load_file
     from test_models import model_names
