@@ -238,3 +238,24 @@ def test_sampling_is_seeded_and_restricted():
         out = generate(model, batch_of(contexts), DecodeConfig("nucleus", top_p=0.5, max_len=1, min_len=1),
                        torch.Generator().manual_seed(seed))
         assert all(h[0] in allowed for h, allowed in zip(out, nucleus))
+
+
+@pytest.mark.parametrize("method,kw", [("topk", {"top_k": 3}), ("nucleus", {"top_p": 0.8})])
+def test_row_seeded_sampling_does_not_depend_on_the_batch(method, kw):
+    model = TableModel(random_table(4, sharp=0.7), context_weight=0.5, seed=1)
+    contexts = random_contexts(12, 2)
+    seeds = [1000 + i for i in range(len(contexts))]
+    cfg = DecodeConfig(method, max_len=6, **kw)
+    batched = generate(model, batch_of(contexts), cfg, row_seeds=seeds)
+    single = [generate(model, batch_of([c]), cfg, row_seeds=[s])[0] for c, s in zip(contexts, seeds)]
+    assert batched == single
+    assert generate(model, batch_of(contexts), cfg, row_seeds=[s + 1 for s in seeds]) != batched
+    # the draws follow the distribution: first-token frequencies over many seeds match p (top-k renormalised)
+    state = model.init_decoding(batch_of(contexts[:1]))
+    logits, _ = model.decode_step(state, torch.tensor([BOS]))
+    logits[0, [PAD, BOS, SEP, UNK, EOS]] = float("-inf")
+    p = torch.softmax(logits[0], -1)
+    firsts = generate(model, batch_of(contexts[:1] * 3000), DecodeConfig("topk", top_k=V, max_len=1),
+                      row_seeds=list(range(3000)))
+    freq = torch.bincount(torch.tensor([h[0] for h in firsts]), minlength=V).double() / 3000
+    assert torch.allclose(freq, p.double(), atol=0.03)

@@ -23,11 +23,11 @@ def model_workdir(tmp_path_factory, prepared_workdir):
     return workdir, art, prepared
 
 
-def evaluate(workdir, **kw):
+def evaluate(workdir, force=False, **kw):
     from cldg.stages import evaluate as ev
 
     cfg = ev.Config(**({"model": "reference", "max_len": 10, "batch_size": 8} | kw))
-    return ev.run(cfg, CommonOptions(workdir=workdir, seed=5, device="cpu"))
+    return ev.run(cfg, CommonOptions(workdir=workdir, seed=5, device="cpu", force=force))
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,16 @@ def test_evaluate_beam_differs_and_respects_blocking(beam_run, greedy_run):
         words = g["generated"].split()
         bigrams = list(zip(words, words[1:]))
         assert len(bigrams) == len(set(bigrams))
+
+
+def test_sampled_evaluation_does_not_depend_on_batch_size(model_workdir):
+    workdir = model_workdir[0]
+    a = [g["generated"] for g in read_generations(evaluate(workdir, decoding="nucleus", top_p=0.9, batch_size=16))]
+    b = [g["generated"] for g in read_generations(evaluate(workdir, decoding="nucleus", top_p=0.9, batch_size=3,
+                                                           force=True))]
+    assert a == b
+    greedy = [g["generated"] for g in read_generations(evaluate(workdir, decoding="greedy"))]
+    assert a != greedy  # it did sample
 
 
 def test_evaluate_bad_input(model_workdir, tmp_path):

@@ -68,7 +68,10 @@ def _context_tokens(batch) -> list[list[int]]:
     return [[t for t in row if t != PAD] for row in batch.context.tolist()]
 
 
-def _sample(logp: torch.Tensor, cfg: DecodeConfig, gen: torch.Generator | None) -> torch.Tensor:
+def _sample(logp: torch.Tensor, cfg: DecodeConfig, gen: torch.Generator | None,
+            row_gens: list[torch.Generator] | None = None) -> torch.Tensor:
+    """One token per row from the top-k / nucleus-truncated distribution. With `row_gens` (a generator
+    per row) each row draws its own uniform number, so a context's sample does not depend on its batch."""
     logits = logp / max(cfg.temperature, 1e-6)
     if cfg.method == "topk":
         kth = torch.topk(logits, min(cfg.top_k, logits.size(-1)), dim=-1).values[:, -1:]
@@ -80,13 +83,25 @@ def _sample(logp: torch.Tensor, cfg: DecodeConfig, gen: torch.Generator | None) 
         drop = cum - probs > cfg.top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = torch.softmax(logits.float(), -1)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(logp.device)
+    probs = torch.softmax(logits.float(), -1).cpu()
+    if row_gens is None:
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logp.device)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in row_gens])
+    cdf = probs.double().cumsum(-1)
+    # the first token whose CDF exceeds u * total: it has probability > 0, since u < 1
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return idx.clamp_max(probs.size(-1) - 1).to(logp.device)
 
 
 @torch.inference_mode()
-def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None = None) -> list[list[int]]:
-    """Token ids of one response per context in `batch` (EOS and padding stripped)."""
+def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None = None,
+             row_seeds: list[int] | None = None) -> list[list[int]]:
+    """Token ids of one response per context in `batch` (EOS and padding stripped).
+
+    Sampling (topk, nucleus) draws from `generator`, or, given `row_seeds` (one per context), from a
+    generator per context: then a context's response is the same in any batch (evaluate uses this,
+    keyed by pair id, so its output does not depend on --batch-size).
+    """
     if cfg.method not in METHODS:
         raise ValueError(f"unknown decoding method {cfg.method!r}")
     model.eval()
@@ -99,10 +114,15 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
     prev = torch.full((B,), BOS, dtype=torch.long, device=device)
     hyps: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
+    row_gens = None
+    if row_seeds is not None:
+        if len(row_seeds) != B:
+            raise ValueError(f"{len(row_seeds)} row seeds for a batch of {B}")
+        row_gens = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
         logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
-        nxt = logp.argmax(-1) if cfg.method in ("greedy", "beam") else _sample(logp, cfg, generator)
+        nxt = logp.argmax(-1) if cfg.method == "greedy" else _sample(logp, cfg, generator, row_gens)
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 if t == EOS:

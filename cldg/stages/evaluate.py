@@ -61,9 +61,10 @@ def check_config(cfg: Config) -> None:
             raise CldgError(f"evaluate: {msg}")
 
 
-def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device, generator,
-               label: str = "decode") -> list[str]:
-    """Responses (decoded text) for every context, decoded in batches of similar context length."""
+def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device,
+               row_seeds: list[int], label: str = "decode") -> list[str]:
+    """Responses (decoded text) for every context, decoded in batches of similar context length.
+    Sampling draws from a generator per context (`row_seeds`), so no output depends on the batching."""
     from cldg.data.batching import collate
     from cldg.decoding.search import generate
     from cldg.progress import make_progress
@@ -76,7 +77,7 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             batch = collate(tok, [contexts[i] for i in idx], None, limits).to(device)
-            for i, ids in zip(idx, generate(model, batch, dcfg, generator)):
+            for i, ids in zip(idx, generate(model, batch, dcfg, row_seeds=[row_seeds[i] for i in idx])):
                 outputs[i] = tok.decode(ids)
             progress.advance(task, len(idx))
     return outputs
@@ -85,8 +86,6 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
     import json
     import time
-
-    import torch
 
     from cldg.data.pairs import read_pairs
     from cldg.metrics import compute_all
@@ -123,8 +122,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         contexts, references = list(pairs.context[:n]), list(pairs.response[:n])
 
         t0 = time.time()
-        generator = torch.Generator().manual_seed(common.seed)
-        outputs = decode_all(model, tok, contexts, limits, decode_config(cfg), cfg.batch_size, device, generator,
+        row_seeds = [common.seed * 1_000_003 + int(pid) for pid in pairs.pair_id[:n]]
+        outputs = decode_all(model, tok, contexts, limits, decode_config(cfg), cfg.batch_size, device, row_seeds,
                              f"decode {cfg.decoding}")
         decode_s = time.time() - t0
 
