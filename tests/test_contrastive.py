@@ -308,8 +308,10 @@ def test_contrastive_train_end_to_end_separates_positives_from_negatives(inputs,
     assert contrastive.run(cfg, common).path == art.path
     monkeypatch.setattr(refcache, "sequence_logprobs", lambda *a, **kw: pytest.fail("the reference ran again"))
     ablation = contrastive.run(contrastive.Config(k=1, no_positive_group=True, loss="eq3", max_steps=3, batch_size=8,
-                                                  evals_per_epoch=1), common)
+                                                  evals_per_epoch=1, from_scratch=True, mle_warmup_steps=2), common)
     assert ablation.path != art.path and ablation.manifest["refcache"] == art.manifest["refcache"]
+    first = json.loads(ablation.file("train-log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and "contrastive" not in first and "nll" in first  # the MLE warm-up step
     assert len([p for p in (workdir / "refcache").iterdir() if not p.name.startswith(".") and p.name != "latest"]) == 1
 
 
