@@ -46,6 +46,7 @@ class BM25Matcher:
         self.cache_size = cache_size
         self._doc_weights: dict[str, dict[str, float]] = {}
         self._query_words: dict[tuple[str, ...], frozenset[str]] = {}
+        self._turn_words: dict[str, list[str]] = {}
 
     def doc_weights(self, response: str) -> dict[str, float]:
         """BM25 term weight of every word of `response` (the document side), cached per text."""
@@ -60,11 +61,21 @@ class BM25Matcher:
             self._doc_weights[response] = weights
         return weights
 
+    def turn_words(self, turn: str) -> list[str]:
+        # consecutive pairs of a dialogue share most of their context turns: tokenise each turn once
+        words = self._turn_words.get(turn)
+        if words is None:
+            words = self.words(turn)
+            if len(self._turn_words) >= self.cache_size:
+                self._turn_words.clear()
+            self._turn_words[turn] = words
+        return words
+
     def query_words(self, context: Sequence[str]) -> frozenset[str]:
         key = tuple(context)
         words = self._query_words.get(key)
         if words is None:
-            words = frozenset(w for turn in context for w in self.words(turn))
+            words = frozenset(w for turn in context for w in self.turn_words(turn))
             if len(self._query_words) >= self.cache_size:
                 self._query_words.clear()
             self._query_words[key] = words

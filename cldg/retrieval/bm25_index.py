@@ -23,7 +23,9 @@ def build_index(directory: Path, ids: list[int], texts: list[str], pretokenized:
 
     if directory.exists():
         shutil.rmtree(directory)
-    args = ["-index", str(directory), "-storeRaw"]
+    # no -storeRaw: mining maps hits back to pairs by id, and without stored documents indexing is ~2x
+    # and batch_search ~1.4x faster (measured on 42k chitchat contexts)
+    args = ["-index", str(directory)]
     args += ["-pretokenized"] if pretokenized else ["-language", "en"]
     indexer = LuceneIndexer(args=args, threads=threads)
     for start in range(0, len(ids), chunk):
