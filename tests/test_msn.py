@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cldg.matching.evaluation import candidate_sets, expected_rank_metrics
-from cldg.matching.msn import MSN, MSNConfig, load_msn, pad_batch, save_msn, score_pairs, truncate_pair
+from cldg.matching.msn import (MSN, MSNConfig, load_msn, pad_batch, pad_grouped, save_msn, score_pairs,
+                               truncate_pair)
 from cldg.matching.training import MatcherTrainConfig, epoch_batches, train_msn
 
 
@@ -47,6 +48,22 @@ def test_forward_shapes_and_padding_never_changes_a_score(heads):
         torch.testing.assert_close(alone, logits, atol=1e-5, rtol=1e-5)
         # and the content matters: another response changes the score
         assert not torch.allclose(model(ctx, resp.flip(0)), logits)
+
+
+def test_shared_contexts_are_encoded_once_with_the_same_scores():
+    torch.manual_seed(1)
+    model = MSN(tiny_config(heads=2)).eval()
+    base = random_pairs(3, seed=5)
+    responses = random_pairs(12, seed=6)
+    pairs = [(base[i % 3][0], responses[i][1]) for i in range(12)]  # 3 contexts x 4 candidates each
+    ctx, resp, index = pad_grouped([p[0] for p in pairs], [p[1] for p in pairs])
+    assert ctx.shape[0] == 3 and index.tolist() == [0, 1, 2] * 4
+    with torch.no_grad():
+        grouped = model(ctx, resp, index)
+        one_per_pair = model(*pad_batch([p[0] for p in pairs], [p[1] for p in pairs]))
+    torch.testing.assert_close(grouped, one_per_pair, atol=1e-5, rtol=1e-5)
+    # score_pairs (grouping + length sorting + batches of 5) puts every score back in its place
+    np.testing.assert_allclose(score_pairs(model, pairs, 5, "cpu"), torch.sigmoid(one_per_pair).numpy(), atol=1e-6)
 
 
 def test_full_bilinear_forms_and_selector_drops_turns_below_gamma():
@@ -125,6 +142,7 @@ def test_batches_are_deterministic_and_negatives_differ_from_truth():
     torch.testing.assert_close(a[2].context, b[0].context)
     torch.testing.assert_close(a[3].response, b[1].response)
     assert a[0].labels.tolist() == [1.0] * 8 + [0.0] * 16
+    assert a[0].context.shape[0] == 8 and a[0].context_index.tolist() == list(range(8)) * 3  # contexts once
     assert not torch.equal(a[0].context, list(epoch_batches(pairs, keys, 8, 2, seed=1, epoch=1))[0].context)
 
 

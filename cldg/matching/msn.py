@@ -235,10 +235,9 @@ class MSN(nn.Module):
         keep = turn_mask & (score >= self.config.gamma)
         return score * keep.to(score.dtype)
 
-    def match(self, utt, utt_mask, resp, resp_mask) -> torch.Tensor:
-        """Matching vectors [N, match_dim] for N (turn, response) pairs of word representations."""
-        h_utt = self.utt_attn(utt, utt, utt_mask, utt_mask)
-        h_resp = self.resp_attn(resp, resp, resp_mask, resp_mask)
+    def match(self, utt, h_utt, utt_mask, resp, h_resp, resp_mask) -> torch.Tensor:
+        """Matching vectors [N, match_dim] for N (turn, response) pairs: embeddings (utt, resp) and
+        self-attended representations (h_utt, h_resp) of both sides, with their word masks."""
         x_utt = self.utt_resp_attn(h_utt, h_resp, utt_mask, resp_mask)   # turn words attend to the response
         x_resp = self.resp_utt_attn(h_resp, h_utt, resp_mask, utt_mask)  # and the other way round
         maps = []
@@ -249,24 +248,42 @@ class MSN(nn.Module):
         maps = maps * valid.to(maps.dtype)
         return self.cnn(maps, utt_mask.sum(1), resp_mask.sum(1))
 
-    def forward(self, context: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """context [B, U, L], response [B, Lr] token ids -> matching logits [B]."""
-        B, U, L = context.shape
+    def forward(self, context: torch.Tensor, response: torch.Tensor,
+                context_index: torch.Tensor | None = None) -> torch.Tensor:
+        """context [C, U, L], response [B, Lr] token ids -> matching logits [B].
+
+        context_index [B] (optional) says which of the C contexts each response goes with; left out,
+        C = B and row i goes with row i. When many candidates share a context (mining, R10
+        validation, a context with its negatives in training), the context-only work (selector,
+        turn self-attention) is done once per context instead of once per pair.
+        """
+        C, U, L = context.shape
+        B = response.shape[0]
+        if context_index is None:
+            context_index = torch.arange(B, device=context.device)
         word_mask = context != PAD
-        turn_mask = word_mask.any(-1)
+        turn_mask = word_mask.any(-1)                                   # [C, U]
         resp_mask = response != PAD
         ctx = self.drop(self.embed_words(context))
         resp = self.drop(self.embed_words(response))
-        weights = self.select(ctx, word_mask, turn_mask)
-        ctx = ctx * weights.view(B, U, 1, 1)
-        # only the turn slots that hold a turn are matched (a 1-turn context costs one map, not U)
-        b_idx, u_idx = turn_mask.nonzero(as_tuple=True)
-        vectors = self.match(ctx[b_idx, u_idx], word_mask[b_idx, u_idx], resp[b_idx], resp_mask[b_idx])
+        ctx = ctx * self.select(ctx, word_mask, turn_mask).view(C, U, 1, 1)
+        # every real turn of every context, self-attended once (empty turn slots are never matched)
+        c_idx, u_idx = turn_mask.nonzero(as_tuple=True)
+        turn_id = torch.full((C, U), -1, dtype=torch.long, device=context.device)
+        turn_id[c_idx, u_idx] = torch.arange(len(c_idx), device=context.device)
+        turns, turns_mask = ctx[c_idx, u_idx], word_mask[c_idx, u_idx]
+        h_turns = self.utt_attn(turns, turns, turns_mask, turns_mask)
+        h_resp = self.resp_attn(resp, resp, resp_mask, resp_mask)
+        # (response, turn) pairs: response b with each real turn of its context
+        pair_turns = turn_mask[context_index]                           # [B, U]
+        b_idx, pu_idx = pair_turns.nonzero(as_tuple=True)
+        t = turn_id[context_index[b_idx], pu_idx]
+        vectors = self.match(turns[t], h_turns[t], turns_mask[t], resp[b_idx], h_resp[b_idx], resp_mask[b_idx])
         per_turn = vectors.new_zeros(B, U, vectors.shape[-1])
-        per_turn[b_idx, u_idx] = vectors
+        per_turn[b_idx, pu_idx] = vectors
         h = vectors.new_zeros(B, self.config.gru_hidden)
         for u in range(U):  # empty slots leave the state unchanged
-            step = turn_mask[:, u].unsqueeze(-1).to(h.dtype)
+            step = pair_turns[:, u].unsqueeze(-1).to(h.dtype)
             h = step * self.gru(per_turn[:, u], h) + (1 - step) * h
         return self.out(self.drop(h)).squeeze(-1)
 
@@ -284,20 +301,20 @@ def truncate_pair(context_ids: Sequence[Sequence[int]], response_ids: Sequence[i
 
 def pad_batch(contexts: Sequence[Sequence[Sequence[int]]], responses: Sequence[Sequence[int]],
               device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Already-truncated ids -> (context [B, U, L], response [B, Lr]), trimmed to this batch's longest row.
+    """Already-truncated ids -> (context [C, U, L], response [B, Lr]), trimmed to the longest row.
 
     Turn slots are left-padded (the last turn at U-1); words are left-aligned in each slot.
     """
-    B = len(contexts)
-    U = max(1, max(len(c) for c in contexts))
+    U = max(1, max((len(c) for c in contexts), default=1))
     L = max(1, max((len(t) for c in contexts for t in c), default=1))
-    Lr = max(1, max(len(r) for r in responses))
-    ctx = np.zeros((B, U, L), dtype=np.int64)
-    resp = np.zeros((B, Lr), dtype=np.int64)
-    for i, (c, r) in enumerate(zip(contexts, responses)):
+    Lr = max(1, max((len(r) for r in responses), default=1))
+    ctx = np.zeros((len(contexts), U, L), dtype=np.int64)
+    resp = np.zeros((len(responses), Lr), dtype=np.int64)
+    for i, c in enumerate(contexts):
         offset = U - len(c)
         for j, t in enumerate(c):
             ctx[i, offset + j, :len(t)] = t
+    for i, r in enumerate(responses):
         resp[i, :len(r)] = r
     return torch.from_numpy(ctx).to(device), torch.from_numpy(resp).to(device)
 
@@ -337,22 +354,45 @@ class MSNMatcher:
         return score_pairs(self.model, pairs, self.batch_size, self.device)
 
 
+def pad_grouped(contexts: Sequence[Sequence[Sequence[int]]], responses: Sequence[Sequence[int]],
+                device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like `pad_batch`, but each distinct context is padded once: (context [C, U, L], response [B, Lr],
+    context_index [B]) for `MSN.forward(context, response, context_index)`."""
+    slot: dict[tuple, int] = {}
+    unique: list = []
+    index = []
+    for c in contexts:
+        key = tuple(map(tuple, c))
+        if key not in slot:
+            slot[key] = len(unique)
+            unique.append(c)
+        index.append(slot[key])
+    ctx, resp = pad_batch(unique, responses, device)
+    return ctx, resp, torch.tensor(index, dtype=torch.long, device=device)
+
+
 def score_pairs(model: MSN, pairs: Sequence[tuple[list[list[int]], list[int]]], batch_size: int,
                 device: Any) -> np.ndarray:
-    """Batched, length-sorted MSN scoring of (context ids, response ids) pairs -> probabilities [N]."""
+    """Batched MSN scoring of (context ids, response ids) pairs -> probabilities [N].
+
+    Pairs that share a context are put side by side (the context is encoded once per batch), and
+    contexts of similar shape share a batch, so batches carry little padding.
+    """
     device = torch.device(device)
     out = np.zeros(len(pairs), dtype=np.float32)
-    # sort by (turns, longest turn, response length): similar shapes share a batch, little padding
-    order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), max((len(t) for t in pairs[i][0]), default=0),
-                                                       len(pairs[i][1])))
+    groups: dict[tuple, list[int]] = {}
+    for i, (c, _) in enumerate(pairs):
+        groups.setdefault(tuple(map(tuple, c)), []).append(i)
+    ordered = sorted(groups.items(), key=lambda kv: (len(kv[0]), max((len(t) for t in kv[0]), default=0)))
+    order = [i for _, members in ordered for i in sorted(members, key=lambda i: len(pairs[i][1]))]
     was_training = model.training
     model.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     with torch.inference_mode(), autocast:
         for lo in range(0, len(order), batch_size):
             idx = order[lo:lo + batch_size]
-            ctx, resp = pad_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], device)
-            out[idx] = torch.sigmoid(model(ctx, resp).float()).cpu().numpy()
+            ctx, resp, cidx = pad_grouped([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], device)
+            out[idx] = torch.sigmoid(model(ctx, resp, cidx).float()).cpu().numpy()
     model.train(was_training)
     return out
 

@@ -21,19 +21,21 @@ import torch
 import torch.nn.functional as F
 
 from cldg.matching.evaluation import evaluate_scores
-from cldg.matching.msn import MSN, pad_batch, score_pairs
+from cldg.matching.msn import MSN, pad_grouped, score_pairs
 
 Pair = tuple[list[list[int]], list[int]]  # (context turn ids, response ids), already truncated
 
 
 @dataclass
 class MatchBatch:
-    context: torch.Tensor   # [B, U, L]
-    response: torch.Tensor  # [B, Lr]
-    labels: torch.Tensor    # [B] 1 = true response, 0 = random one
+    context: torch.Tensor        # [C, U, L] the batch's distinct contexts
+    response: torch.Tensor       # [B, Lr]
+    context_index: torch.Tensor  # [B] the context of each response
+    labels: torch.Tensor         # [B] 1 = true response, 0 = random one
 
     def to(self, device) -> "MatchBatch":
-        return MatchBatch(self.context.to(device), self.response.to(device), self.labels.to(device))
+        return MatchBatch(self.context.to(device), self.response.to(device), self.context_index.to(device),
+                          self.labels.to(device))
 
 
 @dataclass
@@ -75,12 +77,12 @@ def epoch_batches(pairs: Sequence[Pair], response_keys: Sequence[Any], batch_siz
                 contexts.append(pairs[i][0])
                 responses.append(pairs[j][1])
                 labels.append(0.0)
-        ctx, resp = pad_batch(contexts, responses)
-        yield MatchBatch(ctx, resp, torch.tensor(labels))
+        ctx, resp, index = pad_grouped(contexts, responses)  # a context is encoded once for all its candidates
+        yield MatchBatch(ctx, resp, index, torch.tensor(labels))
 
 
 def bce_loss(model: MSN, batch: MatchBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    logits = model(batch.context, batch.response).float()
+    logits = model(batch.context, batch.response, batch.context_index).float()
     loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
     acc = ((logits > 0).float() == batch.labels).float().mean().item()
     return loss, {"accuracy": acc, "tokens": int(batch.response.ne(0).sum())}
