@@ -71,7 +71,7 @@ def padding_stats(pairs, batch_size: int) -> dict:
     order = list(range(len(pairs)))
     random.Random(0).shuffle(order)
     plain = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return {"bucketed": share(bucketed_batches(pairs.lengths(), batch_size, 0, 0)), "random": share(plain)}
+    return {"bucketed": share(bucketed_batches(pairs.sort_keys(), batch_size, 0, 0)), "random": share(plain)}
 
 
 def bench_one(name: str, args) -> dict:
@@ -131,7 +131,7 @@ def pairs_batches(pairs, args):
     """The first steps+1 length-bucketed batches of an epoch (a representative mix of lengths)."""
     from cldg.data.batching import bucketed_batches
 
-    return bucketed_batches(pairs.lengths(), args.batch_size, seed=1, epoch=0)[:args.steps + 1]
+    return bucketed_batches(pairs.sort_keys(), args.batch_size, seed=1, epoch=0)[:args.steps + 1]
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cldg.data.batching import DialogueBatch, Limits, bucketed_batches, collate, collate_ids
+from cldg.data.batching import DialogueBatch, EncodedPairs, Limits, bucketed_batches, collate, collate_ids
 from cldg.errors import CldgError
 from cldg.models import build_model, load_model, model_names, save_model
 from cldg.text.tokenizer import BOS, EOS, PAD, SEP
@@ -101,6 +101,23 @@ def test_bucketed_batches_cover_everything_once_and_shard_under_ddp():
     assert len(ranks[0]) == len(ranks[1])  # ranks step together
     seen = [set(i for b in r for i in b) for r in ranks]
     assert not seen[0] & seen[1]
+
+
+def test_encoded_pairs_batches_keep_padding_low_in_responses_and_contexts():
+    rng = np.random.default_rng(1)
+
+    def sentence():
+        return " ".join(f"w{i}" for i in range(int(rng.integers(1, 30))))
+
+    contexts = [[sentence() for _ in range(int(rng.integers(1, 4)))] for _ in range(2000)]
+    pairs = EncodedPairs(FakeTokenizer(), contexts, [sentence() for _ in range(2000)], Limits())
+    batches = list(pairs.iter_batches(32, seed=0, epoch=0))
+    assert sum(b.size for b in batches) == 2000
+
+    def share(x):
+        return float(sum(b.__dict__[x].ne(PAD).sum() for b in batches) / sum(b.__dict__[x].numel() for b in batches))
+
+    assert share("response_out") > 0.85 and share("context") > 0.6, (share("response_out"), share("context"))
 
 
 # -- losses ----------------------------------------------------------------------------------------

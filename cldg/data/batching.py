@@ -86,22 +86,22 @@ def collate(tokenizer, contexts: Sequence[Sequence[str]], responses: Sequence[st
     return collate_ids(enc, resp, limits)
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+def bucketed_batches(keys: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                      rank: int = 0, world_size: int = 1, bucket_factor: int = 50) -> list[list[int]]:
-    """Indices grouped into batches of similar length (little padding), in a seeded random order.
+    """Indices grouped into batches of similar length keys (little padding), in a seeded random order.
 
-    Pools of `bucket_factor * batch_size` random items are sorted by length and cut into batches; the
+    Pools of `bucket_factor * batch_size` random items are sorted by key and cut into batches; the
     batch order is shuffled again. Under DDP each rank takes every `world_size`-th batch (the number of
     batches is cut to a multiple of world_size so that all ranks step together).
     """
-    idx = list(range(len(lengths)))
+    idx = list(range(len(keys)))
     rng = random.Random(seed * 1000003 + epoch)
     if shuffle:
         rng.shuffle(idx)
     pool = batch_size * bucket_factor
     batches = []
     for start in range(0, len(idx), pool):
-        chunk = sorted(idx[start:start + pool], key=lambda i: lengths[i])
+        chunk = sorted(idx[start:start + pool], key=lambda i: keys[i])
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     if shuffle:
         rng.shuffle(batches)
@@ -122,13 +122,19 @@ class EncodedPairs:
     def __len__(self) -> int:
         return len(self.responses)
 
-    def lengths(self) -> list[int]:
-        return [len(c[0]) + 2 * len(r) for c, r in zip(self.contexts, self.responses)]
+    def sort_keys(self, response_bin: int = 4) -> list[int]:
+        """Bucketing keys: response length in bins of `response_bin`, then context length.
+
+        The response decides the costly part (the vocabulary softmax), so it is bucketed first; on
+        chitchat at batch 128 this keeps ~91% of response and ~71% of context slots real, against
+        ~57% / 65% for a single summed length and ~46% / 44% for random batches (bench_pretrain.py).
+        """
+        return [(len(r) + 1) // response_bin * 100_000 + len(c[0]) for c, r in zip(self.contexts, self.responses)]
 
     def batch(self, indices: Sequence[int]) -> DialogueBatch:
         return collate_ids([self.contexts[i] for i in indices], [self.responses[i] for i in indices], self.limits)
 
     def iter_batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0,
                      world_size: int = 1) -> Iterator[DialogueBatch]:
-        for b in bucketed_batches(self.lengths(), batch_size, seed, epoch, shuffle, rank, world_size):
+        for b in bucketed_batches(self.sort_keys(), batch_size, seed, epoch, shuffle, rank, world_size):
             yield self.batch(b)
