@@ -259,3 +259,12 @@ def test_row_seeded_sampling_does_not_depend_on_the_batch(method, kw):
                       row_seeds=list(range(3000)))
     freq = torch.bincount(torch.tensor([h[0] for h in firsts]), minlength=V).double() / 3000
     assert torch.allclose(freq, p.double(), atol=0.03)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "topk"])
+def test_everything_banned_ends_the_response(method):
+    """min_len 6 but only four words under no_repeat_ngram=1: the response ends, never emits a special."""
+    model = TableModel(random_table(2))
+    out = generate(model, batch_of([[5, 6]]), DecodeConfig(method, max_len=8, min_len=6, no_repeat_ngram=1),
+                   torch.Generator().manual_seed(0))[0]
+    assert sorted(out) == [5, 6, 7, 8]

@@ -3,7 +3,8 @@
 Constraints, applied to the next-token log-probabilities before choosing: a minimum length (EOS
 banned before it), n-gram blocking inside the response (`no_repeat_ngram`) and against the context
 (`block_context_ngram`). Beam search ranks finished hypotheses by score / ((5 + len) / 6) ** alpha
-(GNMT length penalty; alpha = 0 ranks by raw log-probability). Sampling is seeded by a torch.Generator.
+(GNMT length penalty; alpha = 0 ranks by raw log-probability). Sampling is seeded: one torch.Generator
+for the batch, or one per context (`row_seeds`) so that a context's sample does not depend on its batch.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def _constrain(logp: torch.Tensor, hyps: list[list[int]], ctxs: list[list[int]] 
             banned = _banned(hyp, ctxs[row] if ctxs else None, cfg)
             if banned:
                 logp[row, banned] = float("-inf")
+    dead = torch.isinf(logp).all(-1)  # every token banned (tiny vocabulary, strict blocking): end here
+    if dead.any():
+        logp[dead, EOS] = 0.0
     return logp
 
 
