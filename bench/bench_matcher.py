@@ -42,7 +42,8 @@ def main() -> None:
     contexts, responses = candidate_pairs(valid.context, valid.response, sets)
 
     matcher = load_msn_matcher(art.path, device, batch_size=args.batch_size)
-    matcher.score(contexts[: min(len(contexts), 2 * args.batch_size)], responses[: min(len(responses), 2 * args.batch_size)])
+    warm = min(len(contexts), 2 * args.batch_size)
+    matcher.score(contexts[:warm], responses[:warm])
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()

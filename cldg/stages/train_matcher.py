@@ -61,10 +61,10 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.data.pairs import read_pairs
     from cldg.matching.baselines import BagOfWordsMatcher
     from cldg.matching.bm25 import BM25Matcher
-    from cldg.matching.evaluation import candidate_sets, evaluate_matcher, evaluate_scores
+    from cldg.matching.evaluation import candidate_sets
     from cldg.matching.msn import MSN, MSNConfig, MSNMatcher, save_msn
     from cldg.matching.training import MatcherTrainConfig, train_msn
-    from cldg.progress import console
+    from cldg.progress import console, make_progress
     from cldg.runtime import resolve_device, set_seed
     from cldg.text.tokenizer import DialogueTokenizer
     from cldg.text.vectors import load_word_vectors
@@ -125,15 +125,21 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         shutil.copyfile(prepared.file("tokenizer.json"), run.dir / "tokenizer.json")
 
         # the final comparison: the same candidate sets for all three matchers
-        results, timings = {}, {"encode_s": round(encode_s, 2), "train_s": summary["train_seconds"]}
-        t1 = time.time()
-        results["msn"] = evaluate_scores(lambda c, r: matcher.score_ids(list(zip(c, r))),
-                                         [p[0] for p in valid_pairs], [p[1] for p in valid_pairs], final_sets)
-        timings["msn_valid_s"] = round(time.time() - t1, 2)
-        n_scored = final_sets.size
-        pairs_per_s = n_scored / max(timings["msn_valid_s"], 1e-9)
-        results["bm25"] = evaluate_matcher(BM25Matcher(tok.words, train.response), valid.context, valid.response, final_sets)
-        results["bow"] = evaluate_matcher(BagOfWordsMatcher(tok.words), valid.context, valid.response, final_sets)
+        timings = {"encode_s": round(encode_s, 2), "train_s": summary["train_seconds"]}
+        msn_ctx, msn_resp = [p[0] for p in valid_pairs], [p[1] for p in valid_pairs]
+        scorers = {
+            "msn": (lambda c, r: matcher.score_ids(list(zip(c, r))), msn_ctx, msn_resp),
+            "bm25": (BM25Matcher(tok.words, train.response).score, valid.context, valid.response),
+            "bow": (BagOfWordsMatcher(tok.words).score, valid.context, valid.response),
+        }
+        results = {}
+        with make_progress() as progress:
+            for name, (score_fn, contexts, responses) in scorers.items():
+                t1 = time.time()
+                task = progress.add_task(f"valid {name}", total=final_sets.size, unit="pairs")
+                results[name] = compare_on_sets(score_fn, contexts, responses, final_sets, progress, task)
+                timings[f"{name}_valid_s"] = round(time.time() - t1, 2)
+        pairs_per_s = final_sets.size / max(timings["msn_valid_s"], 1e-9)
         metrics = {"validation": results, "validation_sets": int(len(final_sets)),
                    "msn_scoring_pairs_per_s": round(pairs_per_s, 1), "device": str(device),
                    "parameters": n_params, "train": summary}
@@ -144,6 +150,21 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         return run.commit(rows={"train_pairs": len(train_pairs), "validation_sets": int(len(final_sets)),
                                 "steps": summary["steps"]},
                           timings=timings, extra={"validation": results})
+
+
+def compare_on_sets(score_fn, contexts, responses, sets, progress, task, chunk: int = 200) -> dict[str, float]:
+    """R10 metrics of `score_fn` on candidate sets, scored `chunk` sets at a time (a progress bar)."""
+    import numpy as np
+
+    from cldg.matching.evaluation import candidate_pairs, expected_rank_metrics
+
+    rows = []
+    for lo in range(0, len(sets), chunk):
+        part = sets[lo:lo + chunk]
+        c, r = candidate_pairs(contexts, responses, part)
+        rows.append(np.asarray(score_fn(c, r), dtype=np.float64).reshape(len(part), -1))
+        progress.update(task, advance=part.size)
+    return expected_rank_metrics(np.concatenate(rows))
 
 
 def print_selection_table(results: dict[str, dict[str, float]], n_sets: int) -> None:
