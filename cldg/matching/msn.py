@@ -21,6 +21,10 @@ Choices that differ from the released code (github.com/chunhuiyuan/MSN):
   trimmed to their longest row (fast inference).
 - Word-level selector relevance is the masked mean over the turn's words (the public code used a
   linear layer over word positions, which ties the model to one padded length).
+- Attentive blocks may split the width into `heads` slices (multi-head attention without q/k/v
+  projections, as DAM's blocks have none); heads=1 is the paper's block.
+- `forward` can take each distinct context once with an index per response: the selector and turn
+  self-attention then run once per context, not once per candidate (mining, R10, negatives).
 
 Tensors: context ids [B, U, L] (turn slots left-padded: the last turn is at U-1; each turn's words
 left-aligned, PAD=0 after them), response ids [B, Lr]. `MSN.forward` returns logits [B].
