@@ -69,6 +69,7 @@ class Artifact:
     fingerprint: str
     path: Path
     manifest: dict[str, Any]
+    reused: bool = False  # True when a run found this artifact complete and skipped its work
 
     @property
     def schema(self) -> int:
@@ -115,6 +116,7 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         if (self.final / MANIFEST).is_file() and not self.force:
             self.existing = Artifact.load(self.final)
+            self.existing.reused = True
             self.store.set_latest(self.stage, self.final)
             return self
         self.dir.mkdir(parents=True, exist_ok=True)

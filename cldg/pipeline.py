@@ -15,7 +15,6 @@ continues where it stopped. `train_matcher` is left out automatically when minin
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import importlib
 import json
 import time
@@ -119,8 +118,7 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
             console.rule(f"[bold]{i}/{len(configs)} {label}")
             t0 = time.time()
             art = module.run(cfg, common)
-            created = _dt.datetime.fromisoformat(art.manifest["created"]).timestamp()
-            results.append(StepResult(label, art, skipped=created < t0 - 1, seconds=time.time() - t0))
+            results.append(StepResult(label, art, skipped=art.reused, seconds=time.time() - t0))
             progress.advance(overall)
         progress.update(overall, status="done")
 
