@@ -86,7 +86,9 @@ def _typer_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
     if args and type(None) in args:
         tp = Optional[[a for a in args if a is not type(None)][0]]
     if tp is bool:
-        decl = [f"{flag}/--no-{flag[2:]}"]
+        # --x/--no-x; a flag already named --no-x gets --with-x as its opposite (not --no-no-x)
+        negative = "--with-" + flag[5:] if flag.startswith("--no-") else f"--no-{flag[2:]}"
+        decl = [f"{flag}/{negative}"]
     else:
         decl = [flag]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
