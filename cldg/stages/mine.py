@@ -51,7 +51,8 @@ class Config:
     chunk_size: int = option(2000, "Queries per retrieval + scoring chunk (a resume point).", fingerprint=False)
     threads: int = option(2, "Search threads.", fingerprint=False)
     score_batch_size: int = option(512, "Matcher batch size.", fingerprint=False)
-    java_heap: str = option("4g", "JVM heap cap.", fingerprint=False)
+    java_heap: str = option("2g", "JVM heap cap (searching needs little heap; a larger cap only raises peak memory).",
+                           fingerprint=False)
 
 
 def parse_shard(spec: str, num_shards: int) -> tuple[list[int], int]:
