@@ -46,12 +46,16 @@ STAGES: list[tuple[str, str, str]] = [
 def _die(message: str, code: int) -> typing.NoReturn:
     from rich.markup import escape
 
+    console.quiet = False  # errors always show
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def guarded(fn: Callable[[], Any]) -> Any:
-    """Run fn; turn cldg errors into one line + exit 2, Ctrl-C into exit 130, crashes into exit 1."""
+def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
+    """Run fn; turn cldg errors into one line + exit 2, Ctrl-C into exit 130, crashes into exit 1.
+    quiet: nothing but errors on the console while fn runs (--json: stdout carries the JSON)."""
+    was_quiet = console.quiet
+    console.quiet = quiet
     try:
         return fn()
     except CldgError as exc:
@@ -65,6 +69,8 @@ def guarded(fn: Callable[[], Any]) -> Any:
         if os.environ.get("CLDG_DEBUG"):
             console.print_exception()
         _die(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
+    finally:
+        console.quiet = was_quiet
 
 
 def _typer_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
@@ -153,14 +159,12 @@ def add_stage_command(name: str, module_name: str, table: str) -> None:
 
             offline_environment()
             common, cfg = load_common_and_config(ctx, config_cls, table, values)
-            if as_json:
-                console.quiet = True  # stdout carries the JSON; nothing else is printed
             artifact = module.run(cfg, common)
             if as_json:
                 print(artifact.file(json_output).read_text())
             return artifact
 
-        guarded(go)
+        guarded(go, quiet=as_json)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = hints
@@ -220,15 +224,13 @@ def compare_command(
     from cldg.stages.compare import compare_runs
 
     def go():
-        if as_json:
-            console.quiet = True
         result = compare_runs(runs, workdir, out, as_json)
         if as_json:
             import json
 
             print(json.dumps(result, indent=2, default=str))
 
-    guarded(go)
+    guarded(go, quiet=as_json)
 
 
 human_eval_app = typer.Typer(help="Blind A/B human evaluation sheets (the paper's Table 4).", no_args_is_help=True)
@@ -257,15 +259,13 @@ def human_eval_score(
     from cldg.stages.human_eval import score_sheets
 
     def go():
-        if as_json:
-            console.quiet = True
         result = score_sheets(sheets, key, as_json)
         if as_json:
             import json
 
             print(json.dumps(result, indent=2, default=str))
 
-    guarded(go)
+    guarded(go, quiet=as_json)
 
 
 @app.command("chat")
