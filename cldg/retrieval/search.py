@@ -6,7 +6,28 @@ into single characters that were never indexed). Call `cldg.retrieval.jvm.start_
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# Lucene refuses a boolean query of more than 1,024 clauses (one per distinct term), and anserini's
+# batch_search then fails the whole batch. Long queries keep their last MAX_QUERY_TERMS distinct
+# words: the end of a context is what the response answers.
+MAX_QUERY_TERMS = 400
+_WORD = re.compile(r"\w+")
+
+
+def clip_query(query: str, pretokenized: bool = False, max_terms: int = MAX_QUERY_TERMS) -> str:
+    words = query.split() if pretokenized else _WORD.findall(query)
+    if len(set(words)) <= max_terms:
+        return query
+    kept: list[str] = []
+    seen: set[str] = set()
+    for w in reversed(words):
+        if w not in seen and len(seen) >= max_terms:
+            break
+        seen.add(w)
+        kept.append(w)
+    return " ".join(reversed(kept))
 
 
 class BM25Searcher:
@@ -24,6 +45,7 @@ class BM25Searcher:
 
             self.searcher.set_analyzer(JWhiteSpaceAnalyzer())
         self.threads = threads
+        self.pretokenized = pretokenized
 
     def batch_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """For each query, up to k (pair id, BM25 score), best first. Empty queries get no hits."""
@@ -31,7 +53,7 @@ class BM25Searcher:
             return [[] for _ in queries]
         qids = [str(i) for i in range(len(queries))]
         # Lucene cannot search an empty string; a query of stopwords only also returns nothing.
-        safe = [q if q.strip() else "<empty>" for q in queries]
+        safe = [clip_query(q, self.pretokenized) if q.strip() else "<empty>" for q in queries]
         hits = self.searcher.batch_search(safe, qids, k=k, threads=self.threads)
         return [[(int(h.docid), float(h.score)) for h in hits.get(q, [])] for q in qids]
 
