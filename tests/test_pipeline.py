@@ -55,3 +55,25 @@ def test_missing_input_artifact_names_the_command(tmp_path):
     result = runner.invoke(app, ["pretrain", "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "no 'prepare' artifact" in result.output and "cldg prepare" in result.output
+
+
+def test_chat_answers_with_the_model_and_the_reference_beside_it(tiny_pipeline):
+    from cldg.chat import chat_session
+    from cldg.decoding.search import DecodeConfig
+
+    workdir, _, _ = tiny_pipeline
+    turns = iter(["do you like pizza ?", "what about sushi ?", "/quit"])
+    transcript = chat_session("contrastive", workdir, "reference", DecodeConfig("greedy", max_len=8), "cpu", 0,
+                              read=lambda: next(turns))
+    assert [t["user"] for t in transcript] == ["do you like pizza ?", "what about sushi ?"]
+    assert all(t["model"] and t["reference (MLE)"] for t in transcript)
+
+
+def test_chat_cli_reads_turns_until_an_empty_line(tiny_pipeline):
+    workdir, _, _ = tiny_pipeline
+    result = runner.invoke(app, ["chat", "contrastive", "--workdir", str(workdir), "--decoding", "greedy",
+                                 "--device", "cpu"], input="hello there !\n\n")
+    assert result.exit_code == 0, result.output
+    assert "model:" in result.output
+    bad = runner.invoke(app, ["chat", "contrastive", "--workdir", str(workdir), "--decoding", "sideways"])
+    assert bad.exit_code == 2 and "--decoding 'sideways'" in bad.output
