@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 import inspect
 import os
-import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional

@@ -51,8 +51,6 @@ class Config:
 def run(cfg: Config, common: CommonOptions) -> Artifact:
     import json
 
-    import torch
-
     from cldg.data.batching import Limits
     from cldg.data.pairs import read_pairs
     from cldg.errors import CldgError

@@ -60,8 +60,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
 
     import torch
 
-    from cldg.data.batching import EncodedPairs, Limits
-    from cldg.data.pairs import read_pairs
+    from cldg.data.batching import Limits
     from cldg.models import build_model, save_model
     from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
@@ -87,8 +86,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         set_seed(common.seed)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
         limits = Limits(cfg.max_context_turns, cfg.max_turn_len, cfg.max_context_len, cfg.max_response_len)
-        train = load_split(prepared, "train", tok, limits, cfg.max_train_pairs, common.seed, read_pairs)
-        valid = load_split(prepared, "valid", tok, limits, cfg.max_valid_pairs, common.seed, read_pairs)
+        train = load_split(prepared, "train", tok, limits, cfg.max_train_pairs, common.seed)
+        valid = load_split(prepared, "valid", tok, limits, cfg.max_valid_pairs, common.seed)
         model = build_model(cfg.model, tok.vocab_size, **model_config(cfg))
         vectors, has_vector = load_word_vectors(prepared.file("word-vectors.safetensors"))
         n_init = model.init_embeddings(vectors, has_vector, common.seed)
@@ -139,11 +138,12 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     return art
 
 
-def load_split(prepared, split: str, tok, limits, max_pairs: int, seed: int, read_pairs):
+def load_split(prepared, split: str, tok, limits, max_pairs: int, seed: int):
     """A split's pairs, tokenized once (a seeded subset when max_pairs > 0)."""
     import random
 
     from cldg.data.batching import EncodedPairs
+    from cldg.data.pairs import read_pairs
 
     t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
     idx = list(range(len(t)))

@@ -17,6 +17,7 @@ alone writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -124,7 +125,7 @@ class Trainer:
         own_progress = progress is None
         progress = progress or (make_progress() if self.dist.rank == 0 else _NoProgress())
         t_start = time.time()
-        with (progress if own_progress else _nullcontext()):
+        with (progress if own_progress else contextlib.nullcontext()):
             task = progress.add_task(description, total=self.total_steps, completed=self.state["step"], unit="steps",
                                      status="resumed" if resumed else "")
             self.model.train()
@@ -192,15 +193,7 @@ class Trainer:
         checkpoint.load_model_only(self.run_dir / "resume", "best", self.model)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _NoProgress(_nullcontext):
+class _NoProgress(contextlib.nullcontext):
     """What ranks other than 0 show: nothing."""
 
     def add_task(self, *args, **kwargs) -> int:
