@@ -1,6 +1,6 @@
 """DDP on the CPU: 2 processes, gloo. Ranks start from different weights and see different batches;
 after training every model's parameters are identical on both ranks, and `cldg pretrain` under DDP
-writes one artifact (rank 0)."""
+writes one artifact (rank 0); so does `cldg contrastive-train`."""
 from __future__ import annotations
 
 import json
@@ -95,3 +95,50 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(prepared_workdir, tmp_path):
     manifest = json.loads(open(os.path.join(art, "manifest.json")).read())
     assert manifest["stage"] == "reference" and "model.safetensors" in manifest["files"]
     assert json.loads(open(os.path.join(art, "metrics.json")).read())["steps"] == 3
+
+
+def _contrastive_worker(rank: int, port: int, out: str, workdir: str) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from cldg.config import CommonOptions
+    from cldg.stages import contrastive
+
+    cfg = contrastive.Config(k=2, lr=1e-2, batch_size=4, epochs=1, max_steps=4, evals_per_epoch=1)
+    art = contrastive.run(cfg, CommonOptions(workdir=workdir, seed=5, device="cpu"))
+    with open(os.path.join(out, f"contrastive-artifact-{rank}.txt"), "w") as fh:
+        fh.write(str(art.path))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_contrastive_train_under_two_process_ddp_writes_one_trained_artifact(tiny_pipeline, tmp_path):
+    """contrastive-train under DDP: rank 0 fills the reference cache while rank 1 waits and then reads it,
+    both ranks train on their own shard, and one artifact comes out, trained away from the reference."""
+    from safetensors.torch import load_file
+
+    from cldg.artifacts import ArtifactStore
+
+    workdir, _, result = tiny_pipeline
+    assert result.exit_code == 0, result.output
+    work = tmp_path / "work"
+    for stage in ("prepare", "reference", "samples"):  # the inputs only: refcache and contrastive are made here
+        shutil.copytree(workdir / stage, work / stage, symlinks=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_contrastive_worker, args=(port, str(tmp_path), str(work)), nprocs=2, join=True)
+
+    paths = {(tmp_path / f"contrastive-artifact-{r}.txt").read_text() for r in (0, 1)}
+    assert len(paths) == 1
+    for stage in ("refcache", "contrastive"):
+        assert len([d for d in (work / stage).iterdir()
+                    if not d.is_symlink() and (d / "manifest.json").is_file()]) == 1, stage
+    store = ArtifactStore(work)
+    art = store.latest("contrastive")
+    assert os.path.realpath(paths.pop()) == os.path.realpath(art.path)
+    assert json.loads((art.path / "metrics.json").read_text())["steps"] == 4
+    tuned = load_file(str(art.path / "model.safetensors"))
+    reference = load_file(str(store.latest("reference").path / "model.safetensors"))
+    assert tuned.keys() == reference.keys()
+    assert any(not torch.equal(tuned[k], reference[k]) for k in tuned)
