@@ -217,7 +217,7 @@ def inspect_samples_command(
 def compare_command(
         runs: Annotated[list[Path], typer.Argument(help="Evaluate artifact dirs to put side by side.")],
         workdir: WorkdirOpt = Path("cldg-work"),
-        out: Annotated[Optional[Path], typer.Option(help="Write table.md, comparison.json and a PNG here.")] = None,
+        out: Annotated[Optional[Path], typer.Option(help="Write comparison.json, comparison.md and comparison.png here.")] = None,
         as_json: JsonOpt = False) -> None:
     """Put several evaluate runs side by side, best per metric marked, with bootstrap confidence intervals."""
     from cldg.stages.compare import compare_runs

@@ -38,6 +38,21 @@ def test_fingerprint_config_leaves_out_runtime_only_fields():
     assert "threads" not in fp and fp["turns"] == 3
 
 
+def test_the_cli_starts_without_heavy_libraries():
+    """`cldg --help` must stay fast: stage modules import torch, pyserini and friends inside run()."""
+    import subprocess
+    import sys
+
+    from cldg.stages import contrastive
+    from cldg.training.losses import LOSS_VARIANTS
+
+    code = ("import sys, cldg.cli; print(' '.join(m for m in ('torch', 'pyserini', 'datasets', 'numpy', "
+            "'pyarrow', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+    assert contrastive.LOSS_VARIANTS == LOSS_VARIANTS  # written out in the stage so that it stays torch-free
+
+
 def test_help_lists_every_subcommand():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
