@@ -259,6 +259,11 @@ def test_reference_cache_equals_a_fresh_reference_forward_and_d_is_zero_when_tar
     again = refcache.build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
                                            batch_size=32, device=torch.device("cpu"))
     assert again.path == cache.path
+    # but a cache computed in fp32 does not serve a bf16 (CUDA) run: its fingerprint names the precision
+    assert cache.manifest["config"]["precision"] == "fp32"
+    with pytest.raises(AssertionError, match="ran again"):
+        refcache.build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
+                                       batch_size=32, device=torch.device("cuda"))
 
 
 def mean_d(model_dir, reference, prepared, samples, split="train"):
@@ -312,6 +317,9 @@ def test_contrastive_train_end_to_end_separates_positives_from_negatives(inputs,
     assert ablation.path != art.path and ablation.manifest["refcache"] == art.manifest["refcache"]
     first = json.loads(ablation.file("train-log.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and "contrastive" not in first and "nll" in first  # the MLE warm-up step
+    from safetensors.torch import load_file  # --from-scratch: 3 steps at lr 1e-4 from a fresh init, far from the reference
+    ref_w, scratch_w = (load_file(str(a.path / "model.safetensors")) for a in (reference, ablation))
+    assert (ref_w["embedding.weight"] - scratch_w["embedding.weight"]).abs().max() > 0.01
     assert len([p for p in (workdir / "refcache").iterdir() if not p.name.startswith(".") and p.name != "latest"]) == 1
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,70 @@ def test_contrastive_train_under_two_process_ddp_writes_one_trained_artifact(tin
     reference = load_file(str(store.latest("reference").path / "model.safetensors"))
     assert tuned.keys() == reference.keys()
     assert any(not torch.equal(tuned[k], reference[k]) for k in tuned)
+
+
+def _failing_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from test_models import PAD, batch_of, random_pairs, tiny
+
+    from cldg.errors import CldgError, TrainingDivergedError
+    from cldg.training import distributed
+    from cldg.training.losses import nll_loss
+    from cldg.training.trainer import TrainConfig, Trainer
+
+    distributed.init_from_env("cpu")
+    pairs = random_pairs(16, seed=7)
+    valid = batch_of(random_pairs(4, seed=8))
+
+    def make(run_dir, nan_at=None):
+        trainer = None
+
+        def loss_fn(m, batch):
+            loss, n = nll_loss(m(batch), batch.response_out, PAD)
+            if rank == 1 and trainer.state["step"] == nan_at:  # one rank alone diverges
+                loss = loss * float("nan")
+            return loss, {"tokens": n}
+
+        trainer = Trainer(tiny("seq2seq", seed=1), TrainConfig(lr=1e-2, epochs=1, eval_every=2), run_dir,
+                          torch.device("cpu"), loss_fn, lambda epoch, start: (batch_of(pairs[i:i + 4])
+                                                                             for i in range(4 * start, 16, 4)),
+                          4, lambda m: {"criterion": nll_loss(m(valid), valid.response_out, PAD)[0].item()})
+        return trainer
+
+    outcome = []
+    try:
+        make(os.path.join(out, "nan"), nan_at=2).fit()
+        outcome.append("trained")
+    except TrainingDivergedError as e:
+        outcome.append(str(e))
+    # a checkpoint that only rank 0 can see (a run dir per rank: no shared filesystem)
+    own = os.path.join(out, f"own-{rank}")
+    if rank == 0:
+        from cldg.training import checkpoint
+
+        model = tiny("seq2seq", seed=1)
+        checkpoint.save(Path(own) / "resume", "last", model, torch.optim.Adam(model.parameters()),
+                        {"step": 2, "epoch": 0, "batch_in_epoch": 2})
+    distributed.barrier(distributed.current())
+    try:
+        make(own).fit()
+        outcome.append("resumed")
+    except CldgError as e:
+        outcome.append(str(e))
+    with open(os.path.join(out, f"outcome-{rank}.json"), "w") as fh:
+        json.dump(outcome, fh)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_a_nan_on_one_rank_or_a_checkpoint_one_rank_cannot_see_stops_every_rank_with_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_failing_worker, args=(port, str(tmp_path)), nprocs=2, join=True)  # no rank hangs
+    for rank in (0, 1):
+        nan, resume = json.loads((tmp_path / f"outcome-{rank}.json").read_text())
+        assert "loss became" in nan and "at step 2" in nan, (rank, nan)
+        assert "ranks found different checkpoints" in resume and "filesystem" in resume, (rank, resume)

@@ -77,6 +77,63 @@ def test_resume_after_ctrl_c_or_crash_continues_at_the_same_step_with_the_same_l
     assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
 
 
+def test_a_crash_inside_a_checkpoint_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    from cldg.training import checkpoint
+
+    full = []
+    make_trainer("seq2seq", tmp_path / "full", full).fit()
+    losses = []
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer("seq2seq", tmp_path / "run", losses, fail_at=5).fit()  # saves step 4 on the way out
+    resume = tmp_path / "run/resume"
+    saved = {p.name for p in resume.iterdir()}
+    assert "last-000000004.safetensors" in saved and "last-000000004-optim.pt" in saved
+    # the next save (step 6) dies after its weights are written, before its optimizer file and JSON
+    real_atomic = checkpoint._atomic
+
+    def dies_on_the_optimizer_file(path, write):
+        if path.name.endswith("-optim.pt"):
+            raise RuntimeError("disk full")
+        real_atomic(path, write)
+
+    monkeypatch.setattr(checkpoint, "_atomic", dies_on_the_optimizer_file)
+    with pytest.raises(RuntimeError, match="disk full"):
+        make_trainer("seq2seq", tmp_path / "run", []).fit()
+    monkeypatch.setattr(checkpoint, "_atomic", real_atomic)
+    assert json.loads((resume / "last.json").read_text())["step"] == 4
+    again = []
+    t = make_trainer("seq2seq", tmp_path / "run", again)
+    assert t.fit()["steps"] == 16
+    assert again == pytest.approx(full[4:], abs=1e-5)  # steps 5.. from the step-4 weights, not the step-6 ones
+    assert {p.name for p in resume.iterdir() if p.name.startswith("last")} == {
+        "last.json", "last-000000016.safetensors", "last-000000016-optim.pt"}
+
+
+def test_ctrl_c_during_a_validation_runs_it_first_on_resume(tmp_path):
+    t = make_trainer("hred", tmp_path, [])
+    calls = []
+    real_validate = t.validate
+
+    def interrupted_at_step_6(m):
+        calls.append(t.state["step"])
+        if t.state["step"] == 6:
+            raise KeyboardInterrupt
+        return real_validate(m)
+
+    t.validate = interrupted_at_step_6
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert calls == [3, 6]
+    t = make_trainer("hred", tmp_path, [])
+    t.validate = lambda m: calls.append(t.state["step"]) or real_validate(m)
+    summary = t.fit()
+    assert calls == [3, 6, 6, 9, 12, 15, 16]  # the check at 6 that never finished runs before step 7
+    valid = [json.loads(line)["step"] for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
+             if '"valid"' in line]
+    assert valid == [3, 6, 9, 12, 15, 16]
+    assert summary["epochs_completed"] == 2  # CFG: 2 epochs of 8 batches, all done
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
     class NaNAtStep5(Exception):
         pass

@@ -55,7 +55,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.data.batching import Limits
     from cldg.data.pairs import read_pairs
     from cldg.errors import CldgError
-    from cldg.models import load_model, save_model
+    from cldg.models import build_model, load_model, save_model
     from cldg.progress import console
     from cldg.retrieval.mining import read_samples
     from cldg.runtime import resolve_device, set_seed
@@ -129,10 +129,9 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
             raise CldgError(f"{cache.path}: no reference log-prob for sequence {missing}; rerun with --force")
 
         model = load_model(reference.path, device)
-        if cfg.from_scratch:
-            for m in model.modules():
-                if hasattr(m, "reset_parameters") and m is not model:
-                    m.reset_parameters()
+        if cfg.from_scratch:  # the reference's architecture with a fresh init (the model's own, not per-module)
+            set_seed(common.seed)
+            model = build_model(model.name, model.vocab_size, **model.config_dict()).to(device)
         model.train()
         console.print(f"contrastive-train: {len(train_groups):,} train / {len(valid_groups):,} valid groups, "
                       f"loss {shown}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")

@@ -1,6 +1,8 @@
 """Resumable checkpoints: model weights as safetensors, optimizer + RNG state as plain tensors
 (`torch.load(..., weights_only=True)`), the loop position as JSON. Each file is written to a temp
-name and renamed, so a crash while saving never leaves a half-written checkpoint."""
+name and renamed. A full checkpoint's weights and optimizer files carry the step in their names and
+the JSON, renamed into place last, names them: a crash anywhere in a save leaves the previous JSON
+pointing at the previous, complete files (which are removed only after the new JSON is in place)."""
 from __future__ import annotations
 
 import json
@@ -37,23 +39,33 @@ def load_model_only(directory: Path, tag: str, model: torch.nn.Module) -> bool:
 
 def save(directory: Path, tag: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          state: dict[str, Any]) -> None:
-    save_model_only(directory, tag, model)
+    step = int(state.get("step", 0))
+    weights, optim = f"{tag}-{step:09d}", f"{tag}-{step:09d}-optim.pt"
+    save_model_only(directory, weights, model)
     extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         extra["cuda_rng"] = torch.cuda.get_rng_state_all()
-    _atomic(directory / f"{tag}-optim.pt", lambda p: torch.save(extra, p))
-    # the JSON is written last: its presence means the whole checkpoint is there
-    _atomic(directory / f"{tag}.json", lambda p: p.write_text(json.dumps(state, default=float)))
+    _atomic(directory / optim, lambda p: torch.save(extra, p))
+    meta = {**state, "_files": {"weights": weights + ".safetensors", "optimizer": optim}}
+    _atomic(directory / f"{tag}.json", lambda p: p.write_text(json.dumps(meta, default=float)))
+    for old in directory.glob(f"{tag}-*"):  # the files of earlier saves of this tag
+        if old.name not in meta["_files"].values():
+            old.unlink(missing_ok=True)
 
 
 def load(directory: Path, tag: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    meta = directory / f"{tag}.json"
-    if not meta.is_file():
+    from safetensors.torch import load_file
+
+    meta_path = directory / f"{tag}.json"
+    if not meta_path.is_file():
         return None
-    load_model_only(directory, tag, model)
-    extra = torch.load(directory / f"{tag}-optim.pt", weights_only=True, map_location="cpu")
+    meta = json.loads(meta_path.read_text())
+    # checkpoints of cldg <= 0.1.0 have fixed names and no "_files"
+    files = meta.pop("_files", {"weights": f"{tag}.safetensors", "optimizer": f"{tag}-optim.pt"})
+    model.load_state_dict(load_file(str(directory / files["weights"]), device=str(next(model.parameters()).device)))
+    extra = torch.load(directory / files["optimizer"], weights_only=True, map_location="cpu")
     optimizer.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["torch_rng"])
     if "cuda_rng" in extra and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(extra["cuda_rng"])
-    return json.loads(meta.read_text())
+    return meta

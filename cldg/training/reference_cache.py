@@ -2,7 +2,8 @@
 
 It is its own artifact (`WORKDIR/refcache/<fingerprint>/logprobs.parquet`, columns ctx_pid,
 resp_pid, logp), fingerprinted by the reference and samples it came from, so contrastive training
-(and every ablation rerun) never runs the reference again.
+(and every ablation rerun) never runs the reference again. The precision it was computed in (bf16 on
+CUDA, fp32 on the CPU) is part of the fingerprint.
 """
 from __future__ import annotations
 
@@ -48,7 +49,11 @@ def build_reference_cache(store: ArtifactStore, reference: Artifact, samples: Ar
     from cldg.progress import console, make_progress
 
     seqs = sorted(set(seqs))
-    with store.begin("refcache", SCHEMA, {"limits": limits_config}, {"reference": reference, "samples": samples},
+    # bf16 on CUDA and fp32 on the CPU give log-probs a little apart: a cache made one way must not serve
+    # training run the other way, or D = log p_target - log p_ref starts away from 0
+    precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    with store.begin("refcache", SCHEMA, {"limits": limits_config, "precision": precision},
+                     {"reference": reference, "samples": samples},
                      force=force) as run:
         if run.existing:
             return run.existing

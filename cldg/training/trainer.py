@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from cldg.errors import TrainingDivergedError
+from cldg.errors import CldgError, TrainingDivergedError
 from cldg.training import checkpoint, distributed
 
 
@@ -78,6 +78,14 @@ class Trainer:
 
     def _resume(self) -> bool:
         found = checkpoint.load(self.run_dir / "resume", "last", self.model, self.optimizer)
+        if self.dist.enabled:  # rank 0 writes the checkpoint: every rank must see the same one
+            step = found["step"] if found else -1
+            seen = torch.tensor([step, -step], dtype=torch.long, device=self.device)
+            torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+            if seen[0].item() != -seen[1].item():
+                raise CldgError(f"{self.run_dir / 'resume'}: the ranks found different checkpoints (steps "
+                                f"{-seen[1].item()} to {seen[0].item()}, -1 = none); resuming under DDP needs the "
+                                "workdir on a filesystem that every rank sees")
         if found is None:
             return False
         self.state.update(found)
@@ -129,6 +137,10 @@ class Trainer:
             task = progress.add_task(description, total=self.total_steps, completed=self.state["step"], unit="steps",
                                      status="resumed" if resumed else "")
             self.model.train()
+            if resumed and self._check_pending():  # stopped during a validation: it runs first
+                if self._check():
+                    self.state["stopped"] = "early stopping"
+                self._save("last")
             stop = self.state["step"] >= self.total_steps or self.state.get("stopped") is not None
             try:
                 stop = self._epochs(progress, task, stop, t_start)
@@ -139,7 +151,9 @@ class Trainer:
                 self._check()  # the epochs ended between two checks: the final weights still get validated
                 self._save("last")
         self.state["stopped"] = self.state.get("stopped") or "done"
-        return {"steps": self.state["step"], "epochs_completed": self.state["epoch"], "best_criterion": self.state["best"],
+        # the last batch of an epoch may end training before the epoch counter moves on
+        epochs_completed = self.state["epoch"] + int(self.state["batch_in_epoch"] >= self.batches_per_epoch)
+        return {"steps": self.state["step"], "epochs_completed": epochs_completed, "best_criterion": self.state["best"],
                 "best_step": self.state.get("best_step"), "stopped": self.state["stopped"],
                 "last_valid": self.last_valid, "train_seconds": round(time.time() - t_start, 2),
                 "config": asdict(self.cfg)}
@@ -152,10 +166,10 @@ class Trainer:
                 batch = batch.to(self.device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                     loss, info = self.loss_fn(self.ddp_model, batch)
-                if not torch.isfinite(loss):
+                if not self._all_finite(loss):
                     raise TrainingDivergedError(
-                        f"loss became {loss.item()} at step {self.state['step']}; the last good checkpoint is "
-                        f"kept in {self.run_dir / 'resume'} - lower --lr or check the data")
+                        f"loss became {loss.item()} at step {self.state['step']} (on this rank or another); the last "
+                        f"good checkpoint is kept in {self.run_dir / 'resume'} - lower --lr or check the data")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -187,6 +201,20 @@ class Trainer:
                 if self.state["epoch"] >= self.cfg.epochs:
                     stop = True
         return stop
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Is the loss finite on every rank? All ranks must stop together, or the others hang in the next
+        all-reduce."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(bad)
+        return bad.item() == 0
+
+    def _check_pending(self) -> bool:
+        """A validation was due at the checkpoint's step but did not finish (Ctrl-C or a crash during it)."""
+        step = self.state["step"]
+        due = step > 0 and (step % self.eval_every == 0 or step >= self.total_steps)
+        return due and self.state.get("checked_step") != step and self.state.get("stopped") is None
 
     def load_best(self) -> None:
         """Put the best checkpoint's weights into the model (falls back to the current weights)."""
