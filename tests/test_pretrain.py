@@ -230,3 +230,11 @@ def test_pretrain_cli_transformer_and_missing_prepare(prepared_workdir, tmp_path
     assert meta["name"] == "transformer" and meta["config"]["positions"] == "learned"
     assert meta["config"]["ffn_dim"] == 64
     assert json.loads((art / "metrics.json").read_text())["steps"] == 3
+
+
+def test_evals_per_epoch_checks_fall_at_fixed_places_in_every_epoch_the_last_on_its_end(tmp_path):
+    t = make_trainer("seq2seq", tmp_path, [], cfg=TrainConfig(lr=1e-3, epochs=2, evals_per_epoch=3, patience=9))
+    summary = t.fit()  # 8 batches an epoch: checks after batches 3, 6 and 8 of each
+    valid = [json.loads(line)["step"] for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
+             if '"valid"' in line]
+    assert valid == [3, 6, 8, 11, 14, 16] and summary["epochs_completed"] == 2

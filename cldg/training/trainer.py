@@ -61,7 +61,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # stateful LR factor
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_checks": 0,
                       "lr_factor": 1.0, "stopped": None}
-        self.eval_every = cfg.eval_every or max(self.batches_per_epoch // max(cfg.evals_per_epoch, 1), 1)
+        # evals_per_epoch checks at fixed places in each epoch, the last on its last batch (a step count would
+        # drift off the epoch's end when evals_per_epoch does not divide it)
+        n = max(cfg.evals_per_epoch, 1)
+        self.check_positions = {-(-i * self.batches_per_epoch // n) for i in range(1, n + 1)}
         self.total_steps = self.batches_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -188,7 +191,7 @@ class Trainer:
                     progress.update(task, status=f"{shown} {rate:,.0f} tok/s")
                 progress.update(task, completed=self.state["step"])
                 at_end = self.state["step"] >= self.total_steps
-                if self.state["step"] % self.eval_every == 0 or at_end:
+                if self._check_due():
                     if self._check():
                         self.state["stopped"] = "early stopping"
                     self._save("last")
@@ -212,9 +215,18 @@ class Trainer:
 
     def _check_pending(self) -> bool:
         """A validation was due at the checkpoint's step but did not finish (Ctrl-C or a crash during it)."""
+        return (self._check_due() and self.state.get("checked_step") != self.state["step"]
+                and self.state.get("stopped") is None)
+
+    def _check_due(self) -> bool:
+        """Validation after this step: every eval_every steps if set, else at the epoch's check positions;
+        always after the last step."""
         step = self.state["step"]
-        due = step > 0 and (step % self.eval_every == 0 or step >= self.total_steps)
-        return due and self.state.get("checked_step") != step and self.state.get("stopped") is None
+        if step >= self.total_steps:
+            return step > 0
+        if self.cfg.eval_every:
+            return step % self.cfg.eval_every == 0
+        return self.state["batch_in_epoch"] in self.check_positions
 
     def load_best(self) -> None:
         """Put the best checkpoint's weights into the model (falls back to the current weights)."""
