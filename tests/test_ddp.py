@@ -14,10 +14,23 @@ import torch
 import torch.multiprocessing as mp
 
 
-def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
+def _join_as(rank: int, port: int) -> None:
+    """What torchrun would set for rank `rank` of 2 on this machine."""
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def _spawn_two(worker, *args) -> None:
+    """worker(rank, port, *args) in 2 processes on a free local port; raises if either fails."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, *args), nprocs=2, join=True)
+
+
+def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
+    _join_as(rank, port)
     from safetensors.torch import save_file
     from test_models import PAD, batch_of, model_names, random_pairs, tiny
 
@@ -72,10 +85,7 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(prepared_workdir, tmp_path):
 
     workdir, _ = prepared_workdir
     shutil.copytree(workdir / "prepare", tmp_path / "work" / "prepare", symlinks=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path), str(tmp_path / "work")), nprocs=2, join=True)
+    _spawn_two(_worker, str(tmp_path), str(tmp_path / "work"))
 
     for name in model_names():
         ranks = [load_file(str(tmp_path / f"{name}-{r}.st")) for r in (0, 1)]
@@ -99,9 +109,7 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(prepared_workdir, tmp_path):
 
 
 def _contrastive_worker(rank: int, port: int, out: str, workdir: str) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    _join_as(rank, port)
     from cldg.config import CommonOptions
     from cldg.stages import contrastive
 
@@ -125,10 +133,7 @@ def test_contrastive_train_under_two_process_ddp_writes_one_trained_artifact(tin
     work = tmp_path / "work"
     for stage in ("prepare", "reference", "samples"):  # the inputs only: refcache and contrastive are made here
         shutil.copytree(workdir / stage, work / stage, symlinks=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_contrastive_worker, args=(port, str(tmp_path), str(work)), nprocs=2, join=True)
+    _spawn_two(_contrastive_worker, str(tmp_path), str(work))
 
     paths = {(tmp_path / f"contrastive-artifact-{r}.txt").read_text() for r in (0, 1)}
     assert len(paths) == 1
@@ -146,9 +151,7 @@ def test_contrastive_train_under_two_process_ddp_writes_one_trained_artifact(tin
 
 
 def _failing_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    _join_as(rank, port)
     from test_models import PAD, batch_of, random_pairs, tiny
 
     from cldg.errors import CldgError, TrainingDivergedError
@@ -202,10 +205,7 @@ def _failing_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_nan_on_one_rank_or_a_checkpoint_one_rank_cannot_see_stops_every_rank_with_one_line(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_failing_worker, args=(port, str(tmp_path)), nprocs=2, join=True)  # no rank hangs
+    _spawn_two(_failing_worker, str(tmp_path))  # no rank hangs
     for rank in (0, 1):
         nan, resume = json.loads((tmp_path / f"outcome-{rank}.json").read_text())
         assert "loss became" in nan and "at step 2" in nan, (rank, nan)

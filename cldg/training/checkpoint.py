@@ -28,13 +28,17 @@ def save_model_only(directory: Path, tag: str, model: torch.nn.Module) -> None:
 
 
 def load_model_only(directory: Path, tag: str, model: torch.nn.Module) -> bool:
-    from safetensors.torch import load_file
-
     path = directory / f"{tag}.safetensors"
     if not path.is_file():
         return False
-    model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
+    _load_weights(path, model)
     return True
+
+
+def _load_weights(path: Path, model: torch.nn.Module) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
 
 
 def save(directory: Path, tag: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -54,15 +58,13 @@ def save(directory: Path, tag: str, model: torch.nn.Module, optimizer: torch.opt
 
 
 def load(directory: Path, tag: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    from safetensors.torch import load_file
-
     meta_path = directory / f"{tag}.json"
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
     # checkpoints of cldg <= 0.1.0 have fixed names and no "_files"
     files = meta.pop("_files", {"weights": f"{tag}.safetensors", "optimizer": f"{tag}-optim.pt"})
-    model.load_state_dict(load_file(str(directory / files["weights"]), device=str(next(model.parameters()).device)))
+    _load_weights(directory / files["weights"], model)
     extra = torch.load(directory / files["optimizer"], weights_only=True, map_location="cpu")
     optimizer.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["torch_rng"])
