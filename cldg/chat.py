@@ -52,7 +52,7 @@ def chat_session(model_spec: str, workdir: Path, reference_spec: str | None, dec
         turn = {"user": text}
         for i, (label, model, tok, limits) in enumerate(loaded):
             batch = collate(tok, [history], None, limits).to(device)
-            answer = tok.decode(generate(model, batch, decoding, gen)[0]) or "..."
+            answer = tok.detokenize(tok.decode_tokens(generate(model, batch, decoding, gen)[0])) or "..."
             turn[label] = answer
             console.print(f"[bold {'green' if i == 0 else 'yellow'}]{label}:[/] {answer}")
         history.append(turn["model"])

@@ -154,10 +154,11 @@ def add_stage_command(name: str, module_name: str, table: str) -> None:
         as_json = values.pop("as_json", False)
 
         def go():
-            from cldg.runtime import offline_environment
+            from cldg.runtime import configure_runtime, offline_environment
 
             offline_environment()
             common, cfg = load_common_and_config(ctx, config_cls, table, values)
+            configure_runtime(common.deterministic, common.torch_threads)
             artifact = module.run(cfg, common)
             if as_json:
                 print(artifact.file(json_output).read_text())
@@ -193,11 +194,40 @@ def status_command(workdir: Annotated[Optional[Path], typer.Argument(help="Workd
 def run_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML config (see examples/).")],
                 workdir: Annotated[Optional[Path], typer.Option(help="Override the config's workdir.")] = None,
                 force: Annotated[bool, typer.Option(help="Rerun every stage.")] = False,
-                device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None) -> None:
+                device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+                seeds: Annotated[Optional[str], typer.Option(
+                    help="Comma-separated seeds, e.g. 13,14,15: rerun the seed-dependent stages once per seed "
+                         "and report mean ± sd and per-seed CIs (overrides [run] seeds).")] = None) -> None:
     """Run the whole pipeline from one TOML file, skipping what is built and resuming what was interrupted."""
-    from cldg.pipeline import run_pipeline
+    from cldg.pipeline import parse_seeds, run_pipeline
 
-    guarded(lambda: run_pipeline(config, workdir=workdir, force=force, device=device))
+    guarded(lambda: run_pipeline(config, workdir=workdir, force=force, device=device,
+                                 seeds=parse_seeds(seeds) if seeds else None))
+
+
+@app.command("ablate")
+def ablate_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML config (see examples/).")],
+                   workdir: Annotated[Optional[Path], typer.Option(help="Override the config's workdir.")] = None,
+                   force: Annotated[bool, typer.Option(help="Rerun every stage.")] = False,
+                   device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+                   seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default: [run] seeds, "
+                                                                     "else the config's seed).")] = None,
+                   ks: Annotated[Optional[str], typer.Option(help="Group sizes to study, e.g. 1,2,3,4,5 "
+                                                                  "(default: [ablate] ks, else 1..5).")] = None) -> None:
+    """The paper's Table 5: every ablation and every group size k from one reference, samples and reference
+    cache, evaluated the same way; writes WORKDIR/ablation/ablation.{json,md} and ablation-k.png."""
+    from cldg.pipeline import parse_seeds, run_ablation
+
+    def go():
+        k_list = None
+        if ks:
+            k_list = parse_seeds(ks)
+            if min(k_list) < 1:
+                raise CldgError(f"--ks {ks!r}: group sizes must be at least 1")
+        run_ablation(config, workdir=workdir, force=force, device=device,
+                     seeds=parse_seeds(seeds) if seeds else None, ks=k_list)
+
+    guarded(go)
 
 
 @app.command("inspect-samples")

@@ -41,6 +41,10 @@ class CommonOptions:
                          fingerprint=False)
     seed: int = option(13, "Random seed (python, numpy, torch).")
     device: str = option("auto", "auto | cpu | cuda[:N]", fingerprint=False)
+    deterministic: bool = option(True, "Bit-reproducible runs: deterministic torch algorithms, a fixed thread count, "
+                                 "one fastText worker (see README, Reproducibility).", fingerprint=False)
+    torch_threads: int = option(0, "torch CPU threads (0: OMP_NUM_THREADS, else the machine's cores, capped at 8; fixed for the whole run).",
+                          fingerprint=False)
 
 
 def field_type(cls: type, f: dataclasses.Field) -> Any:

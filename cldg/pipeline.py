@@ -1,16 +1,24 @@
-"""`cldg run CONFIG.toml`: every stage in order from one TOML file.
+"""`cldg run CONFIG.toml` and `cldg ablate CONFIG.toml`: every stage in order from one TOML file.
 
-The config has the common keys at top level (`workdir`, `seed`, `device`), one table per stage
+The config has the common keys at top level (`workdir`, `seed`, `device`, ...), one table per stage
 (`[prepare]`, `[index]`, `[train_matcher]`, `[mine_samples]`, `[pretrain]`, `[contrastive_train]`,
-`[evaluate]`) with the same keys as the stage's long options, and an optional `[run]` table:
+`[evaluate]`) with the same keys as the stage's long options, and optional `[run]` and `[ablate]` tables:
 
     [run]
     evaluate_models = ["reference", "contrastive"]   # each gets its own evaluate artifact
     skip = []                                         # stage tables to leave out, e.g. ["train_matcher"]
+    seeds = [13, 14, 15]                              # rerun the seed-dependent stages once per seed
+    seed_stages = ["pretrain", "contrastive_train", "evaluate"]   # which stages those are
 
-Each stage skips itself when its artifact (same fingerprint) is complete and resumes from its
-`.partial` directory when it was interrupted, so rerunning `cldg run` after a crash or Ctrl-C
-continues where it stopped. `train_matcher` is left out automatically when mining uses `bm25`.
+    [ablate]
+    ks = [1, 2, 3, 4, 5]                              # the group-size study (mining keeps max(ks))
+    variants = ["no_group", "no_positive_group", ...] # the Table 5 rows (default: all six)
+
+Each step is handed the artifacts the steps before it built (not whatever `latest` points at), so the
+runs of several seeds share one workdir safely. Each stage skips itself when its artifact (same
+fingerprint) is complete and resumes from its `.partial` directory when it was interrupted, so
+rerunning after a crash or Ctrl-C continues where it stopped. With several seeds the data stages
+(prepare, index, matcher, mining: the top-level seed) are built once and every seed reuses them.
 """
 from __future__ import annotations
 
@@ -38,8 +46,29 @@ PIPELINE: list[tuple[str, str, str]] = [
     ("contrastive_train", "contrastive", "contrastive-train"),
     ("evaluate", "evaluate", "evaluate"),
 ]
-KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run"}
-RUN_KEYS = {"evaluate_models", "skip"}
+KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run", "ablate"}
+RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages"}
+ABLATE_KEYS = {"ks", "variants"}
+DEFAULT_SEED_STAGES = ("pretrain", "contrastive_train", "evaluate")
+# the ablations of the paper's Table 5, in its order (each a contrastive-train flag)
+ABLATIONS = ("no_group", "no_positive_group", "no_negative_group", "context_side_only", "response_side_only",
+             "no_matching_scores")
+# which option of a step takes the artifact of which stage built earlier in the same run
+INPUT_OPTIONS = {
+    "index": {"prepare_dir": "prepare"},
+    "train_matcher": {"prepare_dir": "prepare"},
+    "mine_samples": {"prepare_dir": "prepare", "index_dir": "index", "matcher_dir": "matcher"},
+    "pretrain": {"prepare_dir": "prepare"},
+    "contrastive_train": {"reference_dir": "reference", "samples_dir": "samples"},
+}
+
+
+@dataclasses.dataclass
+class Step:
+    table: str
+    module: Any
+    label: str
+    cfg: Any
 
 
 @dataclasses.dataclass
@@ -48,6 +77,17 @@ class StepResult:
     artifact: Artifact
     skipped: bool
     seconds: float
+    seed: int
+
+
+@dataclasses.dataclass
+class Plan:
+    common: CommonOptions
+    steps: list[Step]
+    seeds: list[int]
+    seed_stages: set[str]
+    doc: dict[str, Any]
+    where: str
 
 
 def _check_doc(doc: dict[str, Any], where: str) -> None:
@@ -58,9 +98,28 @@ def _check_doc(doc: dict[str, Any], where: str) -> None:
                 raise CldgError(f"{where}: unknown table [{key}] (known: {', '.join(sorted(KNOWN_TABLES))})")
         elif key not in common_keys:
             raise CldgError(f"{where}: unknown top-level key {key!r} (known: {', '.join(sorted(common_keys))})")
-    for key in doc.get("run", {}):
-        if key not in RUN_KEYS:
-            raise CldgError(f"{where} [run]: unknown key {key!r} (known: {', '.join(sorted(RUN_KEYS))})")
+    for table, known in (("run", RUN_KEYS), ("ablate", ABLATE_KEYS)):
+        for key in doc.get(table, {}):
+            if key not in known:
+                raise CldgError(f"{where} [{table}]: unknown key {key!r} (known: {', '.join(sorted(known))})")
+
+
+def _int_list(value: Any, where: str, low: int = 0) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           and v >= low for v in value):
+        raise CldgError(f"{where}: expected a non-empty list of integers >= {low}, got {value!r}")
+    if len(set(value)) != len(value):
+        raise CldgError(f"{where}: {value!r} repeats a value")
+    return list(value)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 13,14,15` -> [13, 14, 15]; anything else is one clear line."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CldgError(f"--seeds {text!r}: expected comma-separated integers, e.g. 13,14,15") from None
+    return _int_list(seeds, f"--seeds {text!r}")
 
 
 def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -85,11 +144,10 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
     return steps
 
 
-def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
-                 device: str | None = None) -> list[StepResult]:
-    from cldg.runtime import offline_environment
-
-    offline_environment()
+def load_plan(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
+              seeds: list[int] | None = None, table_overrides: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """Read and check the whole config before anything runs: a typo in the last table fails before hours of
+    training."""
     doc = load_toml(config)
     where = str(config)
     _check_doc(doc, where)
@@ -100,36 +158,91 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
     if device is not None:
         overrides["device"] = device
     common = config_from_table(CommonOptions, top, where, overrides)
-
-    steps = plan_steps(doc, where)
-    # Build every config first: a typo in the last table fails before hours of training.
-    configs = []
-    for table, module_name, label, extra in steps:
+    run_table = doc.get("run", {})
+    if seeds is None and "seeds" in run_table:
+        seeds = _int_list(run_table["seeds"], f"{where} [run] seeds")
+    seed_stages = run_table.get("seed_stages", list(DEFAULT_SEED_STAGES))
+    if not isinstance(seed_stages, list) or not set(seed_stages) <= {t for t, _, _ in PIPELINE}:
+        raise CldgError(f"{where} [run] seed_stages: expected stage tables among "
+                        f"{', '.join(t for t, _, _ in PIPELINE)}, got {seed_stages!r}")
+    steps = []
+    for table, module_name, label, extra in plan_steps(doc, where):
         module = importlib.import_module(f"cldg.stages.{module_name}")
-        cfg = config_from_table(module.Config, doc.get(table, {}), f"{where} [{table}]", extra)
-        configs.append((label, module, cfg))
+        values = {**extra, **(table_overrides or {}).get(table, {})}
+        steps.append(Step(table, module, label, config_from_table(module.Config, doc.get(table, {}),
+                                                                  f"{where} [{table}]", values)))
+    return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where)
+
+
+def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], cfg: Any = None) -> Artifact:
+    """Run one stage with the artifacts built before it in this run as its inputs (unless the config names
+    them), and record what it built."""
+    cfg = cfg if cfg is not None else step.cfg
+    for option_name, stage in INPUT_OPTIONS.get(step.table, {}).items():
+        if getattr(cfg, option_name) is None and stage in built:
+            cfg = dataclasses.replace(cfg, **{option_name: built[stage].path})
+    if step.table == "evaluate" and cfg.model in built:
+        cfg = dataclasses.replace(cfg, model=str(built[cfg.model].path))
+    art = step.module.run(cfg, common)
+    built[art.stage] = art
+    return art
+
+
+def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
+                 seeds: list[int] | None = None) -> list[StepResult]:
+    """The whole pipeline, once per seed for the seed-dependent stages; a comparison per seed, and with
+    several seeds a summary across them (`WORKDIR/seeds/`)."""
+    from cldg.runtime import configure_runtime, offline_environment
+
+    offline_environment()
+    plan = load_plan(config, workdir, force, device, seeds)
+    common = plan.common
+    configure_runtime(common.deterministic, common.torch_threads)
+    data_steps = [s for s in plan.steps if s.table not in plan.seed_stages]
+    seed_steps = [s for s in plan.steps if s.table in plan.seed_stages]
+    several = len(plan.seeds) > 1
 
     results: list[StepResult] = []
+    comparisons: dict[int, dict] = {}
     t_start = time.time()
     with make_progress() as progress:
-        overall = progress.add_task("pipeline", total=len(configs), unit="stages")
-        for i, (label, module, cfg) in enumerate(configs, 1):
-            progress.update(overall, status=f"[{i}/{len(configs)}] {label}")
-            console.rule(f"[bold]{i}/{len(configs)} {label}")
-            t0 = time.time()
-            art = module.run(cfg, common)
-            results.append(StepResult(label, art, skipped=art.reused, seconds=time.time() - t0))
-            progress.advance(overall)
+        total = len(data_steps) + len(seed_steps) * len(plan.seeds)
+        overall = progress.add_task("pipeline", total=total, unit="stages")
+
+        def run_steps(steps: list[Step], run_common: CommonOptions, built: dict[str, Artifact]) -> None:
+            for step in steps:
+                label = step.label + (f" [seed {run_common.seed}]" if several and step in seed_steps else "")
+                done = len(results) + 1
+                progress.update(overall, status=f"[{done}/{total}] {label}")
+                console.rule(f"[bold]{done}/{total} {label}")
+                t0 = time.time()
+                art = execute_step(step, run_common, built)
+                results.append(StepResult(label, art, art.reused, time.time() - t0, run_common.seed))
+                progress.advance(overall)
+
+        built: dict[str, Artifact] = {}
+        run_steps(data_steps, common, built)
+        for seed in plan.seeds:
+            seed_common = dataclasses.replace(common, seed=seed)
+            first = len(results)
+            run_steps(seed_steps, seed_common, dict(built))
+            evals = [r.artifact for r in results[first:] if r.artifact.stage == "eval"]
+            if len(evals) >= 2:
+                from cldg.stages.compare import compare_runs
+
+                out = common.workdir / "compare" / (f"seed-{seed}" if several else "")
+                comparisons[seed] = compare_runs([a.path for a in evals], common.workdir, out_dir=out,
+                                                 as_json=False)
         progress.update(overall, status="done")
 
     _print_summary(results, time.time() - t_start)
-    evals = [r.artifact for r in results if r.label.startswith("evaluate")]
-    if len(evals) >= 2:
-        from cldg.stages.compare import compare_runs
+    if several and comparisons:
+        from cldg.reports import seed_summary
 
-        compare_runs([a.path for a in evals], common.workdir, out_dir=common.workdir / "compare", as_json=False)
-    summary = {"config": str(config), "workdir": str(common.workdir), "total_s": round(time.time() - t_start, 1),
-               "steps": [{"stage": r.label, "artifact": str(r.artifact.path), "skipped": r.skipped,
+        seed_summary(comparisons, common.workdir / "seeds")
+    summary = {"config": str(config), "workdir": str(common.workdir), "seeds": plan.seeds,
+               "total_s": round(time.time() - t_start, 1),
+               "steps": [{"stage": r.label, "seed": r.seed, "artifact": str(r.artifact.path), "skipped": r.skipped,
                           "seconds": round(r.seconds, 1)} for r in results]}
     (common.workdir / "run-summary.json").write_text(json.dumps(summary, indent=2))
     return results
@@ -141,5 +254,73 @@ def _print_summary(results: list[StepResult], total: float) -> None:
         table.add_column(col)
     for r in results:
         status = "[dim]skipped (complete)[/]" if r.skipped else "[green]built[/]"
-        table.add_row(r.label, f"{r.artifact.stage}/{r.artifact.fingerprint}", status, f"{r.seconds:,.1f}")
+        table.add_row(r.label, f"{r.artifact.stage}/{r.artifact.fingerprint[:12]}", status, f"{r.seconds:,.1f}")
     console.print(table)
+
+
+# -- the paper's Table 5 and its group-size study ---------------------------------------------------------
+
+def ablation_variants(base_k: int, ks: list[int], names: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(row label, contrastive-train overrides): the full model, each ablation, then k = 1..n."""
+    rows = [(f"full (k = {base_k})", {})]
+    rows += [(name.replace("_", " "), {name: True}) for name in names]
+    rows += [(f"k = {k}", {"k": k}) for k in ks if k != base_k]
+    return rows
+
+
+def run_ablation(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
+                 seeds: list[int] | None = None, ks: list[int] | None = None) -> dict:
+    """Every Table 5 ablation and every group size, each trained from the same reference, samples and
+    reference cache and evaluated the same way; writes WORKDIR/ablation/{ablation.json,ablation.md,
+    ablation-k.png} and returns the table."""
+    from cldg.reports import ablation_report
+    from cldg.runtime import configure_runtime, offline_environment
+
+    offline_environment()
+    doc = load_toml(config)
+    _check_doc(doc, str(config))
+    table = doc.get("ablate", {})
+    ks = ks or _int_list(table.get("ks", [1, 2, 3, 4, 5]), f"{config} [ablate] ks", low=1)
+    names = table.get("variants", list(ABLATIONS))
+    if not isinstance(names, list) or not set(names) <= set(ABLATIONS):
+        raise CldgError(f"{config} [ablate] variants: expected names among {', '.join(ABLATIONS)}, got {names!r}")
+    base_k = doc.get("contrastive_train", {}).get("k", 3)
+    mine_k = max([*ks, base_k, doc.get("mine_samples", {}).get("k", 3)])
+    plan = load_plan(config, workdir, force, device, seeds, {"mine_samples": {"k": mine_k}})
+    common = plan.common
+    configure_runtime(common.deterministic, common.torch_threads)
+    by_table = {s.table: s for s in plan.steps}
+    missing = {"pretrain", "mine_samples", "contrastive_train", "evaluate"} - set(by_table)
+    if missing:
+        raise CldgError(f"{config}: an ablation needs the stages {sorted(missing)} (remove them from [run] skip)")
+    evaluate = next(s for s in plan.steps if s.table == "evaluate")
+    variants = ablation_variants(base_k, ks, names)
+    before = [s for s in plan.steps if s.table not in ("contrastive_train", "evaluate")]
+
+    runs: dict[str, dict[int, Path]] = {label: {} for label, _ in variants}
+    reference_runs: dict[int, Path] = {}
+    t0 = time.time()
+    built: dict[str, Artifact] = {}
+    for step in before:
+        if step.table not in plan.seed_stages:
+            console.rule(f"[bold]{step.label}")
+            execute_step(step, common, built)
+    for seed in plan.seeds:
+        seed_common = dataclasses.replace(common, seed=seed)
+        seed_built = dict(built)
+        for step in before:
+            if step.table in plan.seed_stages:
+                console.rule(f"[bold]{step.label} [seed {seed}]")
+                execute_step(step, seed_common, seed_built)
+        ref_eval = dataclasses.replace(evaluate.cfg, model="reference")
+        console.rule(f"[bold]evaluate (reference) [seed {seed}]")
+        reference_runs[seed] = execute_step(evaluate, seed_common, seed_built, ref_eval).path
+        for label, overrides in variants:
+            console.rule(f"[bold]ablation: {label} [seed {seed}]")
+            step = by_table["contrastive_train"]
+            execute_step(step, seed_common, seed_built, dataclasses.replace(step.cfg, **overrides))
+            runs[label][seed] = execute_step(evaluate, seed_common, seed_built,
+                                             dataclasses.replace(evaluate.cfg, model="contrastive")).path
+    result = ablation_report(runs, reference_runs, variants, base_k, common.workdir / "ablation")
+    result["seconds"] = round(time.time() - t0, 1)
+    return result

@@ -22,13 +22,14 @@ def fmt(key: str, value: float) -> str:
 
 
 def compute_all(hypotheses: list[list[str]], references: list[list[str]], last_turns: list[list[str]],
-                ngram_counts: dict[int, dict], wv) -> tuple[dict[str, float], dict[str, list[float]]]:
+                ngram_counts: dict[int, dict], wv, detokenize=None) -> tuple[dict[str, float], dict[str, list[float]]]:
     """All automatic metrics over a test set, from metric words (`DialogueTokenizer.words`).
 
     Returns (corpus, per_response): corpus figures are means of the per-response values (BLEU-n,
     Ent-n, Average, Extrema, Greedy, Coherence, length) or corpus-level (Dist-n, generated-n-gram
     entropy, sacreBLEU in 0-100); fractions are in [0, 1], entropies in bits. The per-response
-    values feed the paired bootstrap of `cldg compare`.
+    values feed the paired bootstrap of `cldg compare`. `detokenize` (words -> text) feeds sacreBLEU,
+    which tokenizes raw text itself.
     """
     import numpy as np
 
@@ -49,6 +50,6 @@ def compute_all(hypotheses: list[list[str]], references: list[list[str]], last_t
         corpus[f"dist{n}"] = diversity.distinct_n(hypotheses, n)
     corpus["gen_entropy1"] = diversity.generated_entropy(hypotheses, 1)
     corpus["gen_entropy2"] = diversity.generated_entropy(hypotheses, 2)
-    corpus["sacrebleu"] = bleu.sacrebleu_corpus(hypotheses, references)
+    corpus["sacrebleu"] = bleu.sacrebleu_corpus(hypotheses, references, detokenize)
     corpus["responses"] = len(hypotheses)
     return corpus, per

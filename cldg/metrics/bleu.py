@@ -48,10 +48,12 @@ def bleu_scores(hypotheses: list[list[str]], references: list[list[str]], max_n:
     return {f"bleu{n}": [row[n - 1] for row in rows] for n in range(1, max_n + 1)}
 
 
-def sacrebleu_corpus(hypotheses: list[list[str]], references: list[list[str]]) -> float:
-    """sacreBLEU corpus BLEU (0-100, its default 13a tokenization) on the space-joined words, no stripping."""
+def sacrebleu_corpus(hypotheses: list[list[str]], references: list[list[str]], detokenize=None) -> float:
+    """sacreBLEU corpus BLEU (0-100, its default 13a tokenization, no stripping). sacreBLEU tokenizes raw
+    text itself, so the words are first joined back into text with `detokenize` (default: spaces)."""
     import sacrebleu
 
     if not hypotheses:
         return 0.0
-    return float(sacrebleu.corpus_bleu([" ".join(h) for h in hypotheses], [[" ".join(r) for r in references]]).score)
+    join = detokenize or " ".join
+    return float(sacrebleu.corpus_bleu([join(h) for h in hypotheses], [[join(r) for r in references]]).score)

@@ -32,7 +32,9 @@ class EvalRun:
         """Generated responses as metric words: the tokenizer of the prepare artifact it was scored with."""
         if self._words is None:
             words = _tokenizer_words(self.art)
-            self._words = [words(g["generated"]) for g in self.generations]
+            # the tokens the metrics were computed on; older runs have only the space-joined text
+            self._words = [g["generated_tokens"] if "generated_tokens" in g else words(g["generated"])
+                           for g in self.generations]
         return self._words
 
 

@@ -18,6 +18,7 @@ from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 SCHEMA = 1
 JSON_OUTPUT = "metrics.json"
 METHODS = ("greedy", "beam", "topk", "nucleus")  # = cldg.decoding.search.METHODS (not imported: it loads torch)
+INPUT_FORMATS = ("auto", "jsonl", "json", "parquet", "personachat", "dailydialog", "opensubtitles", "douban")
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Config:
     no_repeat_ngram: int = option(0, "Block repeated n-grams inside the response (0 = off).")
     block_context_ngram: int = option(0, "Block n-grams copied from the context (0 = off).")
     split: str = option("test", "Split to evaluate.", choices=("test", "valid"))
+    input: Path | None = option(None, "Score on this corpus file instead of a split (any format `prepare` reads; "
+                                "every pair of it is a test pair; tokenized with the model's own tokenizer).")
+    input_format: str = option("auto", "Format of --input.", choices=INPUT_FORMATS)
     limit: int = option(0, "Evaluate only the first N pairs (0 = all).")
     batch_size: int = option(64, "Contexts decoded at once.", fingerprint=False)
 
@@ -62,8 +66,8 @@ def check_config(cfg: Config) -> None:
 
 
 def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device,
-               row_seeds: list[int], label: str = "decode") -> list[str]:
-    """Responses (decoded text) for every context, decoded in batches of similar context length.
+               row_seeds: list[int], label: str = "decode") -> list[list[str]]:
+    """Responses (as tokens) for every context, decoded in batches of similar context length.
     Sampling draws from a generator per context (`row_seeds`), so no output depends on the batching."""
     from cldg.data.batching import collate
     from cldg.decoding.search import generate
@@ -71,14 +75,14 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
 
     n = len(contexts)
     order = sorted(range(n), key=lambda i: sum(len(t) for t in contexts[i]))  # less padding per batch
-    outputs: list[str] = [""] * n
+    outputs: list[list[str]] = [[] for _ in range(n)]
     with make_progress() as progress:
         task = progress.add_task(label, total=n, unit="responses")
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             batch = collate(tok, [contexts[i] for i in idx], None, limits).to(device)
             for i, ids in zip(idx, generate(model, batch, dcfg, row_seeds=[row_seeds[i] for i in idx])):
-                outputs[i] = tok.decode(ids)
+                outputs[i] = tok.decode_tokens(ids)
             progress.advance(task, len(idx))
     return outputs
 
@@ -105,6 +109,12 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     prepared = model_prepare(model_art)
     # "reference" and the same reference's directory are one evaluation: the input fingerprint tells models apart.
     config = fingerprint_config(cfg) | {"seed": common.seed, "model": model_art.stage}
+    if cfg.input is not None:  # the file's content, not only its name, decides the output
+        from cldg.artifacts import sha256_file
+
+        if not Path(cfg.input).is_file():
+            raise CldgError(f"--input {cfg.input}: no such file")
+        config["input_sha256"] = sha256_file(Path(cfg.input))
     with store.begin("eval", SCHEMA, config, {"model": model_art, "prepare": prepared}, force=common.force) as run:
         if run.existing:
             console.print(f"evaluate: complete artifact {run.existing.path} found - skipped")
@@ -115,10 +125,15 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         model = load_model(model_art.path, device)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
         limits = model_limits(model_art)
-        pairs = read_pairs(prepared.file(f"pairs-{cfg.split}.parquet"))
+        if cfg.input is not None:
+            pairs = read_input_pairs(Path(cfg.input), cfg.input_format, limits.max_context_turns)
+            source = str(cfg.input)
+        else:
+            pairs = read_pairs(prepared.file(f"pairs-{cfg.split}.parquet"))
+            source = str(prepared.file(f"pairs-{cfg.split}.parquet"))
         n = len(pairs) if not cfg.limit else min(cfg.limit, len(pairs))
         if n == 0:
-            raise CldgError(f"{prepared.file(f'pairs-{cfg.split}.parquet')}: the {cfg.split} split has no pairs")
+            raise CldgError(f"{source}: no (context, response) pairs to evaluate")
         contexts, references = list(pairs.context[:n]), list(pairs.response[:n])
 
         t0 = time.time()
@@ -128,31 +143,59 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         decode_s = time.time() - t0
 
         t0 = time.time()
-        hyps = [tok.words(o) for o in outputs]
+        hyps = outputs  # the paper's metrics work on tokens; people and sacreBLEU get detokenized text
+        texts = [tok.detokenize(o) for o in outputs]
         refs = [tok.words(r) for r in references]
         last = [tok.words(c[-1]) if c else [] for c in contexts]
         vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
         counts = load_ngram_counts(prepared.file("ngram-counts.parquet"))
         wv = WordVectors(vectors, has, tok.token_to_id, counts.get(1, {}))
-        metrics, per = compute_all(hyps, refs, last, counts, wv)
+        metrics, per = compute_all(hyps, refs, last, counts, wv, tok.detokenize)
         metrics_s = time.time() - t0
         metrics["reference_ppl"] = reference_perplexity(model, tok, contexts, references, limits, device)
-        metrics.update(model=model_art.stage, model_path=str(model_art.path), decoding=cfg.decoding,
-                       split=cfg.split, decode_config=fingerprint_config(cfg),
-                       decode_seconds=round(decode_s, 2), responses_per_second=round(n / max(decode_s, 1e-9), 1))
+        # words the model's vocabulary lacks (they become <unk>): high rates explain a poor score on a new corpus
+        metrics["oov_rate_reference"] = oov_rate(tok, refs)
+        metrics["oov_rate_context"] = oov_rate(tok, [tok.words(t) for c in contexts for t in c])
+        # metrics.json holds only what the model and data decide (no timings, no paths): the same command with
+        # the same seed gives the same bytes. Timings go to the manifest.
+        metrics.update(model=model_art.stage, model_fingerprint=model_art.fingerprint, decoding=cfg.decoding,
+                       split="input" if cfg.input is not None else cfg.split,
+                       decode_config={k: v for k, v in fingerprint_config(cfg).items() if k not in ("model", "input")})
+        speed = round(n / max(decode_s, 1e-9), 1)
 
         with open(run.dir / "generations.jsonl", "w", encoding="utf-8") as fh:
             for i in range(n):
                 fh.write(json.dumps({"pair_id": int(pairs.pair_id[i]), "context": contexts[i],
-                                     "reference": references[i], "generated": outputs[i],
+                                     "reference": references[i], "generated": texts[i],
+                                     "generated_tokens": outputs[i],
                                      "metrics": {k: per[k][i] for k in per}}, ensure_ascii=False) + "\n")
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (run.dir / "report.md").write_text(markdown_report(metrics, outputs, contexts, references))
+        (run.dir / "report.md").write_text(markdown_report(metrics, texts, contexts, references, speed))
         write_plots(run.dir, metrics, per)
         print_metrics_table(metrics)
         return run.commit(rows={"responses": n},
-                          timings={"decode_s": round(decode_s, 2), "metrics_s": round(metrics_s, 2)},
+                          timings={"decode_s": round(decode_s, 2), "metrics_s": round(metrics_s, 2),
+                                   "responses_per_second": speed},
                           extra={"metrics": {k: metrics[k] for _, k in TABLE_LAYOUT + EXTRA_LAYOUT}})
+
+
+def read_input_pairs(path: Path, fmt: str, max_context_turns: int):
+    """Every (context, response) pair of a corpus file, in file order, contexts cut as the model's were."""
+    from cldg.data.loaders import BadLines, read_dialogues
+    from cldg.data.pairs import CleanStats, clean_dialogues, make_pairs
+
+    dialogues = clean_dialogues(read_dialogues(path, fmt, BadLines(skip=False)), CleanStats())
+    if not dialogues:
+        raise CldgError(f"{path}: no dialogue with at least two non-empty turns")
+    return make_pairs({"train": [], "valid": [], "test": dialogues}, max_context_turns)["test"]
+
+
+def oov_rate(tok, sentences: list[list[str]]) -> float:
+    """Share of words outside the tokenizer's vocabulary."""
+    from cldg.text.tokenizer import UNK
+
+    words = [w for s in sentences for w in s]
+    return sum(tok.token_to_id(w) == UNK for w in words) / max(len(words), 1)
 
 
 def run_label(metrics: dict) -> str:
@@ -191,7 +234,7 @@ def print_metrics_table(metrics: dict, title: str | None = None) -> None:
 
 
 def markdown_report(metrics: dict, outputs: list[str], contexts: list[list[str]], references: list[str],
-                    examples: int = 10) -> str:
+                    speed: float | None = None, examples: int = 10) -> str:
     cols = TABLE_LAYOUT + EXTRA_LAYOUT
     lines = [f"# Evaluation: {run_label(metrics)}, {metrics['responses']} {metrics['split']} pairs", "",
              "BLEU, Dist and the embedding metrics in %, Ent in bits (the paper's Table 2 layout).", "",
@@ -200,7 +243,7 @@ def markdown_report(metrics: dict, outputs: list[str], contexts: list[list[str]]
              f"| {metrics['model']} | " + " | ".join(fmt(k, metrics[k]) for _, k in cols) + " |", "",
              f"- sacreBLEU (corpus): {metrics['sacrebleu']:.2f}",
              f"- generated-n-gram entropy: {metrics['gen_entropy1']:.3f} (1-gram), {metrics['gen_entropy2']:.3f} (2-gram) bits",
-             f"- decoding: {metrics['decoding']}, {metrics.get('responses_per_second', 0)} responses/s",
+             f"- decoding: {metrics['decoding']}" + (f", {speed} responses/s" if speed is not None else ""),
              "", "## Examples", ""]
     for i in range(min(examples, len(outputs))):
         lines += [f"- **context**: {' / '.join(contexts[i])}", f"  - **reference**: {references[i]}",

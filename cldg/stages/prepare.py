@@ -38,7 +38,8 @@ class Config:
     vector_epochs: int = option(5, "Epochs of fastText training.")
     skip_bad_lines: bool = option(False, "Skip (and report) malformed lines instead of stopping.")
     max_line_bytes: int = option(1 << 20, "Longest input line accepted, in bytes.")
-    workers: int = option(2, "Threads for fastText training.", fingerprint=False)
+    workers: int = option(2, "Threads for fastText training (1 under --deterministic: gensim's threads race, so "
+                          "more than one gives different vectors each run).", fingerprint=False)
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
@@ -111,7 +112,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         else:
             with make_progress() as progress:
                 task = progress.add_task(f"fastText {cfg.vector_dim}-d", total=cfg.vector_epochs, unit="epochs")
-                wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, cfg.workers,
+                workers = 1 if common.deterministic else cfg.workers
+                wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, workers,
                                     on_epoch_end=lambda: progress.update(task, advance=1))
             vecs, has = vectors_from_fasttext(wv, tok.vocab(), len(SPECIALS))
         save_word_vectors(run.dir / "word-vectors.safetensors", vecs, has)

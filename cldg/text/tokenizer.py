@@ -67,7 +67,24 @@ class DialogueTokenizer:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return " ".join(self.tok.id_to_token(int(i)) for i in ids if int(i) >= len(SPECIALS))
+        """The tokens of `ids` joined by spaces (special tokens dropped): "i ' m fine ."."""
+        return " ".join(self.decode_tokens(ids))
+
+    def decode_tokens(self, ids: Iterable[int]) -> list[str]:
+        return [self.tok.id_to_token(int(i)) for i in ids if int(i) >= len(SPECIALS)]
+
+    @property
+    def pretokenized(self) -> bool:
+        """Whitespace-segmented text (e.g. Chinese): tokens are joined by spaces, never glued."""
+        from tokenizers import pre_tokenizers
+
+        return isinstance(self.tok.pre_tokenizer, pre_tokenizers.WhitespaceSplit)
+
+    def detokenize(self, tokens: list[str]) -> str:
+        """Readable text from tokens: "i'm fine." (English rules; pretokenized text stays space-joined)."""
+        from cldg.text.detok import detokenize
+
+        return " ".join(tokens) if self.pretokenized else detokenize(tokens)
 
     def token_to_id(self, word: str) -> int:
         i = self.tok.token_to_id(word)
