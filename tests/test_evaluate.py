@@ -237,3 +237,64 @@ def test_human_eval_malformed_sheets(greedy_run, beam_run, tmp_path):
         score_sheets([dup], tmp_path / "missing.json", True)
     with pytest.raises(CldgError, match="at least one item"):
         export_sheets(greedy_run.path, beam_run.path, 0, tmp_path / "x", seed=1)
+
+
+# ---------------------------------------------------------------- readable text, --input
+
+def test_generations_are_detokenized_and_keep_their_tokens(greedy_run, model_workdir):
+    from cldg.text.tokenizer import DialogueTokenizer
+
+    _, _, prepared = model_workdir
+    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+    gens = read_generations(greedy_run)
+    for g in gens:
+        assert g["generated"] == tok.detokenize(g["generated_tokens"])
+        assert tok.words(g["generated"]) == g["generated_tokens"]  # the text reads back as the scored tokens
+        assert " ' " not in g["generated"] and " ," not in g["generated"]
+
+
+def test_detokenize_rules():
+    from cldg.text.detok import detokenize
+
+    cases = {"i ' m fine , thanks !": "i'm fine, thanks!", "don ' t you think so ?": "don't you think so?",
+             "a well - known place ( in paris ) .": "a well-known place (in paris).",
+             "what ? !": "what? !", "i paid $ 5": "i paid $5", "' hello ' she said": "' hello ' she said",
+             "you ' re the best :)": "you're the best :)", "hmm ...": "hmm...", "": ""}
+    for tokens, text in cases.items():
+        assert detokenize(tokens.split()) == text
+
+
+def test_sacrebleu_on_detokenized_text_does_not_warn(caplog):
+    from cldg.metrics.bleu import sacrebleu_corpus
+    from cldg.text.detok import detokenize
+
+    hyps = [["i", "'", "m", "fine", ",", "thanks", "!"]] * 5
+    refs = [["i", "'", "m", "fine", ",", "thank", "you", "!"]] * 5
+    with caplog.at_level("WARNING"):
+        score = sacrebleu_corpus(hyps, refs, detokenize)
+    assert 0 < score < 100
+    assert "detokenize" not in caplog.text
+
+
+def test_evaluate_on_another_corpus_file(model_workdir, tmp_path):
+    from cldg.stages import evaluate as ev
+
+    workdir, _, _ = model_workdir
+    corpus = tmp_path / "other.txt"  # DailyDialog's native format, with a word the model never saw
+    corpus.write_text("hello there __eou__ hi , how are you ? __eou__ zyzzyva is my favourite word __eou__\n"
+                      "do you like pizza ? __eou__ yes i do __eou__\n")
+    cfg = ev.Config(model="reference", max_len=8, batch_size=4, input=corpus, input_format="dailydialog")
+    art = ev.run(cfg, CommonOptions(workdir=workdir, seed=5, device="cpu"))
+    gens = read_generations(art)
+    assert [g["reference"] for g in gens] == ["hi , how are you ?", "zyzzyva is my favourite word", "yes i do"]
+    assert [g["context"] for g in gens][1] == ["hello there", "hi , how are you ?"]
+    metrics = json.loads(art.file("metrics.json").read_text())
+    assert metrics["split"] == "input" and metrics["responses"] == 3
+    assert 0 < metrics["oov_rate_reference"] < 1  # "zyzzyva" at least is unknown
+    with pytest.raises(CldgError, match="no such file"):
+        ev.run(ev.Config(model="reference", input=tmp_path / "missing.txt"),
+               CommonOptions(workdir=workdir, seed=5, device="cpu"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"turns": ["a", "b"]}\n{not json\n')
+    with pytest.raises(CldgError, match="bad.jsonl:2"):
+        ev.run(ev.Config(model="reference", input=bad), CommonOptions(workdir=workdir, seed=5, device="cpu"))
