@@ -174,10 +174,10 @@ def make_group_batch(groups: Groups, rows: list[int], text: TextIndex, ref_logp:
 
 
 def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weight: float = 0.0,
-                           mle_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+                           mle_only: bool = False, beta: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward over every sequence of the batch's groups, D = log p_model - cached log p_reference,
-    and the contrastive loss (plus `mle_weight` x the NLL of the pairs themselves). `mle_only` (the
-    warm-up of a target trained from scratch) returns that NLL alone. Returns (loss, what to log)."""
+    and the contrastive loss on beta * D (plus `mle_weight` x the NLL of the pairs themselves). `mle_only`
+    (the warm-up of a target trained from scratch) returns that NLL alone. Returns (loss, what to log)."""
     from cldg.text.tokenizer import PAD
     from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
 
@@ -188,7 +188,9 @@ def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weig
     nll, n_own = nll_loss(logits[own], targets[own], PAD)
     if mle_only:
         return nll, {"tokens": n_own, "nll": nll.item()}
-    loss = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask, gb.neg_mask, variant)
+    # beta is a temperature on D (the paper: 1), as DPO's and BCO's beta, so the objectives compare at one scale
+    loss = contrastive_loss(beta * d[gb.pos_index], beta * d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask,
+                            gb.neg_mask, variant)
     dd = d.detach()
     info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(targets.ne(PAD).sum()),
             "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
