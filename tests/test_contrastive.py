@@ -353,3 +353,28 @@ def test_group_loss_adds_the_mle_term_of_the_pairs_themselves_and_warm_up_is_tha
         nll = nll_loss(model(own), own.response_out, PAD)[0].item()
     assert warm.item() == pytest.approx(nll, rel=1e-5) and info["nll"] == pytest.approx(nll, rel=1e-5)
     assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
+
+
+def test_beta_is_a_temperature_on_d(inputs):
+    from cldg.models import load_model
+    from cldg.retrieval.mining import read_samples
+    from cldg.text.tokenizer import PAD
+    from cldg.training.groups import contrastive_group_loss
+    from cldg.training.losses import contrastive_loss, sequence_logprob
+
+    _, prepared, reference, samples = inputs
+    text = text_index(prepared, reference)
+    groups = build_groups(read_samples(samples.path), "train", GroupOptions(k=2))
+    fake_ref = {s: -5.0 - (hash(s) % 7) for s in groups.sequences()}  # D far from 0, so that beta matters
+    gb = make_group_batch(groups, [0, 1, 2], text, fake_ref)
+    model = load_model(reference.path, "cpu")
+    with torch.no_grad():
+        d = sequence_logprob(model(gb.seqs), gb.seqs.response_out, PAD) - gb.ref_logp
+        for beta in (1.0, 0.1, 2.0):
+            got, info = contrastive_group_loss(model, gb, "eq4", beta=beta)
+            want = contrastive_loss(beta * d[gb.pos_index], beta * d[gb.neg_index], gb.s_pos, gb.s_neg,
+                                    gb.pos_mask, gb.neg_mask, "eq4")
+            assert got.item() == pytest.approx(want.item(), rel=1e-5)
+            assert info["d_pos"] == pytest.approx(d[gb.pos_index][gb.pos_mask].mean().item(), rel=1e-5)  # raw D
+        assert contrastive_group_loss(model, gb, "eq4", beta=0.1)[0].item() != pytest.approx(
+            contrastive_group_loss(model, gb, "eq4", beta=2.0)[0].item(), rel=1e-3)
