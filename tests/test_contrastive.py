@@ -3,6 +3,7 @@ the flat group batch, the one-time reference cache, and `cldg contrastive-train`
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 
@@ -378,3 +379,71 @@ def test_beta_is_a_temperature_on_d(inputs):
             assert info["d_pos"] == pytest.approx(d[gb.pos_index][gb.pos_mask].mean().item(), rel=1e-5)  # raw D
         assert contrastive_group_loss(model, gb, "eq4", beta=0.1)[0].item() != pytest.approx(
             contrastive_group_loss(model, gb, "eq4", beta=2.0)[0].item(), rel=1e-3)
+
+
+def test_released_nll_anneal_schedule_and_mixing(inputs):
+    import math
+
+    from cldg.models import load_model
+    from cldg.retrieval.mining import read_samples
+    from cldg.training.groups import contrastive_group_loss
+    from cldg.training.losses import released_anneal_weight
+
+    # the released code's anneal_weight: (tanh((step * speed - 3500) / 1000) + 1) / 2
+    assert released_anneal_weight(0) == pytest.approx((math.tanh(-3.5) + 1) / 2)
+    assert released_anneal_weight(3500) == pytest.approx(0.5)
+    assert released_anneal_weight(1750, speed=2.0) == pytest.approx(0.5)
+    assert released_anneal_weight(10_000) > 0.99
+    _, prepared, reference, samples = inputs
+    text = text_index(prepared, reference)
+    groups = build_groups(read_samples(samples.path), "train", GroupOptions(k=2))
+    gb = make_group_batch(groups, [0, 1], text, {s: -4.0 for s in groups.sequences()})
+    model = load_model(reference.path, "cpu")
+    with torch.no_grad():
+        cl, info = contrastive_group_loss(model, gb, "eq4")
+        for w in (0.0, 0.3, 1.0):
+            mixed, mixed_info = contrastive_group_loss(model, gb, "eq4", anneal=w)
+            assert mixed.item() == pytest.approx((1 - w) * info["nll"] + w * cl.item(), rel=1e-5)
+            assert mixed_info["anneal_w"] == w
+
+
+def test_refreshed_reference_copies_the_target_and_resumes_with_the_same_copy(inputs, tmp_path):
+    from cldg.models import load_model
+    from cldg.training.groups import RefreshedReference
+
+    _, _, reference, _ = inputs
+    target = load_model(reference.path, "cpu")
+    ref = RefreshedReference(load_model(reference.path, "cpu"), every=2, resume_dir=tmp_path)
+    weight = lambda m: m.embedding.weight.detach().clone()  # noqa: E731
+    mle = weight(ref.model)
+    with torch.no_grad():
+        target.embedding.weight.add_(1.0)
+    ref.sync(target, 0)
+    ref.sync(target, 1)
+    assert torch.equal(weight(ref.model), mle)  # steps 0-1: the MLE reference
+    ref.sync(target, 2)
+    at_two = weight(target)
+    assert torch.equal(weight(ref.model), at_two) and not any(p.requires_grad for p in ref.model.parameters())
+    with torch.no_grad():
+        target.embedding.weight.add_(1.0)
+    ref.sync(target, 3)
+    assert torch.equal(weight(ref.model), at_two)  # no copy between refreshes
+    # a resumed run at step 3 gets the copy of step 2, not the target as it is now
+    resumed = RefreshedReference(load_model(reference.path, "cpu"), every=2, resume_dir=tmp_path)
+    resumed.sync(target, 3)
+    assert torch.equal(weight(resumed.model), at_two)
+
+
+def test_contrastive_train_with_refresh_and_anneal_runs_and_cleans_up(inputs):
+    from cldg.stages import contrastive
+
+    workdir, *_ = inputs
+    common = CommonOptions(workdir=workdir, seed=3, device="cpu")
+    art = contrastive.run(contrastive.Config(k=2, batch_size=8, max_steps=5, evals_per_epoch=1,
+                                             refresh_reference_every=2, nll_anneal=True, anneal_speed=1000.0),
+                          common)
+    log = [json.loads(line) for line in art.file("train-log.jsonl").read_text().splitlines()]
+    assert [r["anneal_w"] for r in log if r["type"] == "train"][0] == pytest.approx(
+        (math.tanh(-3.5) + 1) / 2)
+    assert art.config["refresh_reference_every"] == 2 and art.config["nll_anneal"]
+    assert not any(p.name.startswith("resume") for p in art.path.iterdir())

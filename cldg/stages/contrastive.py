@@ -43,6 +43,13 @@ class Config:
     batch_size: int = option(16, "Groups per batch (each has up to 4k+1 sequences; 16 groups ~ 200 sequences).")
     epochs: int = option(20, "Epochs at most (the early-stopping rule usually ends training first).")
     beta: float = option(1.0, "Temperature on D = log p_target - log p_reference (the paper: 1; as DPO's beta).")
+    nll_anneal: bool = option(False, "The released code's schedule: loss = (1-w) NLL + w contrastive, "
+                              "w = (tanh((step * anneal_speed - 3500) / 1000) + 1) / 2.")
+    anneal_speed: float = option(1.0, "Steps run this much faster through the --nll-anneal schedule "
+                                 "(w = 0.5 at step 3500 / speed).")
+    refresh_reference_every: int = option(0, "Replace the reference by a copy of the target every N steps (the "
+                                          "released code's option; 0 = never). Its log-probs are then computed per "
+                                          "batch; validation stays against the MLE reference.")
     max_steps: int = option(0, "Steps at most (0: no limit).")
     grad_clip: float = option(5.0, "Gradient norm clip.")
     evals_per_epoch: int = option(2, "Validations per epoch.")
@@ -65,8 +72,10 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.runtime import resolve_device, set_seed
     from cldg.text.tokenizer import DialogueTokenizer
     from cldg.training import distributed
-    from cldg.training.groups import GroupOptions, TextIndex, build_groups, contrastive_group_loss, make_group_batch
+    from cldg.training.groups import (GroupOptions, RefreshedReference, TextIndex, build_groups, contrastive_group_loss,
+                                      make_group_batch)
     from cldg.training.reference_cache import build_reference_cache, load_reference_cache
+    from cldg.training.losses import released_anneal_weight
     from cldg.training.trainer import TrainConfig, Trainer
 
     store = ArtifactStore(common.workdir)
@@ -143,9 +152,20 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         def group_loss(m, gb, warmup: bool = False):
             return contrastive_group_loss(m, gb, variant, cfg.mle_weight, mle_only=warmup, beta=cfg.beta)
 
+        refreshed = None
+        if cfg.refresh_reference_every:
+            refreshed = RefreshedReference(load_model(reference.path, device), cfg.refresh_reference_every,
+                                           run.dir / "resume")
+
         def loss_fn(m, gb):
-            warm = trainer.state["step"] < cfg.mle_warmup_steps
-            return group_loss(m, gb, warmup=warm)
+            step = trainer.state["step"]
+            if refreshed is not None:
+                refreshed.sync(model, step)
+                gb = refreshed.rescore(gb)
+            if cfg.nll_anneal and step >= cfg.mle_warmup_steps:
+                w = released_anneal_weight(step - cfg.mle_warmup_steps, cfg.anneal_speed)
+                return contrastive_group_loss(m, gb, variant, cfg.mle_weight, beta=cfg.beta, anneal=w)
+            return group_loss(m, gb, warmup=step < cfg.mle_warmup_steps)
 
         def batches(epoch: int, start: int):
             import random

@@ -174,10 +174,12 @@ def make_group_batch(groups: Groups, rows: list[int], text: TextIndex, ref_logp:
 
 
 def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weight: float = 0.0,
-                           mle_only: bool = False, beta: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+                           mle_only: bool = False, beta: float = 1.0,
+                           anneal: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward over every sequence of the batch's groups, D = log p_model - cached log p_reference,
     and the contrastive loss on beta * D (plus `mle_weight` x the NLL of the pairs themselves). `mle_only`
-    (the warm-up of a target trained from scratch) returns that NLL alone. Returns (loss, what to log)."""
+    (the warm-up of a target trained from scratch) returns that NLL alone. `anneal` = w mixes as the
+    released code does: (1 - w) * NLL + w * contrastive (mle_weight still adds on top). Returns (loss, what to log)."""
     from cldg.text.tokenizer import PAD
     from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
 
@@ -195,6 +197,51 @@ def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weig
     info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(targets.ne(PAD).sum()),
             "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
             "d_neg": float(dd[gb.neg_index][gb.neg_mask].mean()) if gb.neg_mask.any() else 0.0}
+    if anneal is not None:
+        loss = (1.0 - anneal) * nll + anneal * loss
+        info["anneal_w"] = anneal
     if mle_weight:
         loss = loss + mle_weight * nll
     return loss, info
+
+
+class RefreshedReference:
+    """The released code's option: the reference is replaced by a copy of the target every `every` steps.
+
+    Its log-probabilities then change during training, so they are computed for each batch (no cache).
+    Each copy is checkpointed (`reference-<step>.safetensors` in the trainer's `resume/` directory), so a
+    run resumed at step s continues against the copy taken at the last multiple of `every` up to s."""
+
+    def __init__(self, reference_model, every: int, resume_dir):
+        from pathlib import Path
+
+        self.model, self.every, self.resume_dir = reference_model.eval(), every, Path(resume_dir)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.current = None  # the step whose copy is loaded (0: the MLE reference itself)
+
+    def sync(self, target, step: int) -> None:
+        """Before the step after `step` steps: make the reference the copy that step calls for."""
+        from cldg.training import checkpoint
+
+        due = step - step % self.every
+        if due == self.current:
+            return
+        if due == 0:
+            pass  # the MLE reference the model was loaded as
+        elif not checkpoint.load_model_only(self.resume_dir, f"reference-{due}", self.model):
+            self.model.load_state_dict(target.state_dict())  # a refresh is due now: take it and keep it
+            # every copy is kept until the artifact is committed: a resume may go back past the latest one
+            checkpoint.save_model_only(self.resume_dir, f"reference-{due}", self.model)
+        self.current = due
+
+    @torch.no_grad()
+    def rescore(self, gb: GroupBatch) -> GroupBatch:
+        """The batch with the current reference's log p of each of its sequences."""
+        import dataclasses
+
+        from cldg.text.tokenizer import PAD
+        from cldg.training.losses import sequence_logprob
+
+        logp = sequence_logprob(self.model(gb.seqs), gb.seqs.response_out, PAD).float()
+        return dataclasses.replace(gb, ref_logp=logp)

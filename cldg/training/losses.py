@@ -103,3 +103,12 @@ def contrastive_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, s_pos: torch.Tens
         raise ValueError(f"unknown contrastive loss {variant!r} (one of {', '.join(LOSS_VARIANTS)})")
     per_group = -_masked_mean(pos, pos_mask) - _masked_mean(neg, neg_mask)
     return per_group.mean()
+
+
+def released_anneal_weight(step: int, speed: float = 1.0, center: float = 3500.0, width: float = 1000.0) -> float:
+    """The released code's schedule (its `anneal_weight`): w = (tanh((step * speed - center) / width) + 1) / 2,
+    clipped to [0, 1]; the loss is (1 - w) * NLL + w * contrastive, so training moves from MLE (w ~ 0.001 at
+    step 0) to the contrastive loss (w = 0.5 at step center / speed)."""
+    import math
+
+    return min(max((math.tanh((step * speed - center) / width) + 1.0) / 2.0, 0.0), 1.0)
