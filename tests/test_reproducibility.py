@@ -113,3 +113,38 @@ def test_bad_seeds_option_is_one_line(tiny_pipeline):
     assert result.exit_code == 2 and "--seeds '13,x'" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["run", str(config), "--seeds", "13,13"])
     assert result.exit_code == 2 and "repeats" in result.output
+
+
+def test_configure_runtime_fixes_threads_and_deterministic_algorithms(monkeypatch):
+    import torch
+
+    from cldg.runtime import configure_runtime
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    try:
+        assert configure_runtime(True, 1) == 1
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert configure_runtime(False, 0) == 2 and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+
+
+def test_prepare_trains_fasttext_with_one_worker_when_deterministic(monkeypatch, tiny_dialogues_path, tmp_path):
+    import cldg.stages.prepare as prepare
+    import cldg.text.vectors as vectors
+    from cldg.config import CommonOptions
+
+    seen = []
+    real = vectors.train_fasttext
+
+    def spy(sentences, dim, epochs, seed, workers, **kw):
+        seen.append(workers)
+        return real(sentences, dim, epochs, seed, workers, **kw)
+
+    monkeypatch.setattr(vectors, "train_fasttext", spy)
+    cfg = prepare.Config(input=tiny_dialogues_path, vector_dim=8, vector_epochs=1, workers=2)
+    prepare.run(cfg, CommonOptions(workdir=tmp_path / "a", deterministic=True))
+    prepare.run(cfg, CommonOptions(workdir=tmp_path / "b", deterministic=False))
+    assert seen == [1, 2]
