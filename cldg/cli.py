@@ -183,11 +183,16 @@ for _name, _module, _table in STAGES:
 @app.command("status")
 def status_command(workdir: Annotated[Optional[Path], typer.Argument(help="Workdir (default ./cldg-work).")] = None,
                    workdir_opt: Annotated[Optional[Path], typer.Option("--workdir", help="Same as the argument.")] = None,
-                   as_json: JsonOpt = False) -> None:
-    """Show every stage's artifacts (complete and in progress) as a table."""
+                   as_json: JsonOpt = False,
+                   verify: Annotated[bool, typer.Option("--verify", help="Hash every file of every complete artifact "
+                                                        "and compare with its manifest; exit 2 if any differs.")] = False,
+                   long: Annotated[bool, typer.Option("--long", help="Full fingerprints, paths, row counts, files and "
+                                                      "sizes.")] = False) -> None:
+    """Show every stage's artifacts (complete and in progress), one row each; --verify checks their sha256."""
     from cldg.status import show_status
 
-    guarded(lambda: show_status(workdir or workdir_opt or Path("cldg-work"), as_json))
+    guarded(lambda: show_status(workdir or workdir_opt or Path("cldg-work"), as_json, verify=verify, long=long),
+            quiet=as_json)
 
 
 @app.command("run")

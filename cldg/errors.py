@@ -16,6 +16,18 @@ class MissingArtifactError(CldgError):
     """An input artifact is missing or has an incompatible schema."""
 
 
+class CorruptArtifactError(CldgError):
+    """A file of an artifact differs from the sha256 (or size) its manifest records, or is missing."""
+
+
+class ArtifactLockedError(CldgError):
+    """Another cldg process is writing the same artifact (it holds its lock)."""
+
+
+class DiskFullError(CldgError):
+    """The disk filled up while a stage wrote its artifact; earlier artifacts and `latest` are untouched."""
+
+
 class TrainingDivergedError(CldgError):
     """A loss became NaN/inf; the last good checkpoint is kept."""
 

@@ -1,46 +1,223 @@
-"""`cldg status`: every artifact in a workdir as a rich table (or JSON)."""
+"""`cldg status`: every artifact in a workdir, one row each (readable at 80 columns), or JSON.
+
+The state column says what is known about each artifact without reading it whole:
+- verified      every file was hashed and matched its manifest, and none has changed since (size, mtime,
+                ctime and inode as remembered in WORKDIR/.verified.json)
+- complete      committed, sizes match the manifest, not hashed since (or not by this cldg)
+- changed?      a file was written after it was verified: `--verify` tells whether it still matches
+- CORRUPT       a file is missing, has another size, or (with --verify) another sha256
+- running       in progress, a cldg process holds its lock
+- interrupted   in progress, nobody holds the lock: rerun the command to resume it
+`--verify` hashes every file of every complete artifact again (and refreshes the cache) and exits 2
+if any differs, with one line per file. `--long` adds the full fingerprint, path, row counts, files and
+sizes; `--json` prints all of it as JSON.
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
-from cldg.artifacts import ArtifactStore
-from cldg.errors import CldgError
+from cldg.artifacts import MANIFEST, VerifiedCache, _stat_key, artifact_problems
+from cldg.errors import CldgError, CorruptArtifactError
 from cldg.progress import console
 
 
-def collect_status(workdir: Path) -> list[dict]:
+def _locked(path: Path) -> bool:
+    """Does some process hold an flock on `path`? (tested without blocking, released at once)"""
+    try:
+        fh = open(path, "a")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def _partial_state(path: Path, fp: str) -> str:
+    locks = [path.parent / f".{fp}.lock", path / ".lock", *sorted(path.glob(".shard-*.lock"))]
+    return "running" if any(p.exists() and _locked(p) for p in locks) else "interrupted"
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def _check_complete(path: Path, manifest: dict, verify: bool, entries: dict) -> tuple[str, list[str]]:
+    """(state, problems) of a complete artifact: cheap checks, or every file hashed again (verify)."""
+    if manifest.get("_unreadable"):
+        return "CORRUPT", [f"{path / MANIFEST}: unreadable manifest - rebuild the artifact"]
+    if verify:
+        problems = artifact_problems(path, manifest, full=True)
+        return ("CORRUPT" if problems else "verified"), problems
+    files = manifest.get("files") or {}
+    if not isinstance(files, dict):
+        return "CORRUPT", [f"{path / MANIFEST}: 'files' is not a table of files"]
+    problems, trusted, changed = [], 0, 0
+    prefix = f"{path.parent.name}/{path.name}/"
+    for rel, info in sorted(files.items()):
+        f = path / rel
+        try:
+            st = f.stat()
+        except OSError:
+            problems.append(f"{f}: missing (listed in {path / MANIFEST})")
+            continue
+        size = info.get("bytes") if isinstance(info, dict) else None
+        if size is not None and st.st_size != size:
+            problems.append(f"{f}: {st.st_size:,} bytes, {path / MANIFEST} says {size:,}")
+            continue
+        e = entries.get(prefix + rel)
+        if isinstance(e, list) and len(e) == 6 and e[4] == (info or {}).get("sha256"):
+            now = _stat_key(st)
+            if e[:4] == now:
+                trusted += 1
+            elif e[:2] != now[:2]:  # written since (a copy or restore only moves ctime and inode)
+                changed += 1
+    if problems:
+        return "CORRUPT", problems
+    if changed:
+        return "changed?", []
+    return ("verified" if files and trusted == len(files) else "complete"), []
+
+
+STAGE_ORDER = ["prepare", "index", "matcher", "samples", "reference", "refcache", "contrastive", "eval"]
+
+
+def collect_status(workdir: Path, verify: bool = False) -> list[dict]:
+    from cldg.artifacts import ArtifactStore
+
+    entries = VerifiedCache(workdir).load()
     rows = []
     for stage, fp, path, complete, manifest in ArtifactStore(workdir).list_artifacts():
         row = {"stage": stage, "fingerprint": fp, "path": str(path),
                "state": "complete" if complete else "in progress", "latest": False}
-        if manifest:
+        if complete and manifest is not None:
+            check, problems = _check_complete(path, manifest, verify, entries)
+            files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
             row.update(latest=manifest.get("_latest", False), created=manifest.get("created"),
-                       rows=manifest.get("rows", {}), seconds=manifest.get("timings", {}).get("total_s"),
-                       schema=manifest.get("schema"))
+                       rows=manifest.get("rows", {}), seconds=(manifest.get("timings") or {}).get("total_s"),
+                       schema=manifest.get("schema"), check=check, problems=problems, files=len(files),
+                       bytes=sum(int(i.get("bytes", 0)) for i in files.values() if isinstance(i, dict)))
+            if check == "CORRUPT":
+                row["state"] = "corrupt"
+        else:
+            row.update(check=_partial_state(path, fp), problems=[], bytes=_dir_bytes(path))
         rows.append(row)
+    rows.sort(key=lambda r: (STAGE_ORDER.index(r["stage"]) if r["stage"] in STAGE_ORDER else len(STAGE_ORDER),
+                             r["stage"], r.get("created") or "~", r["fingerprint"]))
     return rows
 
 
-def show_status(workdir: Path, as_json: bool = False) -> None:
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = float(s)
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def _created(value: str | None) -> str:
+    return (value or "")[:16].replace("T", " ")
+
+
+STATE_STYLE = {"verified": "green", "complete": "green", "changed?": "yellow", "CORRUPT": "bold red",
+               "running": "cyan", "interrupted": "yellow"}
+
+
+def status_table(workdir: Path, rows: list[dict]) -> Table:
+    """One row per artifact; the widest row is about 70 columns (short fingerprints, no counts)."""
+    table = Table(title=f"cldg artifacts in {workdir}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="* latest   --long/--json: details   --verify: hash every file",
+                  caption_justify="left", title_justify="left")
+    table.add_column("stage", no_wrap=True)
+    table.add_column("artifact", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    for r in rows:
+        check = r.get("check", "")
+        style = STATE_STYLE.get(check, "")
+        table.add_row(r["stage"], r["fingerprint"][:8] + ("*" if r.get("latest") else " "),
+                      f"[{style}]{check}[/]" if style else check, _created(r.get("created")),
+                      _size(r.get("bytes")), _duration(r.get("seconds")))
+    return table
+
+
+def print_long(workdir: Path, rows: list[dict]) -> None:
+    console.print(f"[bold]cldg artifacts in {workdir}[/]", highlight=False)
+    for r in rows:
+        check = r.get("check", "")
+        style = STATE_STYLE.get(check, "")
+        flags = ", latest" if r.get("latest") else ""
+        console.print(f"\n[bold]{r['stage']}/{r['fingerprint']}[/]  [{style}]{check}[/]{flags}", highlight=False)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row("  path", r["path"])
+        if r["state"] != "in progress":
+            grid.add_row("  created", f"{r.get('created') or '?'}, took {_duration(r.get('seconds')) or '?'}")
+            grid.add_row("  files", f"{r.get('files', 0)}, {_size(r.get('bytes'))}, schema {r.get('schema')}")
+            counts = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                               for k, v in (r.get("rows") or {}).items())
+            if counts:
+                grid.add_row("  rows", counts)
+        else:
+            grid.add_row("  so far", _size(r.get("bytes")))
+        for p in r.get("problems", []):
+            grid.add_row("  [red]corrupt[/]", p)
+        console.print(grid, highlight=False)
+
+
+def show_status(workdir: Path, as_json: bool = False, verify: bool = False, long: bool = False) -> None:
     if not workdir.is_dir():
         raise CldgError(f"{workdir}: no such workdir (run `cldg prepare --workdir {workdir}` to start one)")
-    rows = collect_status(workdir)
+    rows = collect_status(workdir, verify=verify)
+    problems = [p for r in rows for p in r.get("problems", [])]
     if as_json:
         print(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"cldg artifacts in {workdir}")
-    for col in ("stage", "fingerprint", "state", "created", "rows", "time (s)"):
-        table.add_column(col)
-    for r in rows:
-        state = ("[green]complete[/]" + (" (latest)" if r["latest"] else "")) if r["state"] == "complete" \
-            else "[yellow]in progress[/]"
-        rows_txt = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in r.get("rows", {}).items())
-        table.add_row(r["stage"], r["fingerprint"], state, str(r.get("created") or ""), rows_txt,
-                      f"{r['seconds']:.1f}" if r.get("seconds") is not None else "")
-    if not rows:
+    elif not rows:
         console.print(f"{workdir}: no artifacts yet")
+    elif long:
+        print_long(workdir, rows)
     else:
-        console.print(table)
+        console.print(status_table(workdir, rows))
+    if problems:
+        if not as_json and not long:
+            for p in problems[:-1]:
+                console.print(f"[bold red]corrupt:[/] {p}", highlight=False, soft_wrap=True)
+        if len(problems) == 1 or as_json or long:
+            n_art = sum(1 for r in rows if r.get("problems"))
+            raise CorruptArtifactError(problems[0] if len(problems) == 1 else
+                                       f"{len(problems)} files in {n_art} artifacts differ from their manifests "
+                                       f"(first: {problems[0]})")
+        raise CorruptArtifactError(problems[-1])
