@@ -80,13 +80,18 @@ def coerce(cls: type, name: str, value: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise CldgError(f"{where}: {name} = {value} is too large for a float") from None
     elif tp is str:
         if not isinstance(value, str):
             raise bad
     elif tp is Path:
         if not isinstance(value, str):
             raise bad
+        if "\x00" in value or not value:
+            raise CldgError(f"{where}: {name} = {value!r} is not a usable path")
         value = Path(value)
     choices = f.metadata.get("choices")
     if choices and value not in choices:
@@ -105,10 +110,16 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise CldgError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise CldgError(f"{path}: not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits, nesting too deep
+        raise CldgError(f"{path}: invalid TOML: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    except OSError as exc:
+        raise CldgError(f"--config {path}: cannot read ({exc.strerror or exc})") from None
 
 
 def config_from_table(cls: type, table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None):
     """Build `cls` from a TOML table (validated) and overrides (already typed, e.g. from the CLI)."""
+    if not isinstance(table, dict):
+        raise CldgError(f"{where}: expected a table of options, got {type(table).__name__}")
     values = {k: coerce(cls, k, v, where) for k, v in table.items()}
     values.update(overrides or {})
     return cls(**values)
