@@ -256,6 +256,9 @@ class StageRun:
         return self
 
     def __enter__(self) -> "StageRun":
+        if self.stage_dir.is_dir() and any(self.stage_dir.glob(f".{self.fingerprint}.trash-*")):
+            with self._commit_lock():  # a publish killed half-way left resume state behind
+                self._clear_leftovers()
         if (self.final / MANIFEST).is_file() and not self.force:
             return self._reuse()
         self.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +274,7 @@ class StageRun:
             self.resumed = True
             from cldg.progress import console
 
-            console.print(f"{self.stage}: found {self.dir} from an interrupted run", highlight=False)
+            console.print(f"{self.stage}: found {self.dir} from an interrupted run", highlight=False, soft_wrap=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -307,7 +310,7 @@ class StageRun:
         if exc is not None and isinstance(exc, Exception) and not isinstance(exc, CldgError) and _disk_full(exc, self.dir):
             raise DiskFullError(
                 f"{self.dir}: no space left on the device while writing the '{self.stage}' artifact "
-                f"({_free(self.stage_dir)} free); earlier artifacts and `latest` are untouched - free some space "
+                f"({_free(self.stage_dir)} free now); earlier artifacts and `latest` are untouched - free some space "
                 "and rerun the same command") from None
 
     def _finish_interrupted_commit(self) -> bool:
@@ -328,10 +331,19 @@ class StageRun:
                 return False
             from cldg.progress import console
 
-            console.print(f"{self.stage}: finishing the commit of {self.dir.name}/ that an interrupted run had "
-                          "written", highlight=False)
+            console.print(f"{self.stage}: finishing the commit of {self.dir} that an interrupted run had written",
+                          highlight=False, soft_wrap=True)
             self._publish(manifest.get("files", {}))
             return True
+
+    def _clear_leftovers(self) -> None:
+        """Under the commit lock: remove what a publish killed half-way left (moved-out resume state; the
+        old artifact of a --force rebuild once the new one is in place)."""
+        for left in self.stage_dir.glob(f".{self.fingerprint}.trash-*"):
+            shutil.rmtree(left, ignore_errors=True)
+        for left in self.stage_dir.glob(f".{self.fingerprint}.old-*"):
+            if (self.final / MANIFEST).is_file() or not (self.dir / MANIFEST).is_file():
+                shutil.rmtree(left, ignore_errors=True)
 
     @contextlib.contextmanager
     def _commit_lock(self):
@@ -404,11 +416,7 @@ class StageRun:
                  checked: int = 0, keep: tuple[str, ...] = ()) -> None:
         """.partial/ holds a complete manifest: move the resume state out, rename, point `latest` at it.
         Runs under the commit lock, so leftovers of a publish killed half-way can be cleared."""
-        for left in self.stage_dir.glob(f".{self.fingerprint}.trash-*"):
-            shutil.rmtree(left, ignore_errors=True)
-        for left in self.stage_dir.glob(f".{self.fingerprint}.old-*"):
-            if (self.final / MANIFEST).is_file() or not (self.dir / MANIFEST).is_file():
-                shutil.rmtree(left, ignore_errors=True)
+        self._clear_leftovers()
         trash = self.stage_dir / f".{self.fingerprint}.trash-{os.getpid()}"
         for p in list(self.dir.iterdir()):
             if self._is_resume_state(p.name, keep) or p.name == MANIFEST + ".tmp":

@@ -187,7 +187,7 @@ def print_long(workdir: Path, rows: list[dict]) -> None:
         if r["state"] != "in progress":
             grid.add_row("  created", f"{r.get('created') or '?'}, took {_duration(r.get('seconds')) or '?'}")
             grid.add_row("  files", f"{r.get('files', 0)}, {_size(r.get('bytes'))}, schema {r.get('schema')}")
-            counts = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+            counts = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
                                for k, v in (r.get("rows") or {}).items())
             if counts:
                 grid.add_row("  rows", counts)
