@@ -160,6 +160,10 @@ def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, co
                 lock.close()
                 continue
             task = progress.add_task(f"mine shard {s}/{n_shards}", total=hi - lo, unit="pairs")
+            done = sum(min(c + cfg.chunk_size, hi) - c for c in range(lo, hi, cfg.chunk_size)
+                       if (run_dir / f".shard-{s:05d}-chunk-{c:09d}-{min(c + cfg.chunk_size, hi):09d}.parquet").exists())
+            if done:
+                console.print(f"mine-samples: resuming shard {s}/{n_shards} from pair {done:,} of {hi - lo:,}")
             chunk_files = []
             for c_lo in range(lo, hi, cfg.chunk_size):
                 c_hi = min(c_lo + cfg.chunk_size, hi)

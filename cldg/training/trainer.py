@@ -132,6 +132,11 @@ class Trainer:
         from cldg.progress import make_progress
 
         resumed = self._resume()
+        if resumed and self.dist.rank == 0:
+            from cldg.progress import console
+
+            console.print(f"{description}: resuming from step {self.state['step']} (epoch {self.state['epoch'] + 1}, "
+                          f"batch {self.state['batch_in_epoch']}) of {self.run_dir / 'resume'}", highlight=False)
         self.last_valid: dict[str, float] = {}
         own_progress = progress is None
         progress = progress or (make_progress() if self.dist.rank == 0 else _NoProgress())
