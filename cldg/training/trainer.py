@@ -93,7 +93,26 @@ class Trainer:
             return False
         self.state.update(found)
         self._apply_lr()
+        if self.dist.rank == 0:
+            self._trim_log()
         return True
+
+    def _trim_log(self) -> None:
+        """After a crash the log may hold records past the checkpoint (and a line cut short by kill -9);
+        the resumed run logs those steps again, so keep only whole records up to the checkpoint's step."""
+        if not self.log_path.is_file():
+            return
+        kept = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= self.state["step"]:
+                kept.append(line + "\n")
+        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.log_path)
 
     def _apply_lr(self) -> None:
         for g in self.optimizer.param_groups:
