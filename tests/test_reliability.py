@@ -347,6 +347,11 @@ def test_pretrain_killed_after_a_checkpoint_resumes_from_that_step_and_matches_a
     assert without_timings(json.loads(a.file("metrics.json").read_text())) == \
         without_timings(json.loads(b.file("metrics.json").read_text()))
     assert a.manifest["files"]["model.safetensors"] == b.manifest["files"]["model.safetensors"]  # the same weights
+    logs = [[json.loads(line) for line in x.file("train-log.jsonl").read_text().splitlines()] for x in (a, b)]
+    for kind in ("train", "valid"):  # nothing logged twice by the killed run and its rerun
+        steps = [r["step"] for r in logs[0] if r["type"] == kind]
+        assert steps == sorted(set(steps)) == [r["step"] for r in logs[1] if r["type"] == kind]
+    assert [r for r in logs[0] if r["type"] == "valid"] == [r for r in logs[1] if r["type"] == "valid"]
     assert not artifact_problems(a.path, a.manifest, full=True)
 
 
