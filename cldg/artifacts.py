@@ -270,7 +270,8 @@ class StageRun:
         if (self.dir / MANIFEST).is_file() and self._finish_interrupted_commit():
             self._unlock()
             return self._reuse()
-        if self.dir.is_dir() and any(p.name != ".lock" for p in self.dir.iterdir()):
+        if self.dir.is_dir() and any(not p.name.endswith(".lock") for p in self.dir.iterdir()) and not any(
+                flock_held(p) for p in self.dir.glob(".*.lock")):  # (not a live worker's, in a shared partial)
             self.resumed = True
             from cldg.progress import console
 
@@ -439,6 +440,22 @@ class StageRun:
         else:
             VerifiedCache(self.store.root).update({}, drop_prefix=prefix)
         self.existing = Artifact.load(self.final, verify=False)
+
+
+def flock_held(path: Path) -> bool | None:
+    """Does a process hold an flock(2) lock on `path`? Read from /proc/locks, so that asking never takes
+    the lock (a probe with LOCK_NB would make a writer starting that instant fail). None: cannot tell."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        parts = line.split()
+        if "FLOCK" in parts and "->" not in parts and want in parts:
+            return True
+    return False
 
 
 def _free(path: Path) -> str:

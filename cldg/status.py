@@ -15,7 +15,6 @@ sizes; `--json` prints all of it as JSON.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -23,31 +22,14 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from cldg.artifacts import MANIFEST, VerifiedCache, _stat_key, artifact_problems
+from cldg.artifacts import MANIFEST, VerifiedCache, _stat_key, artifact_problems, flock_held
 from cldg.errors import CldgError, CorruptArtifactError
 from cldg.progress import console
 
 
-def _locked(path: Path) -> bool:
-    """Does some process hold an flock on `path`? (tested without blocking, released at once)"""
-    try:
-        fh = open(path, "a")
-    except OSError:
-        return False
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
-
-
 def _partial_state(path: Path, fp: str) -> str:
     locks = [path.parent / f".{fp}.lock", path / ".lock", *sorted(path.glob(".shard-*.lock"))]
-    return "running" if any(p.exists() and _locked(p) for p in locks) else "interrupted"
+    return "running" if any(p.exists() and flock_held(p) for p in locks) else "interrupted"
 
 
 def _dir_bytes(path: Path) -> int:

@@ -217,6 +217,9 @@ def test_a_second_writer_of_one_artifact_stops_with_one_line_while_other_artifac
             make(store)
         msg = str(err.value)
         assert f"pid {holder.pid}" in msg and "another cldg process" in msg and "\n" not in msg
+        from cldg.status import collect_status
+
+        assert [r["check"] for r in collect_status(tmp_path)] == ["running"]  # status sees it, without locking
         # a different artifact of the same stage, or another stage, is written meanwhile
         other = make(store, config={"a": 2})
         index = make(store, "index", inputs={"prepare": other})
