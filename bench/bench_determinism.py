@@ -27,7 +27,9 @@ def train_steps(prepared, steps: int, deterministic: bool) -> float:
     from cldg.text.tokenizer import PAD, DialogueTokenizer
     from cldg.training.losses import nll_loss
 
-    torch.use_deterministic_algorithms(deterministic)
+    from cldg.runtime import configure_runtime
+
+    configure_runtime(deterministic, torch.get_num_threads())  # exactly what a stage does
     torch.manual_seed(0)
     tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
     limits = Limits(3, 40, 120, 40)

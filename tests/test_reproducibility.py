@@ -124,6 +124,8 @@ def test_configure_runtime_fixes_threads_and_deterministic_algorithms(monkeypatc
     try:
         assert configure_runtime(True, 1) == 1
         assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        # deterministic results without the mode's NaN-filling of new tensors (its measured cost)
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert configure_runtime(False, 0) == 2 and not torch.are_deterministic_algorithms_enabled()
     finally:
