@@ -5,10 +5,11 @@
 
 For each long stage (prepare, index, train-matcher, mine-samples as 2 shards on 2 workers, pretrain,
 contrastive-train including its reference pass, evaluate) on a small corpus: an uninterrupted run of
-the whole pipeline first (the baseline), then for each of --kills random moments in [2%, 95%] of the
-stage's baseline wall time: a copy of the baseline workdir without that stage's artifact, the stage's
-command started, SIGKILL to its process group at that moment, the same command run again. A kill
-survives when
+the whole pipeline first (the baseline), then for each of --kills random moments, drawn uniformly from
+the stretch of the stage's baseline run in which it writes its artifact (from the moment its .partial
+dir appears to 95% of its wall time; --window whole: from 2%, start-up included): a copy of the
+baseline workdir without that stage's artifact, the stage's command started, SIGKILL to its process
+group at that moment, the same command run again. A kill survives when
 - the rerun exits 0 and the artifact is complete, with the baseline's fingerprint;
 - every artifact in the workdir verifies (every file hashed against its manifest: corrupt = 0);
 - it matches the uninterrupted run: metrics.json equal less wall-clock entries, parquet tables equal,
@@ -135,9 +136,10 @@ def corrupt_artifacts(workdir: Path) -> list[str]:
 
 
 def run_commands(commands: list[list[str]], workdir: Path, config: Path, kill_at: float | None, logs: Path,
-                 timeout: float = 900) -> dict:
+                 timeout: float = 900, watch: list[str] = ()) -> dict:
     """Start the commands at once; SIGKILL their process groups at `kill_at` s (None: let them finish).
-    Polls the `latest` links every 20 ms meanwhile."""
+    Polls the `latest` links every 20 ms meanwhile, and notes when a .partial dir of the `watch`
+    stages first appears (the stage has started writing)."""
     procs, outs = [], []
     t0 = time.perf_counter()
     for i, args in enumerate(commands):
@@ -147,8 +149,11 @@ def run_commands(commands: list[list[str]], workdir: Path, config: Path, kill_at
                                       env=ENV, cwd=ROOT, start_new_session=True))
     violations: list[str] = []
     killed = False
+    writing_at = None
     while any(p.poll() is None for p in procs):
         elapsed = time.perf_counter() - t0
+        if writing_at is None and any(list((workdir / s).glob("*.partial")) for s in watch):
+            writing_at = elapsed
         if kill_at is not None and elapsed >= kill_at:
             for p in procs:
                 if p.poll() is None:
@@ -168,6 +173,7 @@ def run_commands(commands: list[list[str]], workdir: Path, config: Path, kill_at
         out.close()
     text = "\n".join(logs.with_name(f"{logs.name}-{i}.log").read_text(errors="replace") for i in range(len(commands)))
     return {"seconds": time.perf_counter() - t0, "returncodes": [p.returncode for p in procs], "killed": killed,
+            "writing_at": writing_at,
             "latest_violations": sorted(set(violations + latest_violations(workdir))), "output": text}
 
 
@@ -231,14 +237,16 @@ def checkpoint_state(workdir: Path, art_stages: list[str]) -> dict:
 
 
 def baseline(root: Path, config: Path) -> tuple[Path, dict]:
+    """The uninterrupted pipeline; per stage (wall seconds, seconds until it started writing)."""
     work = root / "baseline"
     timings = {}
-    for stage, (commands, _) in STAGES.items():
-        r = run_commands(commands, work, config, None, root / f"baseline-{stage}")
+    for stage, (commands, art_stages) in STAGES.items():
+        r = run_commands(commands, work, config, None, root / f"baseline-{stage}", watch=art_stages)
         if any(r["returncodes"]):
             raise SystemExit(f"baseline {stage} failed:\n{r['output'][-3000:]}")
-        timings[stage] = r["seconds"]
-        print(f"baseline {stage}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
+        timings[stage] = (r["seconds"], r["writing_at"] or 0.0)
+        print(f"baseline {stage}: {r['seconds']:.1f} s, writing from {r['writing_at'] or 0:.1f} s", file=sys.stderr,
+              flush=True)
     return work, timings
 
 
@@ -293,6 +301,17 @@ def trial(root: Path, base: Path, config: Path, stage: str, kill_at: float, n: i
     if not problems:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def summarize_files(files: set[str]) -> list[str]:
+    """A folder's files as one entry when there are many (a Lucene index)."""
+    by_dir: dict[str, list[str]] = {}
+    for f in files:
+        by_dir.setdefault(f.rsplit("/", 1)[0], []).append(f)
+    out = []
+    for d, fs in sorted(by_dir.items()):
+        out += sorted(fs) if len(fs) <= 3 else [f"{d}/ ({len(fs)} files)"]
+    return out
 
 
 def sha256_cost(root: Path) -> dict:
@@ -395,6 +414,10 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES), help="Comma-separated: " + ", ".join(STAGES))
     ap.add_argument("--dialogues", type=int, default=60, help="Size of the corpus (tests/fixtures_data.py).")
     ap.add_argument("--seed", type=int, default=13, help="Seed of the kill moments.")
+    ap.add_argument("--window", choices=("writing", "whole"), default="writing",
+                    help="Kill moments drawn from the part of the stage's baseline run in which it writes its "
+                         "artifact (from its .partial dir's creation to 95%% of the run; default), or from the "
+                         "whole run, start-up included.")
     ap.add_argument("--keep", action="store_true", help="Keep the work folders.")
     ap.add_argument("--skip-extras", action="store_true", help="Only the kill battery.")
     args = ap.parse_args()
@@ -408,17 +431,20 @@ def main() -> None:
         corpus = write_jsonl(root / "corpus.jsonl", make_dialogues(args.dialogues))
         config = root / "config.toml"
         config.write_text(CONFIG.format(corpus=corpus))
-        out: dict = {"corpus_dialogues": args.dialogues, "kills_per_stage": args.kills, "seed": args.seed}
+        out: dict = {"corpus_dialogues": args.dialogues, "kills_per_stage": args.kills, "seed": args.seed,
+                     "window": args.window}
         if not args.skip_extras:
             out["verification_cost"] = sha256_cost(root)
             print(f"verification cost: {out['verification_cost']}", file=sys.stderr, flush=True)
         base, times = baseline(root, config)
-        out["baseline_s"] = {k: round(v, 1) for k, v in times.items()}
+        out["baseline_s"] = {k: {"wall": round(v[0], 1), "writing_from": round(v[1], 1)} for k, v in times.items()}
         stages = {}
         for stage in args.stages.split(","):
             trials = []
             for n in range(args.kills):
-                r = trial(root, base, config, stage, rng.uniform(0.02, 0.95) * times[stage], n)
+                wall, writing = times[stage]
+                lo = writing if args.window == "writing" else 0.02 * wall
+                r = trial(root, base, config, stage, rng.uniform(lo, 0.95 * wall), n)
                 trials.append(r)
                 print(f"{stage} kill {n + 1}/{args.kills} at {r['kill_at_s']} s: "
                       f"{'survived' if r['survived'] else 'FAILED ' + '; '.join(r['problems'])}"
@@ -431,7 +457,7 @@ def main() -> None:
                 "latest_violations": sum(t["latest_violations"] for t in trials),
                 "left_a_checkpoint": sum(t["checkpoint"] for t in trials),
                 "rerun_said_resuming_from": sum(t["said_resume"] for t in trials),
-                "not_bytewise_comparable": sorted({f for t in trials for f in t["not_bytewise_comparable"]}),
+                "not_bytewise_comparable": summarize_files({f for t in trials for f in t["not_bytewise_comparable"]}),
                 "failures": [t for t in trials if not t["survived"]]}
         out["stages"] = stages
         out["total"] = {k: sum(s[k] for s in stages.values()) for k in
