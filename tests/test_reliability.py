@@ -358,6 +358,22 @@ def test_pretrain_killed_after_a_checkpoint_resumes_from_that_step_and_matches_a
     assert not artifact_problems(a.path, a.manifest, full=True)
 
 
+def test_a_trainer_killed_before_its_first_checkpoint_logs_no_step_twice(tmp_path):
+    from test_pretrain import make_trainer
+
+    with pytest.raises(RuntimeError):  # dies at step 2: step 1 is logged, no checkpoint yet
+        make_trainer("seq2seq", tmp_path, [], fail_at=2, exc=RuntimeError).fit()
+    log = tmp_path / "train-log.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1]
+    with open(log, "a") as fh:
+        fh.write('{"type": "train", "st')  # and a record cut short, as kill -9 in a write leaves it
+    make_trainer("seq2seq", tmp_path, []).fit()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for kind in ("train", "valid"):
+        steps = [r["step"] for r in records if r["type"] == kind]
+        assert steps and steps == sorted(set(steps))
+
+
 # -- a full disk ---------------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):

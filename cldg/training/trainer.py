@@ -89,17 +89,17 @@ class Trainer:
                 raise CldgError(f"{self.run_dir / 'resume'}: the ranks found different checkpoints (steps "
                                 f"{-seen[1].item()} to {seen[0].item()}, -1 = none); resuming under DDP needs the "
                                 "workdir on a filesystem that every rank sees")
-        if found is None:
-            return False
-        self.state.update(found)
-        self._apply_lr()
+        if found is not None:
+            self.state.update(found)
+            self._apply_lr()
         if self.dist.rank == 0:
             self._trim_log()
-        return True
+        return found is not None
 
     def _trim_log(self) -> None:
-        """After a crash the log may hold records past the checkpoint (and a line cut short by kill -9);
-        the resumed run logs those steps again, so keep only whole records up to the checkpoint's step."""
+        """After a crash the log may hold records past the checkpoint (all of them if it died before its
+        first one) and a line cut short by kill -9; the rerun logs those steps again, so keep only whole
+        records up to the step it starts from."""
         if not self.log_path.is_file():
             return
         kept = []
