@@ -70,3 +70,12 @@ def load_model(directory: Path, device: Any = "cpu"):
     model = build_model(meta["name"], meta["vocab_size"], **meta["config"])
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device="cpu"))
     return model.to(device).eval()
+
+
+def load_weights(directory: Path, model, device: Any = "cpu"):
+    """Load `directory/model.safetensors` into an already built `model`; returns it on `device`, in eval
+    mode (for models outside the registry, e.g. the MSN matcher, whose model.json they read themselves)."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(Path(directory) / "model.safetensors"), device="cpu"))
+    return model.to(device).eval()
