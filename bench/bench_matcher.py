@@ -1,15 +1,22 @@
-"""Scoring throughput of a trained MSN matcher (pairs/s), plus its and the baselines' valid metrics.
+"""Scoring throughput of a trained MSN matcher (pairs/s): the fast path against the reference, plus valid metrics.
 
     .venv/bin/python bench/bench_matcher.py --matcher-dir cldg-work/matcher/latest [--device cpu] \
-        [--pairs 5000] [--batch-size 256] [--threads 2]
+        [--pairs 5000] [--candidates 10] [--batch-size 256] [--threads 2] [--repeats 3]
 
 Scores `--pairs` (context, response) pairs from the valid split of the matcher's prepare artifact, the
-way mining does (each context against 10 candidates), once to warm up and once timed. Prints JSON.
+way mining does (each context against `--candidates` responses), as `MSNMatcher.score` does
+(tokenization included) with two scorers on the same pairs, interleaved run by run after one warm-up each:
+- `reference`: `score_pairs_reference`, batches of `MSN.forward` (the scoring path before issue 17);
+- `fast`: `score_pairs` (what `MSNMatcher` uses now).
+Runs under `configure_runtime` as a stage does (deterministic mode unless --no-deterministic). Prints
+JSON: pairs/s per run and the median of each, the ratio of the medians, and how far the scores are apart.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import time
 from pathlib import Path
 
@@ -19,8 +26,11 @@ def main() -> None:
     ap.add_argument("--matcher-dir", type=Path, default=Path("cldg-work/matcher/latest"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--pairs", type=int, default=5000)
+    ap.add_argument("--candidates", type=int, default=10, help="responses scored per context (1 true + random)")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as a stage sets them)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each scorer, interleaved")
+    ap.add_argument("--no-deterministic", action="store_true")
     args = ap.parse_args()
 
     import numpy as np
@@ -29,37 +39,55 @@ def main() -> None:
     from cldg.artifacts import Artifact
     from cldg.data.pairs import read_pairs
     from cldg.matching.evaluation import candidate_pairs, candidate_sets
-    from cldg.matching.msn import load_msn_matcher
-    from cldg.runtime import resolve_device
+    from cldg.matching.msn import load_msn_matcher, score_pairs, score_pairs_reference
+    from cldg.runtime import configure_runtime, resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = configure_runtime(not args.no_deterministic, args.threads)
     device = resolve_device(args.device)
     art = Artifact.load(args.matcher_dir)
     prepared = Path(art.manifest["inputs"]["prepare"]["path"])
     valid = read_pairs(prepared / "pairs-valid.parquet")
-    sets = candidate_sets(valid.response, 9, seed=0)[: max(1, args.pairs // 10)]
+    k = max(2, args.candidates)
+    sets = candidate_sets(valid.response, k - 1, seed=0)[: max(1, args.pairs // k)]
     contexts, responses = candidate_pairs(valid.context, valid.response, sets)
-
     matcher = load_msn_matcher(art.path, device, batch_size=args.batch_size)
-    warm = min(len(contexts), 2 * args.batch_size)
-    matcher.score(contexts[:warm], responses[:warm])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    scores = matcher.score(contexts, responses)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    scorers = {"reference": score_pairs_reference, "fast": score_pairs}
+
+    def run(name: str, n: int) -> tuple[float, np.ndarray]:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pairs = matcher.encode(contexts[:n], responses[:n])  # what MSNMatcher.score does, with either scorer
+        scores = scorers[name](matcher.model, pairs, args.batch_size, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, scores
+
+    for name in scorers:  # warm-up
+        run(name, min(len(contexts), 2 * args.batch_size))
+    runs: dict[str, list[float]] = {name: [] for name in scorers}
+    scores = {}
+    for _ in range(max(1, args.repeats)):
+        for name in scorers:
+            seconds, scores[name] = run(name, len(contexts))
+            runs[name].append(round(len(contexts) / seconds, 1))
+    median = {name: statistics.median(r) for name, r in runs.items()}
+    ref, fast = (scores[n].reshape(len(sets), k) for n in ("reference", "fast"))
+    same_ranking = bool((np.argsort(-ref, axis=1, kind="stable") == np.argsort(-fast, axis=1, kind="stable")).all())
     metrics = json.loads((art.path / "metrics.json").read_text())
     print(json.dumps({
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "deterministic": not args.no_deterministic,
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "batch_size": args.batch_size,
         "pairs": len(contexts),
-        "seconds": round(seconds, 3),
-        "pairs_per_s": round(len(contexts) / seconds, 1),
-        "mean_prob": round(float(np.mean(scores)), 4),
+        "candidates_per_context": k,
+        "pairs_per_s": {name: {"median": median[name], "runs": r} for name, r in runs.items()},
+        "speedup": round(median["fast"] / median["reference"], 2),
+        "max_abs_diff": float(np.abs(ref - fast).max()),
+        "same_ranking": same_ranking,
+        "mean_prob": round(float(np.mean(scores["fast"])), 4),
         "matcher_config": json.loads((art.path / "model.json").read_text())["config"],
         "valid_metrics": metrics["validation"],
         "validation_sets": metrics["validation_sets"],

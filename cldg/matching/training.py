@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cldg.matching.evaluation import evaluate_scores
-from cldg.matching.msn import MSN, pad_grouped, score_pairs
+from cldg.matching.msn import MSN, pad_grouped, score_pairs_reference
 
 Pair = tuple[list[list[int]], list[int]]  # (context turn ids, response ids), already truncated
 
@@ -103,7 +103,7 @@ def train_msn(model: MSN, train_pairs: Sequence[Pair], train_keys: Sequence[Any]
 
     def validate(m: MSN) -> dict[str, float]:
         metrics = evaluate_scores(
-            lambda c, r: score_pairs(m, list(zip(c, r)), cfg.score_batch_size, device),
+            lambda c, r: score_pairs_reference(m, list(zip(c, r)), cfg.score_batch_size, device),
             valid_ctx, valid_resp, valid_sets)
         return {"criterion": 1.0 - metrics["MRR"], **metrics}
 

@@ -37,8 +37,8 @@ from cldg.matching.msn.batching import pad_batch, pad_grouped, truncate_pair
 from cldg.matching.msn.io import find_tokenizer, load_msn, load_msn_matcher, save_msn
 from cldg.matching.msn.layers import NEG, AttentiveBlock, Bilinear, MaskedCNN, masked_mean, pairwise_cosine
 from cldg.matching.msn.model import MSN, MSNConfig
-from cldg.matching.msn.scoring import MSNMatcher, score_pairs
+from cldg.matching.msn.scoring import MSNMatcher, score_pairs, score_pairs_reference
 
 __all__ = ["NEG", "AttentiveBlock", "Bilinear", "MSN", "MSNConfig", "MSNMatcher", "MaskedCNN", "find_tokenizer",
            "load_msn", "load_msn_matcher", "masked_mean", "pad_batch", "pad_grouped", "pairwise_cosine", "save_msn",
-           "score_pairs", "truncate_pair"]
+           "score_pairs", "score_pairs_reference", "truncate_pair"]

@@ -23,9 +23,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
 
 def pairwise_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """[N, La, d] x [N, Lb, d] -> [N, La, Lb] cosine similarities (0 for zero vectors)."""
-    a = a / a.norm(dim=-1, keepdim=True).clamp(min=eps)
-    b = b / b.norm(dim=-1, keepdim=True).clamp(min=eps)
-    return a @ b.transpose(1, 2)
+    return unit(a, eps) @ unit(b, eps).transpose(1, 2)
+
+
+def unit(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x scaled to unit length along the last dim (a zero vector stays 0)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
 
 
 class Bilinear(nn.Module):
