@@ -1,15 +1,25 @@
-"""Decoding throughput (batched vs one context at a time) and metric time; prints JSON.
+"""Decoding throughput: batched against one context at a time, and the vectorised decoder against the
+step-by-step reference it replaced, measured in the same run (interleaved rounds); metric time. Prints JSON.
 
-    .venv/bin/python bench/bench_decoding.py [--device cpu|cuda] [--batch-size 64] [--metric-responses 10000]
+    .venv/bin/python bench/bench_decoding.py [--device cpu|cuda] [--batch-size 64] [--rounds 2] \
+        [--metric-responses 10000] [--skip-transformer]
 
-The model is a paper-size seq2seq (2-layer LSTM 256, attention) with a 20k vocabulary and random
-weights; its outputs are not meaningful, only the work per response is. Every response runs to
---max-len tokens (EOS is banned), so batched and single decoding do the same number of steps.
+The seq2seq is paper-size (2-layer LSTM 256, attention) with a 20k vocabulary and random weights; its
+outputs are not meaningful, only the work per response is. Every response runs to --max-len tokens
+(EOS is banned), so batched and single decoding do the same number of steps. Variants, each timed on
+its own contexts in every round, so that a load change on a shared machine hits all of them alike:
+- `one_at_a_time`: the vectorised decoder (cldg.decoding.search) on batches of 1;
+- `one_at_a_time_reference`: the step-by-step reference (cldg.decoding.reference) on batches of 1;
+- `batched`: the vectorised decoder on --batch-size contexts; `batched_reference`: the reference, same.
+The transformer (paper size: 6 blocks, 512, 8 heads; vocabulary 20k) compares its key/value cache with
+re-running the decoder over the prefix at every step (the reference), both batched with the vectorised
+beam. `same_tokens` checks that the fast and the reference variants returned the same responses.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -18,6 +28,7 @@ import numpy as np
 import torch
 
 from cldg.data.batching import Limits, collate_ids
+from cldg.decoding.reference import generate_reference
 from cldg.decoding.search import DecodeConfig, generate
 from cldg.models import build_model
 from cldg.text.tokenizer import SEP
@@ -34,36 +45,102 @@ def random_contexts(n: int, vocab: int, rng: random.Random):
     return out
 
 
-def responses_per_second(model, contexts, cfg, batch_size, device) -> float:
+def timed(fn, model, contexts, cfg, batch_size, device) -> tuple[float, list]:
+    """Seconds to decode `contexts` in batches of `batch_size`, and the responses."""
     limits = Limits()
+    out = []
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for start in range(0, len(contexts), batch_size):
         batch = collate_ids(contexts[start:start + batch_size], None, limits).to(device)
-        generate(model, batch, cfg, torch.Generator().manual_seed(0))
+        out += fn(model, batch, cfg, torch.Generator().manual_seed(0))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return len(contexts) / (time.perf_counter() - t0)
+    return time.perf_counter() - t0, out
 
 
-def bench_decoding(args, device) -> dict:
+def interleaved(variants: dict, rounds: int) -> dict:
+    """variants: name -> (fn, model, contexts per round, cfg, batch size, device). Each round times every
+    variant once on fresh contexts; returns name -> (responses/s over all rounds, responses)."""
+    seconds = {k: 0.0 for k in variants}
+    count = {k: 0 for k in variants}
+    outputs = {k: [] for k in variants}
+    for r in range(rounds):
+        for name, (fn, model, contexts, cfg, bs, device) in variants.items():
+            chunk = contexts[r]
+            s, out = timed(fn, model, chunk, cfg, bs, device)
+            seconds[name] += s
+            count[name] += len(chunk)
+            outputs[name] += out
+    return {k: (count[k] / seconds[k], outputs[k]) for k in variants}
+
+
+def bench_seq2seq(args, device) -> dict:
     torch.manual_seed(0)
     vocab = 20000
     model = build_model("seq2seq", vocab, embedding_dim=256, hidden_size=256, num_layers=2, dropout=0.0).to(device)
     model.eval()
     rng = random.Random(0)
-    batched_ctx = random_contexts(args.batched_contexts, vocab, rng)
-    single_ctx = batched_ctx[:args.single_contexts]
+    R = args.rounds
+    batched = [random_contexts(args.batch_size * args.batches_per_round, vocab, rng) for _ in range(R)]
+    single = [random_contexts(args.single_contexts, vocab, rng) for _ in range(R)]
     out = {}
     for name, cfg in (("greedy", DecodeConfig("greedy", max_len=args.max_len, min_len=args.max_len)),
                       ("beam5", DecodeConfig("beam", beam_size=5, max_len=args.max_len, min_len=args.max_len))):
-        responses_per_second(model, single_ctx[:2], cfg, 1, device)  # warm-up
-        single = responses_per_second(model, single_ctx, cfg, 1, device)
-        batched = responses_per_second(model, batched_ctx, cfg, args.batch_size, device)
-        out[name] = {"one_at_a_time_per_s": round(single, 2), f"batched_{args.batch_size}_per_s": round(batched, 2),
-                     "speedup": round(batched / single, 1)}
+        for fn in (generate, generate_reference):  # warm-up
+            timed(fn, model, single[0][:2], cfg, 1, device)
+        res = interleaved({
+            "one_at_a_time": (generate, model, single, cfg, 1, device),
+            "one_at_a_time_reference": (generate_reference, model, single, cfg, 1, device),
+            "batched": (generate, model, batched, cfg, args.batch_size, device),
+            "batched_reference": (generate_reference, model, batched, cfg, args.batch_size, device),
+        }, R)
+        rate = {k: v[0] for k, v in res.items()}
+        out[name] = {f"{k}_per_s": round(v, 2) for k, v in rate.items()} | {
+            "speedup_batched_vs_one_at_a_time": round(rate["batched"] / rate["one_at_a_time"], 2),
+            "speedup_batched_vs_reference_one_at_a_time": round(rate["batched"] / rate["one_at_a_time_reference"], 2),
+            "speedup_batched_vs_batched_reference": round(rate["batched"] / rate["batched_reference"], 2),
+            "same_tokens": res["batched"][1] == res["batched_reference"][1]
+            and res["one_at_a_time"][1] == res["one_at_a_time_reference"][1],
+        }
     return out
+
+
+def bench_transformer(args, device) -> dict:
+    torch.manual_seed(0)
+    vocab = 20000
+    model = build_model("transformer", vocab, dropout=0.0).to(device).eval()  # paper size (registry defaults)
+    rng = random.Random(1)
+    R = args.rounds
+    contexts = [random_contexts(args.transformer_batch, vocab, rng) for _ in range(R)]
+    single = [random_contexts(args.transformer_single, vocab, rng) for _ in range(R)]
+    cfg = DecodeConfig("beam", beam_size=5, max_len=args.max_len, min_len=args.max_len)
+
+    def cached(m, batch, c, g):
+        m.use_kv_cache = True
+        return generate(m, batch, c, g)
+
+    def uncached(m, batch, c, g):
+        m.use_kv_cache = False
+        try:
+            return generate(m, batch, c, g)
+        finally:
+            m.use_kv_cache = True
+
+    timed(cached, model, single[0][:1], cfg, 1, device)
+    timed(uncached, model, single[0][:1], cfg, 1, device)
+    res = interleaved({
+        "one_at_a_time_kv_cache": (cached, model, single, cfg, 1, device),
+        "batched_kv_cache": (cached, model, contexts, cfg, args.transformer_batch, device),
+        "batched_no_cache": (uncached, model, contexts, cfg, args.transformer_batch, device),
+    }, R)
+    rate = {k: v[0] for k, v in res.items()}
+    return {"model": "transformer 6 blocks, 512, 8 heads, ffn 2048, vocab 20000", "batch_size": args.transformer_batch,
+            "beam5": {f"{k}_per_s": round(v, 2) for k, v in rate.items()} | {
+                "speedup_kv_cache_vs_no_cache": round(rate["batched_kv_cache"] / rate["batched_no_cache"], 2),
+                "speedup_batched_vs_one_at_a_time": round(rate["batched_kv_cache"] / rate["one_at_a_time_kv_cache"], 2),
+                "same_tokens": res["batched_kv_cache"][1] == res["batched_no_cache"][1]}}
 
 
 def bench_metrics(n: int) -> dict:
@@ -99,19 +176,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--batched-contexts", type=int, default=256)
-    ap.add_argument("--single-contexts", type=int, default=24)
+    ap.add_argument("--batches-per-round", type=int, default=1)
+    ap.add_argument("--single-contexts", type=int, default=8, help="contexts decoded one at a time per round")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-len", type=int, default=20)
+    ap.add_argument("--transformer-batch", type=int, default=16)
+    ap.add_argument("--transformer-single", type=int, default=2)
+    ap.add_argument("--skip-transformer", action="store_true")
     ap.add_argument("--metric-responses", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
               "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-              "model": "seq2seq 2x256 LSTM + attention, vocab 20000", "max_len": args.max_len,
-              "decoding": bench_decoding(args, device), "metrics": bench_metrics(args.metric_responses)}
+              "load_avg_at_start": load0, "model": "seq2seq 2x256 LSTM + attention, vocab 20000",
+              "max_len": args.max_len, "batch_size": args.batch_size, "rounds": args.rounds,
+              "decoding": bench_seq2seq(args, device)}
+    if not args.skip_transformer:
+        result["transformer"] = bench_transformer(args, device)
+    result["metrics"] = bench_metrics(args.metric_responses)
+    result["load_avg_at_end"] = os.getloadavg()
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=2))
 
 

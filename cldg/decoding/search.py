@@ -32,44 +32,65 @@ class DecodeConfig:
     ban_unk: bool = True
 
 
-def _banned(hyp: list[int], ctx: list[int] | None, cfg: DecodeConfig) -> list[int]:
-    """Tokens that would complete a repeated n-gram (in the response, or one of the context's)."""
-    out = []
-    n = cfg.no_repeat_ngram
-    if n and len(hyp) >= n - 1:
-        prefix = tuple(hyp[len(hyp) - n + 1:]) if n > 1 else ()
-        for i in range(len(hyp) - n + 1):
-            if tuple(hyp[i:i + n - 1]) == prefix:
-                out.append(hyp[i + n - 1])
-    m = cfg.block_context_ngram
-    if m and ctx and len(hyp) >= m - 1:
-        prefix = tuple(hyp[len(hyp) - m + 1:]) if m > 1 else ()
-        for i in range(len(ctx) - m + 1):
-            if tuple(ctx[i:i + m - 1]) == prefix:
-                out.append(ctx[i + m - 1])
-    return out
+NEG_INF = float("-inf")
 
 
-def _constrain(logp: torch.Tensor, hyps: list[list[int]], ctxs: list[list[int]] | None, step: int,
+def _ngram_bans(hist: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, tokens) that would complete an n-gram already in the row's own tokens `hist` [R, t]."""
+    R, t = hist.shape
+    if t < max(n, 1):  # no complete n-gram yet
+        return hist.new_empty(0), hist.new_empty(0)
+    windows = hist.unfold(1, n, 1)  # [R, t - n + 1, n]
+    if n == 1:
+        match = torch.ones(windows.shape[:2], dtype=torch.bool, device=hist.device)
+    else:
+        match = (windows[:, :, :-1] == hist[:, t - n + 1:].unsqueeze(1)).all(-1)
+    rows, cols = match.nonzero(as_tuple=True)
+    return rows, windows[rows, cols, -1]
+
+
+def _context_bans(hist: torch.Tensor, ctx: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, tokens) that would complete one of the context's m-grams; ctx [R, L] is padded with -1."""
+    t = hist.size(1)
+    if t < m - 1 or ctx.size(1) < m:
+        return hist.new_empty(0), hist.new_empty(0)
+    windows = ctx.unfold(1, m, 1)  # [R, L - m + 1, m]
+    match = (windows >= 0).all(-1)
+    if m > 1:
+        match &= (windows[:, :, :-1] == hist[:, t - m + 1:].unsqueeze(1)).all(-1)
+    rows, cols = match.nonzero(as_tuple=True)
+    return rows, windows[rows, cols, -1]
+
+
+def _constrain(logp: torch.Tensor, hist: torch.Tensor, ctx: torch.Tensor | None, step: int,
                cfg: DecodeConfig) -> torch.Tensor:
-    logp[:, [PAD, BOS, SEP]] = float("-inf")  # never part of a response
+    """Ban tokens in place. hist [R, t]: each row's tokens so far; ctx [R, L]: its context, -1 padded."""
+    logp[:, [PAD, BOS, SEP]] = NEG_INF  # never part of a response
     if cfg.ban_unk:
-        logp[:, UNK] = float("-inf")
+        logp[:, UNK] = NEG_INF
     if step < cfg.min_len:
-        logp[:, EOS] = float("-inf")
-    if cfg.no_repeat_ngram or cfg.block_context_ngram:
-        for row, hyp in enumerate(hyps):
-            banned = _banned(hyp, ctxs[row] if ctxs else None, cfg)
-            if banned:
-                logp[row, banned] = float("-inf")
-    dead = torch.isinf(logp).all(-1)  # every token banned (tiny vocabulary, strict blocking): end here
+        logp[:, EOS] = NEG_INF
+    if cfg.no_repeat_ngram:
+        rows, toks = _ngram_bans(hist, cfg.no_repeat_ngram)
+        logp[rows, toks] = NEG_INF
+    if cfg.block_context_ngram and ctx is not None:
+        rows, toks = _context_bans(hist, ctx, cfg.block_context_ngram)
+        logp[rows, toks] = NEG_INF
+    dead = logp.amax(-1) == NEG_INF  # every token banned (tiny vocabulary, strict blocking): end here
     if dead.any():
         logp[dead, EOS] = 0.0
     return logp
 
 
-def _context_tokens(batch) -> list[list[int]]:
-    return [[t for t in row if t != PAD] for row in batch.context.tolist()]
+def _context_tensor(batch, repeat: int = 1) -> torch.Tensor:
+    """Each context's non-pad tokens, left-aligned and padded with -1 (never a token id), rows repeated."""
+    ctx = batch.context
+    real = ctx.ne(PAD)
+    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)  # real tokens first, in order
+    out = torch.where(real.gather(1, order), ctx.gather(1, order), torch.full_like(ctx, -1))
+    width = int(real.sum(1).max()) if ctx.numel() else 0
+    out = out[:, :width]
+    return out.repeat_interleave(repeat, 0) if repeat > 1 else out
 
 
 def _sample(logp: torch.Tensor, cfg: DecodeConfig, gen: torch.Generator | None,
@@ -105,6 +126,9 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
     Sampling (topk, nucleus) draws from `generator`, or, given `row_seeds` (one per context), from a
     generator per context: then a context's response is the same in any batch (evaluate uses this,
     keyed by pair id, so its output does not depend on --batch-size).
+
+    The bookkeeping is tensor operations (no Python loop over rows); `cldg.decoding.reference` is the
+    step-by-step specification it matches token for token.
     """
     if cfg.method not in METHODS:
         raise ValueError(f"unknown decoding method {cfg.method!r}")
@@ -113,11 +137,12 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
         return _beam(model, batch, cfg)
     B = batch.size
     device = batch.context.device
-    ctxs = _context_tokens(batch) if cfg.block_context_ngram else None
+    ctx = _context_tensor(batch) if cfg.block_context_ngram else None
     state = model.init_decoding(batch)
     prev = torch.full((B,), BOS, dtype=torch.long, device=device)
-    hyps: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
+    # every row's tokens, also past its EOS (bans on a finished row change nothing that is returned)
+    hist = torch.empty(B, 0, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     row_gens = None
     if row_seeds is not None:
         if len(row_seeds) != B:
@@ -125,18 +150,17 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
         row_gens = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
-        logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
+        logp = _constrain(torch.log_softmax(logits.float(), -1), hist, ctx, step, cfg)
         nxt = logp.argmax(-1) if cfg.method == "greedy" else _sample(logp, cfg, generator, row_gens)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                if t == EOS:
-                    done[i] = True
-                else:
-                    hyps[i].append(t)
-        if all(done):
+        hist = torch.cat([hist, nxt.unsqueeze(1)], 1)
+        done |= nxt == EOS
+        if bool(done.all()):
             break
         prev = nxt
-    return hyps
+    # a response is the tokens before its first EOS
+    is_eos = hist == EOS
+    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(done, hist.size(1), dtype=torch.long))
+    return [row[:n] for row, n in zip(hist.tolist(), lengths.tolist())]
 
 
 def _length_normalised(score: float, length: int, alpha: float) -> float:
@@ -145,12 +169,17 @@ def _length_normalised(score: float, length: int, alpha: float) -> float:
 
 
 def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
-    """Batched beam search (fairseq-style bookkeeping).
+    """Batched beam search (fairseq-style bookkeeping), vectorised over batch x beam.
 
-    Each step ranks the K * V continuations of an item's K live hypotheses and looks at the best 2K:
-    an EOS among the first K ranks finishes that hypothesis (its length counts the EOS); the best K
-    non-EOS continuations stay alive. An item stops once it has K finished hypotheses; after
-    `max_len` tokens the live ones are finished as they are (greedy does the same), so beam 1 is greedy.
+    Each step ranks the K * V continuations of an item's K live hypotheses (one top-k over beam x
+    vocabulary) and looks at the best 2K: an EOS among the first K ranks finishes that hypothesis (its
+    length counts the EOS; at most K finished per item); the best K non-EOS continuations stay alive.
+    An item stops once it has K finished hypotheses; after `max_len` tokens the live ones are finished
+    as they are (greedy does the same), so beam 1 is greedy.
+
+    The state entries a model lists in `beam_static_keys` (the encoded context: the same for all K
+    rows of an item) are expanded once and never reordered, since hypotheses only move inside their
+    item's block of K rows.
     """
     B, K = batch.size, cfg.beam_size
     if K < 1:
@@ -158,55 +187,64 @@ def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
     device = batch.context.device
     state = model.init_decoding(batch)
     state = model.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))
-    ctxs = None
-    if cfg.block_context_ngram:
-        ctxs = [c for c in _context_tokens(batch) for _ in range(K)]
-    scores = torch.full((B, K), float("-inf"), device=device)
+    static_keys = set(getattr(model, "beam_static_keys", ()))
+    ctx = _context_tensor(batch, K) if cfg.block_context_ngram else None
+    scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all K rows start identical: only the first may expand at step 0
-    hyps: list[list[int]] = [[] for _ in range(B * K)]
+    hist = torch.empty(B * K, 0, dtype=torch.long, device=device)  # each row's tokens so far
+    n_finished = torch.zeros(B, dtype=torch.long, device=device)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     prev = torch.full((B * K,), BOS, dtype=torch.long, device=device)
+    base = torch.arange(B, device=device).unsqueeze(1) * K  # first row of each item
+    identity = torch.arange(B * K, device=device)
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
         V = logits.size(-1)
-        logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
+        logp = _constrain(torch.log_softmax(logits.float(), -1), hist, ctx, step, cfg)
         cand = (scores.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)
         top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # 2K: K live ones even if K end here
-        ts, ti = top_scores.tolist(), top_idx.tolist()
-        new_scores = torch.full((B, K), float("-inf"), device=device)
-        new_rows_list = list(range(B * K))  # rows of finished items stay as placeholders
-        new_tokens = torch.full((B * K,), EOS, dtype=torch.long)
-        new_hyps: list[list[int]] = [[] for _ in range(B * K)]
-        for b in range(B):
-            if len(finished[b]) >= K:  # this item has its K finished hypotheses: no more expansion
-                continue
-            filled = 0
-            for rank, (s, flat) in enumerate(zip(ts[b], ti[b])):
-                if s == float("-inf") or filled == K:
-                    break
-                row, tok = b * K + flat // V, flat % V
-                if tok == EOS:
-                    if rank < K and len(finished[b]) < K:
-                        finished[b].append((_length_normalised(s, len(hyps[row]) + 1, cfg.length_penalty), hyps[row]))
-                    continue
-                dst = b * K + filled
-                new_scores[b, filled] = s
-                new_rows_list[dst] = row
-                new_tokens[dst] = tok
-                new_hyps[dst] = hyps[row] + [tok]
-                filled += 1
-        scores, hyps = new_scores, new_hyps
-        prev = new_tokens.to(device)
-        state = model.reorder_state(state, torch.tensor(new_rows_list, device=device))
-        if all(len(f) >= K for f in finished) or torch.isinf(scores).all():
+        rank = torch.arange(top_idx.size(1), device=device)
+        active = (n_finished < K).unsqueeze(1)  # an item with K finished hypotheses expands no more
+        finite = top_scores != NEG_INF  # sorted: the finite ones come first
+        tok = top_idx % V
+        src = base + top_idx // V  # the row each candidate extends
+        is_eos = tok == EOS
+        # an EOS among the first K ranks finishes its hypothesis, while the item has room
+        eos_ok = active & finite & is_eos & (rank < K)
+        finish = eos_ok & (n_finished.unsqueeze(1) + eos_ok.long().cumsum(1) <= K)
+        # the first K non-EOS continuations stay alive, in rank order
+        live = active & finite & ~is_eos
+        slot = live.long().cumsum(1) - 1
+        keep = live & (slot < K)
+        if bool(finish.any()):
+            fb, fr = finish.nonzero(as_tuple=True)
+            rows = src[fb, fr]
+            for b, s, toks in zip(fb.tolist(), top_scores[fb, fr].tolist(), hist[rows].tolist()):
+                finished[b].append((_length_normalised(s, len(toks) + 1, cfg.length_penalty), toks))
+            n_finished += finish.long().sum(1)
+        kb, kr = keep.nonzero(as_tuple=True)
+        dst = kb * K + slot[kb, kr]
+        new_scores = torch.full((B * K,), NEG_INF, device=device)
+        new_scores[dst] = top_scores[kb, kr]
+        new_src = identity.clone()  # rows of finished items (and unfilled slots) stay as placeholders
+        new_src[dst] = src[kb, kr]
+        new_tok = torch.full((B * K,), EOS, dtype=torch.long, device=device)
+        new_tok[dst] = tok[kb, kr]
+        scores = new_scores.view(B, K)
+        hist = torch.cat([hist[new_src], new_tok.unsqueeze(1)], 1)
+        prev = new_tok
+        moving = {k: v for k, v in state.items() if k not in static_keys}
+        state = {**state, **model.reorder_state(moving, new_src)}
+        if bool((n_finished >= K).all()) or bool(torch.isinf(scores).all()):
             break
     out = []
+    live_scores, live_hyps = scores.tolist(), hist.tolist()
     for b in range(B):
         pool = list(finished[b])
         if len(pool) < K:  # ran out of length: the live hypotheses compete as they are
             for j in range(K):
-                s = float(scores[b, j])
-                if s != float("-inf"):
-                    pool.append((_length_normalised(s, len(hyps[b * K + j]), cfg.length_penalty), hyps[b * K + j]))
+                s = live_scores[b][j]
+                if s != NEG_INF:
+                    pool.append((_length_normalised(s, len(live_hyps[b * K + j]), cfg.length_penalty), live_hyps[b * K + j]))
         out.append(max(pool, key=lambda x: x[0])[1] if pool else [])
     return out

@@ -55,6 +55,9 @@ class DialogueModel(nn.Module, metaclass=abc.ABCMeta):
         return out
 
     layer_first_keys: tuple[str, ...] = ("hidden",)
+    # State entries that depend on the context only (the encoded context): the same for every
+    # hypothesis of a context, so beam search expands them once and never reorders them.
+    beam_static_keys: tuple[str, ...] = ()
 
     def init_embeddings(self, vectors: np.ndarray, has_vector: np.ndarray, seed: int = 0) -> int:
         """Copy pretrained word vectors into the embedding (a seeded random projection when the

@@ -31,6 +31,7 @@ class HRANConfig:
 class HRAN(DialogueModel):
     config_class = HRANConfig
     layer_first_keys = ("hidden",)
+    beam_static_keys = ("words", "word_pad")
 
     def __init__(self, vocab_size: int, config: HRANConfig):
         super().__init__(vocab_size, config)

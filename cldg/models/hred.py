@@ -65,6 +65,7 @@ class TurnEncoder(nn.Module):
 class HRED(DialogueModel):
     config_class = HREDConfig
     layer_first_keys = ("hidden",)
+    beam_static_keys = ("context",)
 
     def __init__(self, vocab_size: int, config: HREDConfig):
         super().__init__(vocab_size, config)

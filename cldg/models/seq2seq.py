@@ -29,6 +29,7 @@ class Seq2SeqConfig:
 class Seq2Seq(DialogueModel):
     config_class = Seq2SeqConfig
     layer_first_keys = ("hidden",)
+    beam_static_keys = ("memory", "pad_mask")
 
     def __init__(self, vocab_size: int, config: Seq2SeqConfig):
         super().__init__(vocab_size, config)
