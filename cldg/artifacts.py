@@ -42,25 +42,13 @@ from typing import Any
 
 from cldg import __version__
 from cldg.errors import ArtifactLockedError, CldgError, CorruptArtifactError, DiskFullError, MissingArtifactError
+from cldg.stages import maker as stage_maker
 
 MANIFEST = "manifest.json"
 VERIFIED_CACHE = ".verified.json"
 # A cache entry is trusted only when the file's mtime is this much older than the check: a write in the
 # same timestamp tick as the check (coarse clocks, 2 s on some filesystems) would otherwise go unseen.
 RACY_NS = 2_000_000_000
-
-# The command that makes each stage's artifact, for error messages.
-MAKER = {
-    "prepare": "cldg prepare",
-    "index": "cldg index",
-    "matcher": "cldg train-matcher",
-    "samples": "cldg mine-samples",
-    "reference": "cldg pretrain",
-    "refcache": "cldg contrastive-train",
-    "contrastive": "cldg contrastive-train",
-    "eval": "cldg evaluate",
-}
-
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -142,7 +130,7 @@ def artifact_problems(path: Path, manifest: dict[str, Any], full: bool = False, 
     if not isinstance(files, dict):
         return [f"{path / MANIFEST}: 'files' is not a table of files - rebuild the artifact"]
     stage = str(manifest.get("stage", "?"))
-    maker = MAKER.get(stage, f"cldg {stage}")
+    maker = stage_maker(stage)
     use_cache = use_cache and path.parent.name == stage and path.name == manifest.get("fingerprint")
     cache = VerifiedCache(path.parent.parent) if use_cache else None
     entries = cache.load() if cache is not None and not full else {}
@@ -526,7 +514,7 @@ class ArtifactStore:
         A missing, incompatible or corrupt artifact is one clear line naming it (or the file) and the
         command that makes it.
         """
-        maker = MAKER.get(stage, f"cldg {stage}")
+        maker = stage_maker(stage)
         if explicit is not None:
             art = Artifact.load(Path(explicit), verify=False)
             where = f"{option or '--' + stage} {explicit}"

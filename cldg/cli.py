@@ -20,6 +20,7 @@ from cldg import __version__
 from cldg.config import CommonOptions, config_from_table, load_toml
 from cldg.errors import CldgError
 from cldg.progress import console
+from cldg.stages import STAGES as STAGE_REGISTRY
 
 app = typer.Typer(
     name="cldg",
@@ -30,16 +31,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-# (subcommand, module under cldg.stages, TOML table). Order = pipeline order.
-STAGES: list[tuple[str, str, str]] = [
-    ("prepare", "prepare", "prepare"),
-    ("index", "index", "index"),
-    ("train-matcher", "train_matcher", "train_matcher"),
-    ("mine-samples", "mine", "mine_samples"),
-    ("pretrain", "pretrain", "pretrain"),
-    ("contrastive-train", "contrastive", "contrastive_train"),
-    ("evaluate", "evaluate", "evaluate"),
-]
 
 
 def _die(message: str, code: int) -> typing.NoReturn:
@@ -176,6 +167,8 @@ def add_stage_command(name: str, module_name: str, table: str) -> None:
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory that holds every artifact.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 
+# (subcommand, module under cldg.stages, TOML table) in pipeline order: a view of the stage registry
+STAGES: list[tuple[str, str, str]] = [(s.command, s.module, s.table) for s in STAGE_REGISTRY]
 for _name, _module, _table in STAGES:
     add_stage_command(_name, _module, _table)
 
@@ -243,7 +236,7 @@ def inspect_samples_command(
         seed: Annotated[int, typer.Option(help="Which pairs (random, seeded).")] = 0,
         as_json: JsonOpt = False) -> None:
     """Show a few mined pairs with their positive and negative groups and scores."""
-    from cldg.stages.mine import inspect_samples
+    from cldg.tools.inspect_samples import inspect_samples
 
     guarded(lambda: inspect_samples(workdir, samples, n, seed, as_json))
 
@@ -255,7 +248,7 @@ def compare_command(
         out: Annotated[Optional[Path], typer.Option(help="Write comparison.json, comparison.md and comparison.png here.")] = None,
         as_json: JsonOpt = False) -> None:
     """Put several evaluate runs side by side, best per metric marked, with bootstrap confidence intervals."""
-    from cldg.stages.compare import compare_runs
+    from cldg.tools.compare import compare_runs
 
     def go():
         result = compare_runs(runs, workdir, out, as_json)
@@ -279,7 +272,7 @@ def human_eval_export(
         n: Annotated[int, typer.Option("-n", "--n", help="How many test contexts.")] = 100,
         seed: Annotated[int, typer.Option(help="Sampling and order seed.")] = 13) -> None:
     """Write blind A/B sheets (CSV) for N random test contexts; the order key is stored apart."""
-    from cldg.stages.human_eval import export_sheets
+    from cldg.tools.human_eval import export_sheets
 
     guarded(lambda: export_sheets(run_a, run_b, n, out, seed))
 
@@ -290,7 +283,7 @@ def human_eval_score(
         key: Annotated[Path, typer.Option(help="The key file written by export.")],
         as_json: JsonOpt = False) -> None:
     """Score filled sheets: win / loss / tie per annotator and overall, and Cohen's kappa."""
-    from cldg.stages.human_eval import score_sheets
+    from cldg.tools.human_eval import score_sheets
 
     def go():
         result = score_sheets(sheets, key, as_json)

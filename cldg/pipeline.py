@@ -35,17 +35,10 @@ from cldg.artifacts import Artifact
 from cldg.config import CommonOptions, config_from_table, load_toml
 from cldg.errors import CldgError
 from cldg.progress import console, make_progress
+from cldg.stages import STAGES
 
-# (TOML table, stage module, label)
-PIPELINE: list[tuple[str, str, str]] = [
-    ("prepare", "prepare", "prepare"),
-    ("index", "index", "index"),
-    ("train_matcher", "train_matcher", "train-matcher"),
-    ("mine_samples", "mine", "mine-samples"),
-    ("pretrain", "pretrain", "pretrain"),
-    ("contrastive_train", "contrastive", "contrastive-train"),
-    ("evaluate", "evaluate", "evaluate"),
-]
+# (TOML table, stage module, label), in pipeline order, from the one stage registry
+PIPELINE: list[tuple[str, str, str]] = [(s.table, s.module, s.command) for s in STAGES]
 KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run", "ablate"}
 RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages"}
 ABLATE_KEYS = {"ks", "variants"}
@@ -228,7 +221,7 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
             run_steps(seed_steps, seed_common, dict(built))
             evals = [r.artifact for r in results[first:] if r.artifact.stage == "eval"]
             if len(evals) >= 2:
-                from cldg.stages.compare import compare_runs
+                from cldg.tools.compare import compare_runs
 
                 out = common.workdir / "compare" / (f"seed-{seed}" if several else "")
                 comparisons[seed] = compare_runs([a.path for a in evals], common.workdir, out_dir=out,

@@ -25,6 +25,7 @@ from rich.table import Table
 from cldg.artifacts import MANIFEST, VerifiedCache, _stat_key, artifact_problems, flock_held
 from cldg.errors import CldgError, CorruptArtifactError
 from cldg.progress import console
+from cldg.stages import ARTIFACT_ORDER
 
 
 def _partial_state(path: Path, fp: str) -> str:
@@ -78,7 +79,7 @@ def _check_complete(path: Path, manifest: dict, verify: bool, entries: dict) -> 
     return ("verified" if files and trusted == len(files) else "complete"), []
 
 
-STAGE_ORDER = ["prepare", "index", "matcher", "samples", "reference", "refcache", "contrastive", "eval"]
+STAGE_ORDER = ARTIFACT_ORDER
 
 
 def collect_status(workdir: Path, verify: bool = False) -> list[dict]:

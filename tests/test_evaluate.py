@@ -132,7 +132,7 @@ def test_evaluate_json_cli(greedy_run, model_workdir):
 
 
 def test_compare_runs(greedy_run, beam_run, model_workdir, tmp_path):
-    from cldg.stages.compare import compare_runs
+    from cldg.tools.compare import compare_runs
 
     out = tmp_path / "cmp"
     result = compare_runs([greedy_run.path, beam_run.path], model_workdir[0], out, as_json=False)
@@ -158,7 +158,7 @@ def test_compare_runs(greedy_run, beam_run, model_workdir, tmp_path):
 
 
 def test_compare_bad_input(greedy_run, model_workdir, tmp_path):
-    from cldg.stages.compare import compare_runs
+    from cldg.tools.compare import compare_runs
 
     workdir, reference, _ = model_workdir
     with pytest.raises(CldgError, match="not an evaluate run"):
@@ -184,7 +184,7 @@ def fill(sheet, dest, key, choose):
 
 def test_human_eval_export_and_score(greedy_run, beam_run, tmp_path):
     from cldg.metrics.stats import cohens_kappa
-    from cldg.stages.human_eval import export_sheets, score_sheets
+    from cldg.tools.human_eval import export_sheets, score_sheets
 
     out = export_sheets(greedy_run.path, beam_run.path, 6, tmp_path / "he", seed=3)
     rows = list(csv.DictReader(open(out["sheet"], encoding="utf-8")))
@@ -215,7 +215,7 @@ def test_human_eval_export_and_score(greedy_run, beam_run, tmp_path):
 
 
 def test_human_eval_malformed_sheets(greedy_run, beam_run, tmp_path):
-    from cldg.stages.human_eval import export_sheets, score_sheets
+    from cldg.tools.human_eval import export_sheets, score_sheets
 
     out = export_sheets(greedy_run.path, beam_run.path, 4, tmp_path / "he", seed=1)
     key = json.loads(open(out["key"]).read())

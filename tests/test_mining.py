@@ -247,7 +247,7 @@ def test_bad_options_and_missing_matcher_are_one_line_errors(mining_env):
 
 
 def test_inspect_samples_shows_groups_with_texts_and_scores(mining_env, full_run, capsys):
-    from cldg.stages.mine import inspect_samples
+    from cldg.tools.inspect_samples import inspect_samples
 
     art, _ = full_run
     _, _, _, train, _ = mining_env

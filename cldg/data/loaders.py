@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from cldg.choices import CORPUS_FORMATS as FORMATS
 from cldg.errors import CldgError
 
-FORMATS = ("auto", "chitchat", "jsonl", "json", "parquet", "personachat", "dailydialog", "opensubtitles", "douban")
 _WS = re.compile(r"\s+")
 
 

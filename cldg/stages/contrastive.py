@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
+from cldg.choices import LOSS_VARIANTS
 from cldg.config import CommonOptions, fingerprint_config, option
 
 SCHEMA = 1
 PREPARE_SCHEMA = 1
 SAMPLES_SCHEMA = 1
 REFERENCE_SCHEMA = 1
-# training.losses.LOSS_VARIANTS, written out so that `cldg --help` does not import torch (a test keeps them equal)
-LOSS_VARIANTS = ("eq4", "eq3", "eq2", "soft")
 
 
 @dataclass

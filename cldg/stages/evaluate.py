@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
+from cldg.choices import DECODING_METHODS as METHODS, EVAL_SPLITS, INPUT_FORMATS
 from cldg.config import CommonOptions, fingerprint_config, option
 from cldg.errors import CldgError
 from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
 SCHEMA = 1
 JSON_OUTPUT = "metrics.json"
-METHODS = ("greedy", "beam", "topk", "nucleus")  # = cldg.decoding.search.METHODS (not imported: it loads torch)
-INPUT_FORMATS = ("auto", "jsonl", "json", "parquet", "personachat", "dailydialog", "opensubtitles", "douban")
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Config:
     min_len: int = option(1, "Shortest response, in tokens.")
     no_repeat_ngram: int = option(0, "Block repeated n-grams inside the response (0 = off).")
     block_context_ngram: int = option(0, "Block n-grams copied from the context (0 = off).")
-    split: str = option("test", "Split to evaluate.", choices=("test", "valid"))
+    split: str = option("test", "Split to evaluate.", choices=EVAL_SPLITS)
     input: Path | None = option(None, "Score on this corpus file instead of a split (any format `prepare` reads; "
                                 "every pair of it is a test pair; tokenized with the model's own tokenizer).")
     input_format: str = option("auto", "Format of --input.", choices=INPUT_FORMATS)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
+from cldg.choices import INDEX_LANGUAGES
 from cldg.config import CommonOptions, fingerprint_config, option
 
 SCHEMA = 1
@@ -18,7 +19,7 @@ PREPARE_SCHEMA = 1
 class Config:
     prepare_dir: Path | None = option(None, "Prepare artifact (default: latest).", fingerprint=False)
     language: str = option("auto", "Analyzer: en (stemming, stopwords), pretokenized (whitespace), or auto "
-                           "(pretokenized when prepare was).", choices=("auto", "en", "pretokenized"))
+                           "(pretokenized when prepare was).", choices=INDEX_LANGUAGES)
     k1: float = option(0.9, "BM25 k1 (used when searching this index).")
     b: float = option(0.4, "BM25 b (used when searching this index).")
     threads: int = option(2, "Indexing threads.", fingerprint=False)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
+from cldg.choices import MODELS as MODEL_CHOICES, TRANSFORMER_POSITIONS
 from cldg.config import CommonOptions, fingerprint_config, option
 
 SCHEMA = 1
 PREPARE_SCHEMA = 1
-MODEL_CHOICES = ("seq2seq", "hred", "hran", "transformer")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Config:
     num_layers: int = option(0, "Layers (0: 2 for RNNs, 6 for the transformer).")
     num_heads: int = option(8, "Transformer attention heads.")
     ffn_dim: int = option(0, "Transformer feed-forward size (0: 4 x embedding).")
-    positions: str = option("sinusoidal", "Transformer positions.", choices=("sinusoidal", "learned"))
+    positions: str = option("sinusoidal", "Transformer positions.", choices=TRANSFORMER_POSITIONS)
     dropout: float = option(0.1, "Dropout.")
     lr: float = option(1e-3, "Adam learning rate.")
     batch_size: int = option(128, "Pairs per batch.")

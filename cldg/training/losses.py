@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cldg.choices import LOSS_VARIANTS  # one list, shared with the CLI
+
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
     """log p(target_t | ...) for every position, 0 at padding. logits [B, T, V], targets [B, T] -> [B, T]."""
@@ -35,7 +37,6 @@ def nll_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> tuple[
 # d_pos, s_pos, pos_mask [G, P] (slot 0 is the pair itself, s+ = 1) and d_neg, s_neg, neg_mask [G, N].
 # Missing samples are masked out; each group averages over the samples it has.
 
-LOSS_VARIANTS = ("eq4", "eq3", "eq2", "soft")
 S_POS_FLOOR = 1e-6  # log s+ stays finite when a matcher gives a positive a probability of ~0
 
 

@@ -1,0 +1,21 @@
+"""Every list of named choices, in one torch-free module: the CLI builds its options from these (so that
+`cldg --help` loads no torch) and the library checks its arguments against the same tuples."""
+from __future__ import annotations
+
+# dialogue models (cldg.models.build_model)
+MODELS = ("seq2seq", "hred", "hran", "transformer")
+TRANSFORMER_POSITIONS = ("sinusoidal", "learned")
+# the contrastive loss's forms (cldg.training.losses.contrastive_loss; Eq. 4, 3 and 2 of the paper, and the
+# released code's soft form)
+LOSS_VARIANTS = ("eq4", "eq3", "eq2", "soft")
+# decoding methods (cldg.decoding.search)
+DECODING_METHODS = ("greedy", "beam", "topk", "nucleus")
+# corpus readers (cldg.data.loaders); evaluate --input takes any of them but the built-in chitchat corpus
+CORPUS_FORMATS = ("auto", "chitchat", "jsonl", "json", "parquet", "personachat", "dailydialog", "opensubtitles",
+                  "douban")
+INPUT_FORMATS = tuple(f for f in CORPUS_FORMATS if f != "chitchat")
+# what ranks mined candidates (cldg.matching)
+MATCHERS = ("msn", "bm25")
+# Lucene analysis of the BM25 indexes
+INDEX_LANGUAGES = ("auto", "en", "pretokenized")
+EVAL_SPLITS = ("test", "valid")

@@ -1,0 +1,1 @@
+"""Commands that read artifacts but make none (compare, human-eval, inspect-samples): not stages."""

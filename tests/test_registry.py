@@ -1,0 +1,74 @@
+"""One stage registry, one module of choice lists, and the import rules between the layers."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import cldg
+
+PACKAGE = Path(cldg.__file__).parent
+LIBRARY = ("data", "text", "models", "training", "matching", "retrieval", "decoding", "metrics")
+
+
+def test_cli_run_and_store_read_the_one_stage_registry():
+    from typer.main import get_command
+
+    from cldg import pipeline, status
+    from cldg.cli import app
+    from cldg.stages import STAGES, maker
+
+    commands = set(get_command(app).commands)
+    assert {s.command for s in STAGES} <= commands
+    assert [t for t, _, _ in pipeline.PIPELINE] == [s.table for s in STAGES]
+    assert status.STAGE_ORDER[:2] == ["prepare", "index"] and "refcache" in status.STAGE_ORDER
+    assert maker("reference") == "cldg pretrain" and maker("refcache") == "cldg contrastive-train"
+    for s in STAGES:  # every registered module is a stage: a Config and a run
+        module = __import__(f"cldg.stages.{s.module}", fromlist=["Config", "run"])
+        assert hasattr(module, "Config") and callable(module.run), s
+
+
+def test_tools_are_not_stages():
+    stage_files = {p.stem for p in (PACKAGE / "stages").glob("*.py")} - {"__init__"}
+    from cldg.stages import STAGES
+
+    assert stage_files == {s.module for s in STAGES}
+    assert {"compare", "human_eval", "inspect_samples"} <= {p.stem for p in (PACKAGE / "tools").glob("*.py")}
+
+
+def test_choices_are_torch_free_and_shared_with_the_library():
+    code = "import sys, cldg.choices; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    from cldg import choices
+    from cldg.data.loaders import FORMATS
+    from cldg.stages import contrastive, evaluate, pretrain
+    from cldg.training.losses import LOSS_VARIANTS
+
+    assert LOSS_VARIANTS is choices.LOSS_VARIANTS is contrastive.LOSS_VARIANTS
+    assert FORMATS is choices.CORPUS_FORMATS and evaluate.INPUT_FORMATS is choices.INPUT_FORMATS
+    assert pretrain.MODEL_CHOICES is choices.MODELS
+    from cldg import models
+
+    models._load_all()
+    assert set(models.MODELS) == set(choices.MODELS)  # every listed model is registered, and only those
+
+
+def _cldg_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n == "cldg" or n.startswith("cldg.")}
+
+
+def test_the_library_imports_neither_stages_tools_nor_the_cli():
+    offenders = []
+    for sub in LIBRARY:
+        for path in (PACKAGE / sub).rglob("*.py"):
+            for name in _cldg_imports(path):
+                if name.startswith(("cldg.stages", "cldg.tools", "cldg.cli", "cldg.pipeline")):
+                    offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert offenders == []
