@@ -48,6 +48,9 @@ def test_choices_are_torch_free_and_shared_with_the_library():
     assert LOSS_VARIANTS is choices.LOSS_VARIANTS is contrastive.LOSS_VARIANTS
     assert FORMATS is choices.CORPUS_FORMATS and evaluate.INPUT_FORMATS is choices.INPUT_FORMATS
     assert pretrain.MODEL_CHOICES is choices.MODELS
+    from cldg.decoding.search import METHODS
+
+    assert METHODS is choices.DECODING_METHODS
     from cldg import models
 
     models._load_all()

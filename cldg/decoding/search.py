@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from cldg.choices import DECODING_METHODS
 from cldg.text.tokenizer import BOS, EOS, PAD, SEP, UNK
 
-METHODS = ("greedy", "beam", "topk", "nucleus")
+METHODS = DECODING_METHODS  # one list, shared with the CLI
 
 
 @dataclass
