@@ -31,9 +31,8 @@ Pair = tuple[list[list[int]], list[int]]  # (context turn ids, response ids), al
 class MSNMatcher:
     """`cldg.matching.base.Matcher` backed by an MSN: probabilities sigmoid(logit) in [0, 1].
 
-    Fast inference: utterances are encoded once per call (contexts repeat across candidates), pairs
-    are sorted by length so each batch carries little padding, batches are trimmed to their longest
-    row, and scoring runs under `torch.inference_mode` (bf16 autocast on CUDA).
+    Scores with `score_pairs` (the fast path, module doc) under `torch.inference_mode` (bf16 autocast
+    on CUDA); `batch_size` sizes its batches.
     """
 
     name = "msn"
@@ -69,23 +68,16 @@ def score_pairs(model: MSN, pairs: Sequence[Pair], batch_size: int, device: Any,
     batches (contexts, responses) and, times 4, of the (turn, response) CNN batches.
     """
     device = torch.device(device)
-    out = np.zeros(len(pairs), dtype=np.float32)
-    slot: dict[tuple, int] = {}
-    where = np.empty(len(pairs), dtype=np.int64)
-    unique: list[tuple] = []
-    for i, (c, r) in enumerate(pairs):
-        key = (tuple(map(tuple, c)), tuple(r))
-        where[i] = slot.setdefault(key, len(slot))
-        if where[i] == len(unique):
-            unique.append(key)
+    slot: dict[tuple, int] = {}  # distinct pairs, in order of first appearance
+    where = np.array([slot.setdefault((tuple(map(tuple, c)), tuple(r)), len(slot)) for c, r in pairs], dtype=np.int64)
+    unique = list(slot)
     probs = np.zeros(len(unique), dtype=np.float32)
     with _inference(model, device) as autocast:
         for lo in range(0, len(unique), block_pairs):
             with autocast:
                 logits = _score_block(model, unique[lo:lo + block_pairs], max(1, batch_size), device)
             probs[lo:lo + len(logits)] = torch.sigmoid(logits.float()).cpu().numpy()
-    out[:] = probs[where]
-    return out
+    return probs[where]
 
 
 def score_pairs_reference(model: MSN, pairs: Sequence[Pair], batch_size: int, device: Any) -> np.ndarray:
