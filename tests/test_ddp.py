@@ -32,7 +32,7 @@ def _spawn_two(worker, *args) -> None:
 def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
     _join_as(rank, port)
     from safetensors.torch import save_file
-    from test_models import PAD, batch_of, model_names, random_pairs, tiny
+    from test_models import PAD, FunctionRecipe, batch_of, model_names, random_pairs, tiny
 
     from cldg.config import CommonOptions
     from cldg.data.batching import bucketed_batches
@@ -52,7 +52,7 @@ def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
             seen.extend(rows)
             yield batch_of([pairs[i] for i in rows])
 
-    def loss_fn(m, batch):
+    def loss_fn(m, batch, step):
         loss, n = nll_loss(m(batch), batch.response_out, PAD)
         return loss, {"tokens": n}
 
@@ -63,7 +63,7 @@ def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
         model = tiny(name, seed=100 + rank)  # different initial weights: DDP must broadcast rank 0's
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         trainer = Trainer(model, TrainConfig(lr=1e-2, epochs=1, eval_every=2), os.path.join(out, f"run-{name}"),
-                          torch.device("cpu"), loss_fn, train_batches, 4, validate)
+                          torch.device("cpu"), FunctionRecipe(train_batches, loss_fn, validate, 4))
         assert trainer.fit()["steps"] == 4
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"{name}-{rank}.st"))
         save_file({k: v.contiguous() for k, v in initial.items()}, os.path.join(out, f"{name}-{rank}-init.st"))
@@ -152,7 +152,7 @@ def test_contrastive_train_under_two_process_ddp_writes_one_trained_artifact(tin
 
 def _failing_worker(rank: int, port: int, out: str) -> None:
     _join_as(rank, port)
-    from test_models import PAD, batch_of, random_pairs, tiny
+    from test_models import PAD, FunctionRecipe, batch_of, random_pairs, tiny
 
     from cldg.errors import CldgError, TrainingDivergedError
     from cldg.training import distributed
@@ -164,19 +164,17 @@ def _failing_worker(rank: int, port: int, out: str) -> None:
     valid = batch_of(random_pairs(4, seed=8))
 
     def make(run_dir, nan_at=None):
-        trainer = None
-
-        def loss_fn(m, batch):
+        def loss_fn(m, batch, step):
             loss, n = nll_loss(m(batch), batch.response_out, PAD)
-            if rank == 1 and trainer.state["step"] == nan_at:  # one rank alone diverges
+            if rank == 1 and step == nan_at:  # one rank alone diverges
                 loss = loss * float("nan")
             return loss, {"tokens": n}
 
-        trainer = Trainer(tiny("seq2seq", seed=1), TrainConfig(lr=1e-2, epochs=1, eval_every=2), run_dir,
-                          torch.device("cpu"), loss_fn, lambda epoch, start: (batch_of(pairs[i:i + 4])
-                                                                             for i in range(4 * start, 16, 4)),
-                          4, lambda m: {"criterion": nll_loss(m(valid), valid.response_out, PAD)[0].item()})
-        return trainer
+        recipe = FunctionRecipe(lambda epoch, start: (batch_of(pairs[i:i + 4]) for i in range(4 * start, 16, 4)),
+                                loss_fn, lambda m: {"criterion": nll_loss(m(valid), valid.response_out, PAD)[0].item()},
+                                4)
+        return Trainer(tiny("seq2seq", seed=1), TrainConfig(lr=1e-2, epochs=1, eval_every=2), run_dir,
+                       torch.device("cpu"), recipe)
 
     outcome = []
     try:

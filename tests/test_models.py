@@ -245,3 +245,10 @@ def test_init_embeddings_from_word_vectors(emb_dim):
     # similar words stay similar: the init keeps the vectors' geometry (a linear map)
     g = torch.from_numpy(vectors[10:20])
     assert torch.corrcoef(torch.stack([(g @ g.T).flatten(), (after[10:20] @ after[10:20].T).flatten()]))[0, 1] > 0.5
+
+
+class FunctionRecipe:
+    """A training recipe (cldg/training/recipes) made of three functions, for the trainer's tests."""
+
+    def __init__(self, batches, loss, validate, batches_per_epoch: int):
+        self.batches, self.loss, self.validate, self.batches_per_epoch = batches, loss, validate, batches_per_epoch

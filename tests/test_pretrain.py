@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_models import V, batch_of, random_pairs, tiny
+from test_models import FunctionRecipe, V, batch_of, random_pairs, tiny
 from typer.testing import CliRunner
 
 from cldg.data.batching import bucketed_batches
@@ -24,10 +24,9 @@ CFG = TrainConfig(lr=1e-2, epochs=2, eval_every=3, patience=5)  # 8 batches of 4
 def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg=CFG):
     """A tiny `name` model on 32 random pairs; loss_fn records every loss and raises `exc` at step `fail_at`."""
     model = tiny(name, seed=0)  # dropout 0.1: resume must restore the RNG too
-    trainer = None
 
-    def loss_fn(m, batch):
-        if fail_at is not None and trainer.state["step"] + 1 == fail_at:
+    def loss_fn(m, batch, step):
+        if fail_at is not None and step + 1 == fail_at:
             raise exc("stop here")
         loss, n = nll_loss(m(batch), batch.response_out, PAD)
         losses.append(loss.item())
@@ -41,8 +40,7 @@ def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg
     def validate(m):
         return {"criterion": nll_loss(m(VALID), VALID.response_out, PAD)[0].item()}
 
-    trainer = Trainer(model, cfg, run_dir, torch.device("cpu"), loss_fn, train_batches, 8, validate)
-    return trainer
+    return Trainer(model, cfg, run_dir, torch.device("cpu"), FunctionRecipe(train_batches, loss_fn, validate, 8))
 
 
 def params(model):
@@ -112,7 +110,7 @@ def test_a_crash_inside_a_checkpoint_save_keeps_the_previous_checkpoint_whole(tm
 def test_ctrl_c_during_a_validation_runs_it_first_on_resume(tmp_path):
     t = make_trainer("hred", tmp_path, [])
     calls = []
-    real_validate = t.validate
+    real_validate = t.recipe.validate
 
     def interrupted_at_step_6(m):
         calls.append(t.state["step"])
@@ -120,12 +118,12 @@ def test_ctrl_c_during_a_validation_runs_it_first_on_resume(tmp_path):
             raise KeyboardInterrupt
         return real_validate(m)
 
-    t.validate = interrupted_at_step_6
+    t.recipe.validate = interrupted_at_step_6
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     assert calls == [3, 6]
     t = make_trainer("hred", tmp_path, [])
-    t.validate = lambda m: calls.append(t.state["step"]) or real_validate(m)
+    t.recipe.validate = lambda m: calls.append(t.state["step"]) or real_validate(m)
     summary = t.fit()
     assert calls == [3, 6, 6, 9, 12, 15, 16]  # the check at 6 that never finished runs before step 7
     valid = [json.loads(line)["step"] for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
@@ -140,13 +138,13 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 
     losses = []
     t = make_trainer("seq2seq", tmp_path, losses)
-    real_loss_fn = t.loss_fn
+    real_loss_fn = t.recipe.loss
 
-    def poisoned(m, batch):
-        loss, info = real_loss_fn(m, batch)
+    def poisoned(m, batch, step):
+        loss, info = real_loss_fn(m, batch, step)
         return (loss * float("nan") if t.state["step"] == 4 else loss), info
 
-    t.loss_fn = poisoned
+    t.recipe.loss = poisoned
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 4.*resume"):
         t.fit()
     last = json.loads((tmp_path / "resume/last.json").read_text())
@@ -158,7 +156,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 
 def test_early_stopping_after_patience_checks_and_the_log(tmp_path):
     t = make_trainer("hred", tmp_path, [], cfg=TrainConfig(lr=1e-3, epochs=50, eval_every=2, patience=3))
-    t.validate = lambda m: {"criterion": 1.0, "nll": 1.0}  # never improves after the first check
+    t.recipe.validate = lambda m: {"criterion": 1.0, "nll": 1.0}  # never improves after the first check
     summary = t.fit()
     assert summary["stopped"] == "early stopping" and summary["steps"] == 8  # checks at 2 (best), 4, 6, 8
     records = [json.loads(line) for line in (tmp_path / "train-log.jsonl").read_text().splitlines()]

@@ -18,10 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from cldg.matching.evaluation import evaluate_scores
-from cldg.matching.msn import MSN, pad_grouped, score_pairs_reference
+from cldg.matching.msn import MSN, pad_grouped
 
 Pair = tuple[list[list[int]], list[int]]  # (context turn ids, response ids), already truncated
 
@@ -81,46 +79,20 @@ def epoch_batches(pairs: Sequence[Pair], response_keys: Sequence[Any], batch_siz
         yield MatchBatch(ctx, resp, index, torch.tensor(labels))
 
 
-def bce_loss(model: MSN, batch: MatchBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    logits = model(batch.context, batch.response, batch.context_index).float()
-    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-    acc = ((logits > 0).float() == batch.labels).float().mean().item()
-    return loss, {"accuracy": acc, "tokens": int(batch.response.ne(0).sum())}
-
-
 def train_msn(model: MSN, train_pairs: Sequence[Pair], train_keys: Sequence[Any], valid_pairs: Sequence[Pair],
               valid_sets: np.ndarray, cfg: MatcherTrainConfig, run_dir: Path, device: torch.device,
               progress=None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train in place; returns the trainer's summary (steps, best step, time, last validation).
-
-    The model ends with the best validated weights. `on_step(step)` is called after each step (tests
-    use it to simulate a crash).
-    """
+    """Train in place with `cldg.training.recipes.matcher.MatcherRecipe`; returns the trainer's summary (steps,
+    best step, time, last validation). The model ends with the best validated weights. `on_step(step)` is
+    called after each step's loss (tests use it to simulate a crash)."""
+    from cldg.training.recipes.matcher import MatcherRecipe
     from cldg.training.trainer import TrainConfig, Trainer
 
-    valid_ctx = [p[0] for p in valid_pairs]
-    valid_resp = [p[1] for p in valid_pairs]
-
-    def validate(m: MSN) -> dict[str, float]:
-        metrics = evaluate_scores(
-            lambda c, r: score_pairs_reference(m, list(zip(c, r)), cfg.score_batch_size, device),
-            valid_ctx, valid_resp, valid_sets)
-        return {"criterion": 1.0 - metrics["MRR"], **metrics}
-
-    def batches(epoch: int, start: int):
-        for batch in epoch_batches(train_pairs, train_keys, cfg.batch_size, cfg.neg_ratio, cfg.seed, epoch, start):
-            yield batch
-
-    def loss_fn(m, batch):
-        out = bce_loss(m, batch)
-        if on_step is not None:
-            on_step(trainer.state["step"] + 1)
-        return out
-
-    per_epoch = -(-len(train_pairs) // cfg.batch_size)
+    recipe = MatcherRecipe(train_pairs, train_keys, valid_pairs, valid_sets, cfg.batch_size, cfg.neg_ratio, cfg.seed,
+                           cfg.score_batch_size, device, on_step)
     trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, grad_clip=cfg.grad_clip,
                                          eval_every=cfg.eval_every, patience=cfg.patience, lr_decay=0.5),
-                      run_dir, device, loss_fn, batches, per_epoch, validate)
+                      run_dir, device, recipe)
     summary = trainer.fit(progress=progress, description="train MSN")
     trainer.load_best()
     return summary

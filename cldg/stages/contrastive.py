@@ -60,24 +60,51 @@ class Config:
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
-    import json
-
-    from cldg.data.batching import Limits
-    from cldg.data.pairs import read_pairs
-    from cldg.errors import CldgError
-    from cldg.models import build_model, load_model, save_model
     from cldg.progress import console
-    from cldg.retrieval.mining import read_samples
     from cldg.runtime import resolve_device, set_seed
-    from cldg.text.tokenizer import DialogueTokenizer
     from cldg.training import distributed
-    from cldg.training.groups import (GroupOptions, RefreshedReference, TextIndex, build_groups, contrastive_group_loss,
-                                      make_group_batch)
-    from cldg.training.reference_cache import build_reference_cache, load_reference_cache
-    from cldg.training.losses import released_anneal_weight
+    from cldg.training.recipes.contrastive import ContrastiveRecipe
     from cldg.training.trainer import TrainConfig, Trainer
 
     store = ArtifactStore(common.workdir)
+    prepared, reference, samples = resolve_inputs(store, cfg)
+    loss_applied = applied_loss(cfg)
+    device = resolve_device(common.device)
+    dist = distributed.init_from_env(device.type)
+    device = distributed.device_for_rank(device, dist)
+    config = fingerprint_config(cfg) | {"seed": common.seed, "loss_applied": loss_applied}
+    inputs = {"prepare": prepared, "reference": reference, "samples": samples}
+    # under DDP every rank trains, rank 0 alone holds the lock, fills the reference cache and writes files
+    with store.begin("contrastive", SCHEMA, config, inputs, force=common.force, exclusive=dist.rank == 0) as run:
+        if run.existing:
+            console.print(f"contrastive-train: complete artifact {run.existing.path} found - skipped")
+            return run.existing
+        set_seed(common.seed)
+        data = load_groups(cfg, prepared, reference, samples)
+        cache, ref_logp = reference_logprobs(store, cfg, reference, samples, data, device, dist)
+        model, refreshed = target_and_reference(cfg, reference, run.dir, device, common.seed)
+        console.print(f"contrastive-train: {len(data.train):,} train / {len(data.valid):,} valid groups, "
+                      f"loss {loss_applied}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
+        recipe = ContrastiveRecipe(data.train, data.valid, data.text, ref_logp, objective(cfg), cfg.batch_size,
+                                   common.seed, device, refreshed, dist)
+        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                                             grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
+                                             patience=cfg.patience),
+                          run.dir, device, recipe)
+        summary = trainer.fit(description=f"contrastive {loss_applied}")
+        if dist.rank != 0:
+            distributed.barrier(dist)  # wait for rank 0 to commit
+            return Artifact.load(run.final) if (run.final / "manifest.json").is_file() else None
+        trainer.load_best()
+        art = commit_contrastive(run, cfg, model, summary, loss_applied, data, reference, cache)
+    distributed.barrier(dist)
+    return art
+
+
+def resolve_inputs(store: ArtifactStore, cfg: Config) -> tuple[Artifact, Artifact, Artifact]:
+    """(prepare, reference, samples): the reference and the samples must come from the same prepare artifact."""
+    from cldg.errors import CldgError
+
     reference = store.resolve_input("reference", cfg.reference_dir, REFERENCE_SCHEMA, "--reference-dir")
     samples = store.resolve_input("samples", cfg.samples_dir, SAMPLES_SCHEMA, "--samples-dir")
     prepared = Artifact.load(Path(reference.manifest["inputs"]["prepare"]["path"]))
@@ -86,129 +113,118 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                         f"was trained on ({reference.path}); rerun `cldg mine-samples`")
     if cfg.k > samples.manifest.get("k", cfg.k):
         raise CldgError(f"--k {cfg.k}: the samples were mined with k = {samples.manifest['k']}")
-    variant = cfg.loss
-    # --no-matching-scores sets every s+ = 1 and s- = -1 in the groups, which turns eq4 into eq3 exactly
-    shown = "eq3" if cfg.no_matching_scores and variant == "eq4" else variant
+    return prepared, reference, samples
+
+
+def applied_loss(cfg: Config) -> str:
+    """The loss that training applies: --no-matching-scores sets every s+ = 1 and s- = -1 in the groups, which
+    turns eq4 into eq3 exactly."""
+    return "eq3" if cfg.no_matching_scores and cfg.loss == "eq4" else cfg.loss
+
+
+def objective(cfg: Config):
+    from cldg.training.recipes.contrastive import ContrastiveObjective
+
+    return ContrastiveObjective(cfg.loss, cfg.mle_weight, cfg.beta, cfg.mle_warmup_steps, cfg.nll_anneal,
+                                cfg.anneal_speed)
+
+
+@dataclass
+class GroupData:
+    text: object          # cldg.training.groups.TextIndex over the train and valid pairs
+    train: object         # Groups of the train split, with this run's ablation flags
+    valid: object         # the valid split's (at most --max-valid-groups)
+    sequences: set        # every (context id, response id) that a group of any ablation can use
+
+
+def load_groups(cfg: Config, prepared: Artifact, reference: Artifact, samples: Artifact) -> GroupData:
+    from cldg.data.batching import Limits
+    from cldg.data.pairs import read_pairs
+    from cldg.errors import CldgError
+    from cldg.retrieval.mining import read_samples
+    from cldg.text.tokenizer import DialogueTokenizer
+    from cldg.training.groups import GroupOptions, TextIndex, build_groups
+
+    rcfg = reference.config
+    limits = Limits(rcfg["max_context_turns"], rcfg["max_turn_len"], rcfg["max_context_len"], rcfg["max_response_len"])
+    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+    contexts, responses = {}, {}
+    for split in ("train", "valid"):
+        t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
+        contexts.update(zip(t.pair_id, t.context))
+        responses.update(zip(t.pair_id, t.response))
+    table = read_samples(samples.path)
     opts = GroupOptions(cfg.k, cfg.no_positive_group, cfg.no_negative_group, cfg.no_group, cfg.response_side_only,
                         cfg.context_side_only, cfg.no_matching_scores)
-    device = resolve_device(common.device)
-    dist = distributed.init_from_env(device.type)
-    device = distributed.device_for_rank(device, dist)
-    config = fingerprint_config(cfg) | {"seed": common.seed, "loss_applied": shown}
-    inputs = {"prepare": prepared, "reference": reference, "samples": samples}
-    # under DDP every rank trains, rank 0 alone holds the lock, fills the reference cache and writes files
-    with store.begin("contrastive", SCHEMA, config, inputs, force=common.force, exclusive=dist.rank == 0) as run:
-        if run.existing:
-            console.print(f"contrastive-train: complete artifact {run.existing.path} found - skipped")
-            return run.existing
-        set_seed(common.seed)
-        rcfg = reference.config
-        limits = Limits(rcfg["max_context_turns"], rcfg["max_turn_len"], rcfg["max_context_len"], rcfg["max_response_len"])
-        tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
-        contexts, responses = {}, {}
-        for split in ("train", "valid"):
-            t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
-            contexts.update(zip(t.pair_id, t.context))
-            responses.update(zip(t.pair_id, t.response))
-        text = TextIndex(tok, limits, contexts, responses)
-        table = read_samples(samples.path)
-        train_groups = build_groups(table, "train", opts)
-        valid_groups = build_groups(table, "valid", opts)
-        if len(train_groups) == 0:
-            raise CldgError(f"{samples.path}: no training groups in the samples")
-        if cfg.max_valid_groups and len(valid_groups) > cfg.max_valid_groups:
-            from cldg.training.groups import Groups
+    train_groups = build_groups(table, "train", opts)
+    valid_groups = build_groups(table, "valid", opts)
+    if len(train_groups) == 0:
+        raise CldgError(f"{samples.path}: no training groups in the samples")
+    if cfg.max_valid_groups and len(valid_groups) > cfg.max_valid_groups:
+        valid_groups = valid_groups.first(cfg.max_valid_groups)
+    # the reference pass covers every sequence any group of any ablation can use, so that one cache serves them all
+    full = GroupOptions(samples.manifest.get("k", cfg.k))
+    sequences = build_groups(table, "train", full).sequences() | build_groups(table, "valid", full).sequences()
+    return GroupData(TextIndex(tok, limits, contexts, responses), train_groups, valid_groups, sequences)
 
-            keep = slice(0, cfg.max_valid_groups)
-            valid_groups = Groups(*(getattr(valid_groups, f)[keep] for f in
-                                    ("pair_ids", "pos_ctx", "pos_resp", "pos_w", "neg_ctx", "neg_resp", "neg_w")))
 
-        # the reference pass, once, over every sequence any group of any ablation can use
-        full = GroupOptions(samples.manifest.get("k", cfg.k))
-        all_seqs = build_groups(table, "train", full).sequences() | build_groups(table, "valid", full).sequences()
-        if dist.rank == 0:
-            ref_model = load_model(reference.path, device)
-            cache = build_reference_cache(store, reference, samples, vars(limits), ref_model, text,
-                                          all_seqs, cfg.cache_batch_size, device)
-            del ref_model
-        distributed.barrier(dist)
-        if dist.rank != 0:  # rank 0 made it: this only finds it
-            cache = build_reference_cache(store, reference, samples, vars(limits), None, text, all_seqs,
-                                          cfg.cache_batch_size, device)
-        ref_logp = load_reference_cache(cache)
-        missing = next((s for s in all_seqs if s not in ref_logp), None)
-        if missing is not None:
-            raise CldgError(f"{cache.path}: no reference log-prob for sequence {missing}; rerun with --force")
+def reference_logprobs(store: ArtifactStore, cfg: Config, reference: Artifact, samples: Artifact, data: GroupData,
+                       device, dist):
+    """(refcache artifact, {sequence: log p_reference}): rank 0 computes the cache once, the other ranks read it."""
+    from cldg.errors import CldgError
+    from cldg.models import load_model
+    from cldg.training import distributed
+    from cldg.training.reference_cache import build_reference_cache, load_reference_cache
 
-        model = load_model(reference.path, device)
-        if cfg.from_scratch:  # the reference's architecture with a fresh init (the model's own, not per-module)
-            set_seed(common.seed)
-            model = build_model(model.name, model.vocab_size, **model.config_dict()).to(device)
-        model.train()
-        console.print(f"contrastive-train: {len(train_groups):,} train / {len(valid_groups):,} valid groups, "
-                      f"loss {shown}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
-
-        def group_loss(m, gb, warmup: bool = False):
-            return contrastive_group_loss(m, gb, variant, cfg.mle_weight, mle_only=warmup, beta=cfg.beta)
-
-        refreshed = None
-        if cfg.refresh_reference_every:
-            refreshed = RefreshedReference(load_model(reference.path, device), cfg.refresh_reference_every,
-                                           run.dir / "resume")
-
-        def loss_fn(m, gb):
-            step = trainer.state["step"]
-            if refreshed is not None:
-                refreshed.sync(model, step)
-                gb = refreshed.rescore(gb)
-            if cfg.nll_anneal and step >= cfg.mle_warmup_steps:
-                w = released_anneal_weight(step - cfg.mle_warmup_steps, cfg.anneal_speed)
-                return contrastive_group_loss(m, gb, variant, cfg.mle_weight, beta=cfg.beta, anneal=w)
-            return group_loss(m, gb, warmup=step < cfg.mle_warmup_steps)
-
-        def batches(epoch: int, start: int):
-            import random
-
-            order = list(range(len(train_groups)))
-            random.Random(common.seed * 7919 + epoch).shuffle(order)
-            chunks = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            if dist.enabled:
-                chunks = chunks[dist.rank:len(chunks) - len(chunks) % dist.world_size:dist.world_size]
-            for rows in chunks[start:]:
-                yield make_group_batch(train_groups, rows, text, ref_logp)
-
-        def validate(m):
-            tot = {"contrastive": 0.0, "nll": 0.0, "d_pos": 0.0, "d_neg": 0.0}
-            n = 0
-            for i in range(0, len(valid_groups), cfg.batch_size):
-                rows = list(range(i, min(i + cfg.batch_size, len(valid_groups))))
-                gb = make_group_batch(valid_groups, rows, text, ref_logp).to(device)
-                _, info = group_loss(m, gb)
-                for key in tot:
-                    tot[key] += info[key] * len(rows)
-                n += len(rows)
-            out = {key: v / max(n, 1) for key, v in tot.items()}
-            out["criterion"] = out["contrastive"] + 0.5 * out["nll"]
-            return out
-
-        batches_per_epoch = -(-len(train_groups) // cfg.batch_size) // dist.world_size
-        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                                             grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
-                                             patience=cfg.patience),
-                          run.dir, device, loss_fn, batches, batches_per_epoch, validate)
-        summary = trainer.fit(description=f"contrastive {shown}")
-        if dist.rank != 0:
-            distributed.barrier(dist)  # wait for rank 0 to commit
-            return Artifact.load(run.final) if (run.final / "manifest.json").is_file() else None
-        trainer.load_best()
-        save_model(run.dir, model)
-        metrics = {"loss": shown, "k": cfg.k, "best_valid_criterion": summary["best_criterion"], **summary}
-        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-        console.print(f"contrastive-train: best valid criterion {summary['best_criterion']:.4f} at step "
-                      f"{summary['best_step']} ({summary['stopped']}, {summary['steps']} steps)")
-        art = run.commit(rows={"train_groups": len(train_groups), "valid_groups": len(valid_groups),
-                               "steps": summary["steps"]},
-                         timings={"train_s": summary["train_seconds"]},
-                         extra={"model": reference.manifest.get("model", {}), "refcache": str(cache.path)})
+    limits = vars(data.text.limits)
+    if dist.rank == 0:
+        ref_model = load_model(reference.path, device)
+        cache = build_reference_cache(store, reference, samples, limits, ref_model, data.text, data.sequences,
+                                      cfg.cache_batch_size, device)
+        del ref_model
     distributed.barrier(dist)
-    return art
+    if dist.rank != 0:  # rank 0 made it: this only finds it
+        cache = build_reference_cache(store, reference, samples, limits, None, data.text, data.sequences,
+                                      cfg.cache_batch_size, device)
+    ref_logp = load_reference_cache(cache)
+    missing = next((s for s in data.sequences if s not in ref_logp), None)
+    if missing is not None:
+        raise CldgError(f"{cache.path}: no reference log-prob for sequence {missing}; rerun with --force")
+    return cache, ref_logp
+
+
+def target_and_reference(cfg: Config, reference: Artifact, run_dir: Path, device, seed: int):
+    """The target (the reference's weights, or its architecture freshly initialised with --from-scratch) and, with
+    --refresh-reference-every, the reference copy that is refreshed from it."""
+    from cldg.models import build_model, load_model
+    from cldg.runtime import set_seed
+    from cldg.training.groups import RefreshedReference
+
+    model = load_model(reference.path, device)
+    if cfg.from_scratch:  # the reference's architecture with a fresh init (the model's own, not per-module)
+        set_seed(seed)
+        model = build_model(model.name, model.vocab_size, **model.config_dict()).to(device)
+    model.train()
+    refreshed = None
+    if cfg.refresh_reference_every:
+        refreshed = RefreshedReference(load_model(reference.path, device), cfg.refresh_reference_every,
+                                       run_dir / "resume")
+    return model, refreshed
+
+
+def commit_contrastive(run, cfg: Config, model, summary: dict, loss_applied: str, data: GroupData,
+                       reference: Artifact, cache: Artifact) -> Artifact:
+    import json
+
+    from cldg.models import save_model
+    from cldg.progress import console
+
+    save_model(run.dir, model)
+    metrics = {"loss": loss_applied, "k": cfg.k, "best_valid_criterion": summary["best_criterion"], **summary}
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    console.print(f"contrastive-train: best valid criterion {summary['best_criterion']:.4f} at step "
+                  f"{summary['best_step']} ({summary['stopped']}, {summary['steps']} steps)")
+    return run.commit(rows={"train_groups": len(data.train), "valid_groups": len(data.valid),
+                            "steps": summary["steps"]},
+                      timings={"train_s": summary["train_seconds"]},
+                      extra={"model": reference.manifest.get("model", {}), "refcache": str(cache.path)})

@@ -56,19 +56,10 @@ def model_config(cfg) -> dict:
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
-    import json
-
-    import torch
-
-    from cldg.data.batching import Limits
-    from cldg.models import build_model, save_model
     from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
-    from cldg.text.tokenizer import PAD, DialogueTokenizer
-    from cldg.text.vectors import load_word_vectors
     from cldg.training import distributed
-    from cldg.training.evaluation import mean_nll
-    from cldg.training.losses import nll_loss
+    from cldg.training.recipes.mle import MLERecipe
     from cldg.training.trainer import TrainConfig, Trainer
 
     store = ArtifactStore(common.workdir)
@@ -84,58 +75,70 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
             console.print(f"pretrain: complete artifact {run.existing.path} found - skipped")
             return run.existing
         set_seed(common.seed)
-        tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
-        limits = Limits(cfg.max_context_turns, cfg.max_turn_len, cfg.max_context_len, cfg.max_response_len)
-        train = load_split(prepared, "train", tok, limits, cfg.max_train_pairs, common.seed)
-        valid = load_split(prepared, "valid", tok, limits, cfg.max_valid_pairs, common.seed)
-        model = build_model(cfg.model, tok.vocab_size, **model_config(cfg))
-        vectors, has_vector = load_word_vectors(prepared.file("word-vectors.safetensors"))
-        n_init = model.init_embeddings(vectors, has_vector, common.seed)
-        emb_dim = model.embedding.weight.size(1)
-        embedding_init = (f"{n_init:,} rows from {vectors.shape[1]}-d word vectors"
-                          + ("" if vectors.shape[1] == emb_dim else f" through a seeded random projection to {emb_dim}-d"))
-        n_params = sum(p.numel() for p in model.parameters())
+        model, train, valid, embedding_init = build_model_and_data(cfg, prepared, common.seed)
         if dist.rank == 0:
-            console.print(f"pretrain: {cfg.model}, {n_params / 1e6:.2f}M parameters, embeddings: {embedding_init}, "
-                          f"{len(train):,} train / {len(valid):,} valid pairs on {device}"
+            console.print(f"pretrain: {cfg.model}, {n_parameters(model) / 1e6:.2f}M parameters, embeddings: "
+                          f"{embedding_init}, {len(train):,} train / {len(valid):,} valid pairs on {device}"
                           + (f", DDP world {dist.world_size}" if dist.enabled else ""))
-
-        def loss_fn(m, batch):
-            loss, n_tokens = nll_loss(m(batch), batch.response_out, PAD)
-            return loss, {"tokens": n_tokens, "nll": loss.item(),
-                          "real_token_share": n_tokens / max(batch.response_out.numel(), 1)}
-
-        def validate(m):
-            return {"criterion": (nll := mean_nll(m, valid, cfg.batch_size, device)), "nll": nll,
-                    "ppl": float(torch.exp(torch.tensor(min(nll, 50.0))))}
-
-        batches_per_epoch = -(-len(train) // cfg.batch_size) // dist.world_size
+        recipe = MLERecipe(train, valid, cfg.batch_size, common.seed, device, dist)
         trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                                              grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
                                              patience=cfg.patience),
-                          run.dir, device, loss_fn,
-                          lambda epoch, start: _skip(train.iter_batches(cfg.batch_size, common.seed, epoch,
-                                                                       rank=dist.rank, world_size=dist.world_size), start),
-                          batches_per_epoch, validate)
+                          run.dir, device, recipe)
         summary = trainer.fit(description=f"pretrain {cfg.model}")
         if dist.rank != 0:
             distributed.barrier(dist)  # wait for rank 0 to commit
             return Artifact.load(run.final) if (run.final / "manifest.json").is_file() else None
         trainer.load_best()
-        save_model(run.dir, model)
-        best_nll = summary["best_criterion"]
-        metrics = {"model": cfg.model, "parameters": n_params, "best_valid_nll": best_nll,
-                   "best_valid_ppl": float(torch.exp(torch.tensor(min(best_nll, 50.0)))), "embedding_init": embedding_init,
-                   **summary}
-        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-        console.print(f"pretrain: best valid ppl {metrics['best_valid_ppl']:.2f} at step {summary['best_step']} "
-                      f"({summary['stopped']}, {summary['steps']} steps)")
-        art = run.commit(rows={"train_pairs": len(train), "valid_pairs": len(valid), "steps": summary["steps"]},
-                         timings={"train_s": summary["train_seconds"]},
-                         extra={"model": {"name": cfg.model, "parameters": n_params},
-                                "best_valid_ppl": metrics["best_valid_ppl"]})
+        art = commit_reference(run, cfg, model, summary, embedding_init, len(train), len(valid))
     distributed.barrier(dist)
     return art
+
+
+def build_model_and_data(cfg: Config, prepared: Artifact, seed: int):
+    """(model with word-vector embeddings, train pairs, valid pairs, how the embeddings were set)."""
+    from cldg.data.batching import Limits
+    from cldg.models import build_model
+    from cldg.text.tokenizer import DialogueTokenizer
+    from cldg.text.vectors import load_word_vectors
+
+    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+    limits = Limits(cfg.max_context_turns, cfg.max_turn_len, cfg.max_context_len, cfg.max_response_len)
+    train = load_split(prepared, "train", tok, limits, cfg.max_train_pairs, seed)
+    valid = load_split(prepared, "valid", tok, limits, cfg.max_valid_pairs, seed)
+    model = build_model(cfg.model, tok.vocab_size, **model_config(cfg))
+    vectors, has_vector = load_word_vectors(prepared.file("word-vectors.safetensors"))
+    n_init = model.init_embeddings(vectors, has_vector, seed)
+    emb_dim = model.embedding.weight.size(1)
+    embedding_init = (f"{n_init:,} rows from {vectors.shape[1]}-d word vectors"
+                      + ("" if vectors.shape[1] == emb_dim else f" through a seeded random projection to {emb_dim}-d"))
+    return model, train, valid, embedding_init
+
+
+def n_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def commit_reference(run, cfg: Config, model, summary: dict, embedding_init: str, n_train: int,
+                     n_valid: int) -> Artifact:
+    """Write the best weights and metrics.json into the artifact and commit it."""
+    import json
+
+    from cldg.models import save_model
+    from cldg.progress import console
+    from cldg.training.evaluation import perplexity
+
+    save_model(run.dir, model)
+    best_nll = summary["best_criterion"]
+    metrics = {"model": cfg.model, "parameters": n_parameters(model), "best_valid_nll": best_nll,
+               "best_valid_ppl": perplexity(best_nll), "embedding_init": embedding_init, **summary}
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    console.print(f"pretrain: best valid ppl {metrics['best_valid_ppl']:.2f} at step {summary['best_step']} "
+                  f"({summary['stopped']}, {summary['steps']} steps)")
+    return run.commit(rows={"train_pairs": n_train, "valid_pairs": n_valid, "steps": summary["steps"]},
+                      timings={"train_s": summary["train_seconds"]},
+                      extra={"model": {"name": cfg.model, "parameters": metrics["parameters"]},
+                             "best_valid_ppl": metrics["best_valid_ppl"]})
 
 
 def load_split(prepared, split: str, tok, limits, max_pairs: int, seed: int):
@@ -151,9 +154,3 @@ def load_split(prepared, split: str, tok, limits, max_pairs: int, seed: int):
         idx = sorted(random.Random(seed).sample(idx, max_pairs))
     return EncodedPairs(tok, [t.context[i] for i in idx], [t.response[i] for i in idx], limits)
 
-
-def _skip(iterator, start: int):
-    """Skip the batches of an epoch already trained on (resume mid-epoch)."""
-    for i, batch in enumerate(iterator):
-        if i >= start:
-            yield batch

@@ -10,6 +10,11 @@ from cldg.text.tokenizer import PAD
 from cldg.training.losses import nll_loss
 
 
+def perplexity(nll: float) -> float:
+    """exp(token NLL) in float32, capped at exp(50) (an untrained model's NLL overflows nothing)."""
+    return float(torch.exp(torch.tensor(min(nll, 50.0))))
+
+
 @torch.inference_mode()
 def mean_nll(model, pairs, batch_size: int, device) -> float:
     """Token-level NLL of `pairs` (an EncodedPairs) under `model`."""

@@ -9,7 +9,7 @@ one `DialogueBatch`, so the model scores all of them in one pass.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ class Groups:
 
     def __len__(self) -> int:
         return len(self.pair_ids)
+
+    def first(self, n: int) -> "Groups":
+        """The first n groups."""
+        return Groups(*(getattr(self, f.name)[:n] for f in fields(self)))
 
     def sequences(self) -> set[tuple[int, int]]:
         """Every (context id, response id) that some slot uses."""

@@ -113,3 +113,12 @@ def released_anneal_weight(step: int, speed: float = 1.0, center: float = 3500.0
     import math
 
     return min(max((math.tanh((step * speed - center) / width) + 1.0) / 2.0, 0.0), 1.0)
+
+
+def matching_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A matcher's loss: BCE of its logits against 1 (true response) / 0 (random one); and its accuracy."""
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    return loss, ((logits > 0).float() == labels).float().mean().item()

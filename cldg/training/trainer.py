@@ -1,19 +1,16 @@
-"""The one training loop that `pretrain` and `contrastive-train` share.
+"""The one training loop: `pretrain`, `contrastive-train` and `train-matcher` each hand it a recipe.
 
-    trainer = Trainer(model, TrainConfig(...), run_dir, device,
-                      loss_fn=lambda model, batch: (loss, {"tokens": n, ...}),
-                      train_batches=lambda epoch, start: iterator over that epoch's batches from `start`,
-                      batches_per_epoch=N,
-                      validate=lambda model: {"criterion": float, ...})     # lower is better
-    summary = trainer.fit()
+    recipe = MLERecipe(train, valid, batch_size, seed, device)      # cldg.training.recipes
+    summary = Trainer(model, TrainConfig(...), run_dir, device, recipe).fit()
 
-What it does, in order, each step: forward + loss under bf16 autocast on CUDA, a NaN/inf check, backward,
-gradient clipping, an Adam step; every `1/evals_per_epoch` epoch a validation, a best/last checkpoint and
-early stopping after `patience` checks without improvement; the learning rate halves when a check does
-not improve. Checkpoints (model safetensors + optimizer/scheduler/RNG state + position in the epoch) live
-in `run_dir/resume/`, so a rerun after a crash or Ctrl-C continues at the same step with the same batches.
-Under `torchrun` the model is wrapped in DDP, each rank takes its share of the batches, and rank 0
-alone writes files.
+The recipe says what is trained (its batches, its loss, its validation; the contract is in
+cldg/training/recipes/__init__.py); the trainer owns how: each step, forward + loss under bf16 autocast on
+CUDA, a NaN/inf check, backward, gradient clipping, an Adam step; every `1/evals_per_epoch` epoch (or
+`eval_every` steps) a validation, a best/last checkpoint and early stopping after `patience` checks without
+improvement; the learning rate halves when a check does not improve. Checkpoints (model safetensors +
+optimizer/RNG state + LR factor + position in the epoch) live in `run_dir/resume/`, so a rerun after a
+crash or Ctrl-C continues at the same step with the same batches. Under `torchrun` the model is wrapped
+in DDP, each rank takes its share of the batches (the recipe's `batches`), and rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -23,13 +20,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from cldg.errors import CldgError, TrainingDivergedError
 from cldg.training import checkpoint, distributed
+from cldg.training.recipes import Recipe
 
 
 @dataclass
@@ -46,14 +44,11 @@ class TrainConfig:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: Path, device: torch.device,
-                 loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
-                 train_batches: Callable[[int, int], Iterable[Any]], batches_per_epoch: int,
-                 validate: Callable[[nn.Module], dict[str, float]], params: Iterable[nn.Parameter] | None = None):
-        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+    def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: Path, device: torch.device, recipe: Recipe,
+                 params: Iterable[nn.Parameter] | None = None):
+        self.cfg, self.run_dir, self.device, self.recipe = cfg, Path(run_dir), device, recipe
         self.model = model.to(device)
-        self.loss_fn, self.train_batches, self.validate = loss_fn, train_batches, validate
-        self.batches_per_epoch = max(batches_per_epoch, 1)
+        self.batches_per_epoch = max(recipe.batches_per_epoch, 1)
         self.dist = distributed.current()
         self.ddp_model = distributed.wrap(self.model, self.dist, device)
         trainable = list(params) if params is not None else [p for p in self.model.parameters() if p.requires_grad]
@@ -128,7 +123,7 @@ class Trainer:
         """Validate, keep the best, decay LR / stop early. Returns True when training should stop."""
         self.model.eval()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            metrics = self.validate(self.model)
+            metrics = self.recipe.validate(self.model)
         self.model.train()
         self.state["checked_step"] = self.state["step"]
         crit = float(metrics["criterion"])
@@ -186,48 +181,53 @@ class Trainer:
                 "config": asdict(self.cfg)}
 
     def _epochs(self, progress, task, stop: bool, t_start: float) -> bool:
-        tokens_seen, window = 0, []
+        self._window, self._tokens_seen, self._t_start = [], 0, t_start
         while not stop:
-            epoch, start = self.state["epoch"], self.state["batch_in_epoch"]
-            for batch in self.train_batches(epoch, start):
+            for batch in self.recipe.batches(self.state["epoch"], self.state["batch_in_epoch"]):
                 batch = batch.to(self.device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                    loss, info = self.loss_fn(self.ddp_model, batch)
-                if not self._all_finite(loss):
-                    raise TrainingDivergedError(
-                        f"loss became {loss.item()} at step {self.state['step']} (on this rank or another); the last "
-                        f"good checkpoint is kept in {self.run_dir / 'resume'} - lower --lr or check the data")
+                    loss, info = self.recipe.loss(self.ddp_model, batch, self.state["step"])
+                self._stop_if_diverged(loss)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                 self.optimizer.step()
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
-                tokens_seen += int(info.get("tokens", 0))
-                window.append(loss.item())
-                if self.state["step"] % 20 == 0 or self.state["step"] == 1:
-                    mean = sum(window) / len(window)
-                    window.clear()
-                    rate = tokens_seen / max(time.time() - t_start, 1e-9)
-                    self._log({"type": "train", "step": self.state["step"], "loss": mean,
-                               "grad_norm": float(grad_norm), **{k: float(v) for k, v in info.items()}})
-                    shown = f"loss {mean:.3f}" + (f" ppl {math.exp(min(info['nll'], 50)):.1f}" if "nll" in info else "")
-                    progress.update(task, status=f"{shown} {rate:,.0f} tok/s")
-                progress.update(task, completed=self.state["step"])
-                at_end = self.state["step"] >= self.total_steps
+                self._record(loss, info, grad_norm, progress, task)
                 if self._check_due():
                     if self._check():
                         self.state["stopped"] = "early stopping"
                     self._save("last")
-                    stop = at_end or self.state["stopped"] is not None
+                    stop = self.state["step"] >= self.total_steps or self.state["stopped"] is not None
                     if stop:
                         break
-            else:
+            else:  # the epoch's batches ran out
                 self.state["epoch"] += 1
                 self.state["batch_in_epoch"] = 0
-                if self.state["epoch"] >= self.cfg.epochs:
-                    stop = True
+                stop = self.state["epoch"] >= self.cfg.epochs
         return stop
+
+    def _record(self, loss: torch.Tensor, info: dict[str, float], grad_norm, progress, task) -> None:
+        """A train-log record (the mean loss since the last one) every 20 steps and at step 1; the progress bar."""
+        self._tokens_seen += int(info.get("tokens", 0))
+        self._window.append(loss.item())
+        step = self.state["step"]
+        if step % 20 == 0 or step == 1:
+            mean = sum(self._window) / len(self._window)
+            self._window.clear()
+            rate = self._tokens_seen / max(time.time() - self._t_start, 1e-9)
+            self._log({"type": "train", "step": step, "loss": mean, "grad_norm": float(grad_norm),
+                       **{k: float(v) for k, v in info.items()}})
+            shown = f"loss {mean:.3f}" + (f" ppl {math.exp(min(info['nll'], 50)):.1f}" if "nll" in info else "")
+            progress.update(task, status=f"{shown} {rate:,.0f} tok/s")
+        progress.update(task, completed=step)
+
+    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
+        if not self._all_finite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at step {self.state['step']} (on this rank or another); the last "
+                f"good checkpoint is kept in {self.run_dir / 'resume'} - lower --lr or check the data")
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Is the loss finite on every rank? All ranks must stop together, or the others hang in the next
