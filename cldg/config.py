@@ -47,6 +47,33 @@ class CommonOptions:
                           fingerprint=False)
 
 
+def options_like(cls: type, omit: tuple[str, ...] = (), **defaults: Any) -> type:
+    """A dataclass of `cls`'s command-line options (its fields made with `option`), less `omit`, with other
+    defaults: `name=value`, or `name=(value, help)` where the option means something else in this stage. A
+    stage's Config inherits from it, so that an option several stages share is declared once (TrainOptions,
+    DecodingOptions) and each stage states only what differs."""
+    hints = typing.get_type_hints(cls)
+    unknown = (set(defaults) | set(omit)) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no options {sorted(unknown)}")
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.name in omit or "help" not in f.metadata:
+            continue
+        default, help = f.default, f.metadata["help"]
+        if f.name in defaults:
+            default, help = defaults[f.name] if isinstance(defaults[f.name], tuple) else (defaults[f.name], help)
+        specs.append((f.name, hints[f.name], field(default=default, metadata={**f.metadata, "help": help})))
+    return dataclasses.make_dataclass(f"{cls.__name__}Fields", specs)
+
+
+def options_from(cls: type, source: Any, **values: Any):
+    """`cls` built from the fields of the dataclass `source` that it also has (and `values`); the others keep
+    `cls`'s defaults. E.g. the TrainOptions of a stage's Config."""
+    names = {f.name for f in dataclasses.fields(source)}
+    return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls) if f.name in names}, **values)
+
+
 def field_type(cls: type, f: dataclasses.Field) -> Any:
     return typing.get_type_hints(cls)[f.name]
 

@@ -39,7 +39,8 @@ def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
     from cldg.stages import pretrain
     from cldg.training import distributed
     from cldg.training.losses import nll_loss
-    from cldg.training.trainer import TrainConfig, Trainer
+    from cldg.training.options import TrainOptions as TrainConfig
+from cldg.training.trainer import Trainer
 
     dist = distributed.init_from_env("cpu")
     assert dist.world_size == 2 and dist.rank == rank
@@ -157,7 +158,8 @@ def _failing_worker(rank: int, port: int, out: str) -> None:
     from cldg.errors import CldgError, TrainingDivergedError
     from cldg.training import distributed
     from cldg.training.losses import nll_loss
-    from cldg.training.trainer import TrainConfig, Trainer
+    from cldg.training.options import TrainOptions as TrainConfig
+from cldg.training.trainer import Trainer
 
     distributed.init_from_env("cpu")
     pairs = random_pairs(16, seed=7)

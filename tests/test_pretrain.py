@@ -14,7 +14,8 @@ from cldg.errors import TrainingDivergedError
 from cldg.models import load_model, model_names
 from cldg.text.tokenizer import PAD
 from cldg.training.losses import nll_loss
-from cldg.training.trainer import TrainConfig, Trainer
+from cldg.training.options import TrainOptions as TrainConfig
+from cldg.training.trainer import Trainer
 
 PAIRS = random_pairs(32, seed=5)
 VALID = batch_of(random_pairs(6, seed=6))

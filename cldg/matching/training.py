@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cldg.matching.msn import MSN, pad_grouped
+from cldg.training.options import TrainOptions
 
 Pair = tuple[list[list[int]], list[int]]  # (context turn ids, response ids), already truncated
 
@@ -37,15 +38,10 @@ class MatchBatch:
 
 
 @dataclass
-class MatcherTrainConfig:
-    lr: float = 1e-3
-    batch_size: int = 64          # true pairs per step (the batch holds (1 + neg_ratio) x this)
-    neg_ratio: int = 1
-    epochs: int = 5
-    max_steps: int = 0            # 0: epochs decide
-    eval_every: int = 500
-    patience: int = 4
-    grad_clip: float = 5.0
+class MatcherTrainConfig(TrainOptions):
+    """The shared training options, plus what MSN's batches and its validation scoring need."""
+
+    neg_ratio: int = 1            # random negatives per true pair
     score_batch_size: int = 256
     seed: int = 13
 
@@ -86,13 +82,11 @@ def train_msn(model: MSN, train_pairs: Sequence[Pair], train_keys: Sequence[Any]
     best step, time, last validation). The model ends with the best validated weights. `on_step(step)` is
     called after each step's loss (tests use it to simulate a crash)."""
     from cldg.training.recipes.matcher import MatcherRecipe
-    from cldg.training.trainer import TrainConfig, Trainer
+    from cldg.training.trainer import Trainer
 
     recipe = MatcherRecipe(train_pairs, train_keys, valid_pairs, valid_sets, cfg.batch_size, cfg.neg_ratio, cfg.seed,
                            cfg.score_batch_size, device, on_step)
-    trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, grad_clip=cfg.grad_clip,
-                                         eval_every=cfg.eval_every, patience=cfg.patience, lr_decay=0.5),
-                      run_dir, device, recipe)
+    trainer = Trainer(model, cfg, run_dir, device, recipe)
     summary = trainer.fit(progress=progress, description="train MSN")
     trainer.load_best()
     return summary

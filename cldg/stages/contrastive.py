@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
 from cldg.choices import LOSS_VARIANTS
-from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.config import CommonOptions, fingerprint_config, option, options_from, options_like
+from cldg.training.options import TrainOptions
 
 SCHEMA = 1
 PREPARE_SCHEMA = 1
@@ -21,8 +22,15 @@ SAMPLES_SCHEMA = 1
 REFERENCE_SCHEMA = 1
 
 
+# The paper's optimisation (section 3.2): Adam at 1e-3, validation every half epoch, stop after 5 checks without
+# improvement (TrainOptions' defaults). 16 groups are ~200 distinct sequences (more than the paper's 128 pairs); on
+# the CPU larger batches lower the sequences/s (32: -7%, 64: -45%, measured on the demo), so 16 is the default.
+TRAIN_DEFAULTS = {"batch_size": (16, "Groups per batch (each has up to 4k+1 sequences; 16 groups ~ 200 sequences)."),
+                  "epochs": (20, "Epochs at most (the early-stopping rule usually ends training first).")}
+
+
 @dataclass
-class Config:
+class Config(options_like(TrainOptions, omit=("eval_every",), **TRAIN_DEFAULTS)):
     loss: str = option("eq4", "Contrastive loss: the paper's Eq. 4, Eq. 3, Eq. 2, or the released code's soft form.",
                        choices=LOSS_VARIANTS)
     k: int = option(3, "Group size (at most the k used when mining).")
@@ -35,12 +43,6 @@ class Config:
     mle_weight: float = option(0.0, "Weight of an MLE term on the pairs themselves.")
     from_scratch: bool = option(False, "Start the target from random weights (with an MLE warm-up).")
     mle_warmup_steps: int = option(0, "MLE-only steps before the contrastive loss (for --from-scratch).")
-    # The paper's optimisation (section 3.2): Adam at 1e-3, validation every half epoch, stop after 5 checks
-    # without improvement. 16 groups are ~200 distinct sequences (more than the paper's 128 pairs); on the CPU
-    # larger batches lower the sequences/s (32: -7%, 64: -45%, measured on the demo), so 16 is the default.
-    lr: float = option(1e-3, "Adam learning rate (the paper: 1e-3).")
-    batch_size: int = option(16, "Groups per batch (each has up to 4k+1 sequences; 16 groups ~ 200 sequences).")
-    epochs: int = option(20, "Epochs at most (the early-stopping rule usually ends training first).")
     beta: float = option(1.0, "Temperature on D = log p_target - log p_reference (the paper: 1; as DPO's beta).")
     nll_anneal: bool = option(False, "The released code's schedule: loss = (1-w) NLL + w contrastive, "
                               "w = (tanh((step * anneal_speed - 3500) / 1000) + 1) / 2.")
@@ -49,10 +51,6 @@ class Config:
     refresh_reference_every: int = option(0, "Replace the reference by a copy of the target every N steps (the "
                                           "released code's option; 0 = never). Its log-probs are then computed per "
                                           "batch; validation stays against the MLE reference.")
-    max_steps: int = option(0, "Steps at most (0: no limit).")
-    grad_clip: float = option(5.0, "Gradient norm clip.")
-    evals_per_epoch: int = option(2, "Validations per epoch.")
-    patience: int = option(5, "Checks without improvement before stopping.")
     max_valid_groups: int = option(1000, "Validate on at most this many groups (0 = all).")
     reference_dir: Path | None = option(None, "Reference artifact (default: latest).", fingerprint=False)
     samples_dir: Path | None = option(None, "Samples artifact (default: latest).", fingerprint=False)
@@ -64,7 +62,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.runtime import resolve_device, set_seed
     from cldg.training import distributed
     from cldg.training.recipes.contrastive import ContrastiveRecipe
-    from cldg.training.trainer import TrainConfig, Trainer
+    from cldg.training.trainer import Trainer
 
     store = ArtifactStore(common.workdir)
     prepared, reference, samples = resolve_inputs(store, cfg)
@@ -87,10 +85,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                       f"loss {loss_applied}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
         recipe = ContrastiveRecipe(data.train, data.valid, data.text, ref_logp, objective(cfg), cfg.batch_size,
                                    common.seed, device, refreshed, dist)
-        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                                             grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
-                                             patience=cfg.patience),
-                          run.dir, device, recipe)
+        trainer = Trainer(model, options_from(TrainOptions, cfg), run.dir, device, recipe)
         summary = trainer.fit(description=f"contrastive {loss_applied}")
         if dist.rank != 0:
             distributed.barrier(dist)  # wait for rank 0 to commit

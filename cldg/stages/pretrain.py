@@ -12,14 +12,15 @@ from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
 from cldg.choices import MODELS as MODEL_CHOICES, TRANSFORMER_POSITIONS
-from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.config import CommonOptions, fingerprint_config, option, options_from, options_like
+from cldg.training.options import TrainOptions
 
 SCHEMA = 1
 PREPARE_SCHEMA = 1
 
 
 @dataclass
-class Config:
+class Config(options_like(TrainOptions, omit=("eval_every",), batch_size=(128, "Pairs per batch."))):
     model: str = option("seq2seq", "Dialogue model.", choices=MODEL_CHOICES)
     prepare_dir: Path | None = option(None, "Prepare artifact (default: latest).", fingerprint=False)
     embedding_dim: int = option(0, "Embedding size (0: the model's paper default, 256 or 512).")
@@ -29,13 +30,6 @@ class Config:
     ffn_dim: int = option(0, "Transformer feed-forward size (0: 4 x embedding).")
     positions: str = option("sinusoidal", "Transformer positions.", choices=TRANSFORMER_POSITIONS)
     dropout: float = option(0.1, "Dropout.")
-    lr: float = option(1e-3, "Adam learning rate.")
-    batch_size: int = option(128, "Pairs per batch.")
-    epochs: int = option(10, "Epochs at most.")
-    max_steps: int = option(0, "Steps at most (0: no limit; whichever ends first).")
-    grad_clip: float = option(5.0, "Gradient norm clip.")
-    evals_per_epoch: int = option(2, "Validations per epoch.")
-    patience: int = option(5, "Checks without improvement before stopping.")
     max_context_turns: int = option(3, "Context turns the model sees.")
     max_turn_len: int = option(40, "Tokens per context turn.")
     max_context_len: int = option(120, "Tokens of the flat context.")
@@ -60,7 +54,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.runtime import resolve_device, set_seed
     from cldg.training import distributed
     from cldg.training.recipes.mle import MLERecipe
-    from cldg.training.trainer import TrainConfig, Trainer
+    from cldg.training.trainer import Trainer
 
     store = ArtifactStore(common.workdir)
     prepared = store.resolve_input("prepare", cfg.prepare_dir, PREPARE_SCHEMA, "--prepare-dir")
@@ -81,10 +75,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                           f"{embedding_init}, {len(train):,} train / {len(valid):,} valid pairs on {device}"
                           + (f", DDP world {dist.world_size}" if dist.enabled else ""))
         recipe = MLERecipe(train, valid, cfg.batch_size, common.seed, device, dist)
-        trainer = Trainer(model, TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                                             grad_clip=cfg.grad_clip, evals_per_epoch=cfg.evals_per_epoch,
-                                             patience=cfg.patience),
-                          run.dir, device, recipe)
+        trainer = Trainer(model, options_from(TrainOptions, cfg), run.dir, device, recipe)
         summary = trainer.fit(description=f"pretrain {cfg.model}")
         if dist.rank != 0:
             distributed.barrier(dist)  # wait for rank 0 to commit

@@ -12,15 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
-from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.config import CommonOptions, fingerprint_config, option, options_from, options_like
 from cldg.errors import CldgError
+from cldg.training.options import TrainOptions
 
 SCHEMA = 1
 PREPARE_SCHEMA = 1
 
 
+# MSN validates every N steps (an epoch of a large corpus is long); its gradients are clipped at TrainOptions'
+# default, not an option here
+TRAIN_DEFAULTS = {"batch_size": (64, "True pairs per step (plus neg_ratio x as many negatives)."), "epochs": 5,
+                  "eval_every": (500, "Validate every N steps."), "patience": 4}
+
+
 @dataclass
-class Config:
+class Config(options_like(TrainOptions, omit=("grad_clip", "evals_per_epoch"), **TRAIN_DEFAULTS)):
     prepare_dir: Path | None = option(None, "Prepare artifact (default: latest).", fingerprint=False)
     hidden: int = option(0, "Model width (0: the word-vector size, no projection).")
     ffn_dim: int = option(0, "Attention block feed-forward size (0: the model width).")
@@ -35,13 +42,7 @@ class Config:
     match_dim: int = option(128, "Matching vector size per turn.")
     gru_hidden: int = option(128, "Aggregation GRU size.")
     dropout: float = option(0.1, "Dropout.")
-    lr: float = option(1e-3, "Adam learning rate.")
-    batch_size: int = option(64, "True pairs per step (plus neg_ratio x as many negatives).")
     neg_ratio: int = option(1, "Random negatives per true pair.")
-    epochs: int = option(5, "Epochs at most.")
-    max_steps: int = option(0, "Steps at most (0: no limit; whichever ends first).")
-    eval_every: int = option(500, "Validate every N steps.")
-    patience: int = option(4, "Checks without improvement before stopping.")
     max_train_pairs: int = option(0, "Use only this many training pairs (seeded; 0 = all).")
     max_valid_pairs: int = option(1000, "Valid contexts used by the periodic checks (0 = all).")
     final_valid_pairs: int = option(0, "Valid contexts of the final MSN / BM25 / BoW comparison (0 = all).")
@@ -117,9 +118,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         console.print(f"train-matcher: MSN {n_params / 1e6:.2f}M parameters, {len(train_pairs):,} train pairs, "
                       f"{len(check_sets):,} validation sets of 10 on {device}")
 
-        tcfg = MatcherTrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, neg_ratio=cfg.neg_ratio, epochs=cfg.epochs,
-                                  max_steps=cfg.max_steps, eval_every=cfg.eval_every, patience=cfg.patience,
-                                  score_batch_size=cfg.score_batch_size, seed=common.seed)
+        tcfg = options_from(MatcherTrainConfig, cfg, seed=common.seed)
         summary = train_msn(model, train_pairs, train_keys, valid_pairs, check_sets, tcfg, run.dir, device)
         save_msn(run.dir, model)
         shutil.copyfile(prepared.file("tokenizer.json"), run.dir / "tokenizer.json")

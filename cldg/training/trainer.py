@@ -1,7 +1,7 @@
 """The one training loop: `pretrain`, `contrastive-train` and `train-matcher` each hand it a recipe.
 
     recipe = MLERecipe(train, valid, batch_size, seed, device)      # cldg.training.recipes
-    summary = Trainer(model, TrainConfig(...), run_dir, device, recipe).fit()
+    summary = Trainer(model, TrainOptions(...), run_dir, device, recipe).fit()
 
 The recipe says what is trained (its batches, its loss, its validation; the contract is in
 cldg/training/recipes/__init__.py); the trainer owns how: each step, forward + loss under bf16 autocast on
@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,24 +26,12 @@ from torch import nn
 
 from cldg.errors import CldgError, TrainingDivergedError
 from cldg.training import checkpoint, distributed
+from cldg.training.options import TrainOptions
 from cldg.training.recipes import Recipe
 
 
-@dataclass
-class TrainConfig:
-    lr: float = 1e-3
-    epochs: int = 10
-    max_steps: int = 0            # 0: no step limit (epochs decide)
-    grad_clip: float = 5.0
-    evals_per_epoch: int = 2      # validation every half epoch by default
-    eval_every: int = 0           # >0: validate every N steps instead
-    patience: int = 5             # checks without improvement before stopping
-    lr_decay: float = 0.5         # LR factor when a check does not improve (1.0 = off)
-    bf16: bool = True             # autocast on CUDA
-
-
 class Trainer:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: Path, device: torch.device, recipe: Recipe,
+    def __init__(self, model: nn.Module, cfg: TrainOptions, run_dir: Path, device: torch.device, recipe: Recipe,
                  params: Iterable[nn.Parameter] | None = None):
         self.cfg, self.run_dir, self.device, self.recipe = cfg, Path(run_dir), device, recipe
         self.model = model.to(device)
@@ -178,7 +165,7 @@ class Trainer:
         return {"steps": self.state["step"], "epochs_completed": epochs_completed, "best_criterion": self.state["best"],
                 "best_step": self.state.get("best_step"), "stopped": self.state["stopped"],
                 "last_valid": self.last_valid, "train_seconds": round(time.time() - t_start, 2),
-                "config": asdict(self.cfg)}
+                "config": self.cfg.loop_settings()}
 
     def _epochs(self, progress, task, stop: bool, t_start: float) -> bool:
         self._window, self._tokens_seen, self._t_start = [], 0, t_start

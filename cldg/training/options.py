@@ -1,0 +1,30 @@
+"""The training loop's options: one dataclass for pretrain, contrastive-train and train-matcher (torch-free).
+
+A stage's Config inherits them with its own defaults, `class Config(options_like(TrainOptions, batch_size=16))`
+(cldg.config.options_like), so each is declared once for the command line and the TOML tables, and the stage
+hands `options_from(TrainOptions, cfg)` to the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from cldg.config import option
+
+
+@dataclass
+class TrainOptions:
+    lr: float = option(1e-3, "Adam learning rate.")
+    batch_size: int = option(128, "Examples per batch.")
+    epochs: int = option(10, "Epochs at most.")
+    max_steps: int = option(0, "Steps at most (0: no limit; whichever ends first).")
+    grad_clip: float = option(5.0, "Gradient norm clip.")
+    evals_per_epoch: int = option(2, "Validations per epoch.")
+    eval_every: int = option(0, "Validate every N steps instead (0: --evals-per-epoch decides).")
+    patience: int = option(5, "Checks without improvement before stopping.")
+    # not options (the paper's recipe for every system)
+    lr_decay: float = 0.5         # LR factor when a check does not improve (1.0 = off)
+    bf16: bool = True             # autocast on CUDA
+
+    def loop_settings(self) -> dict:
+        """What the trainer's summary records: every field but batch_size (the recipe batches, not the loop)."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainOptions) if f.name != "batch_size"}
