@@ -17,7 +17,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from cldg import __version__
-from cldg.config import CommonOptions, config_from_table, load_toml
+from cldg.config import CommonOptions, config_from_table, load_toml, options_from, options_like
+from cldg.decoding.options import DecodingOptions
 from cldg.errors import CldgError
 from cldg.progress import console
 from cldg.stages import STAGES as STAGE_REGISTRY
@@ -295,29 +296,48 @@ def human_eval_score(
     guarded(go, quiet=as_json)
 
 
+def with_options(cls: type, into: str):
+    """A command that also takes every field of the options dataclass `cls` as an option (declared once, in
+    `cls`) and receives them together as one `cls` in its parameter `into`."""
+    def wrap(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != into]
+        hints = typing.get_type_hints(fn, include_extras=True)
+        cls_hints = typing.get_type_hints(cls)
+        extra = [_typer_param(f, cls_hints[f.name]) for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls)]
+
+        def command(**values: Any) -> Any:
+            return fn(**{k: v for k, v in values.items() if k not in names},
+                      **{into: cls(**{k: values[k] for k in names})})
+
+        command.__signature__ = inspect.Signature([p.replace(annotation=hints[p.name]) for p in own] + extra)
+        command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+        command.__doc__, command.__name__ = fn.__doc__, fn.__name__
+        return command
+    return wrap
+
+
+# chat answers one person at a time: beam search with 3-gram blocking reads better than evaluate's greedy default
+ChatDecodingOptions = options_like(DecodingOptions, decoding="beam", no_repeat_ngram=3)
+
+
 @app.command("chat")
+@with_options(ChatDecodingOptions, into="decoding")
 def chat_command(
         model: Annotated[str, typer.Argument(help="reference, contrastive, or a model artifact directory.")] = "contrastive",
         workdir: WorkdirOpt = Path("cldg-work"),
         reference: Annotated[Optional[str], typer.Option(help="Show this model's answer beside it (e.g. reference).")] = None,
-        decoding: Annotated[str, typer.Option(help="greedy | beam | topk | nucleus")] = "beam",
-        beam_size: Annotated[int, typer.Option(help="Beam size.")] = 5,
-        top_k: Annotated[int, typer.Option(help="k for topk.")] = 10,
-        top_p: Annotated[float, typer.Option(help="p for nucleus.")] = 0.9,
-        max_len: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 30,
-        no_repeat_ngram: Annotated[int, typer.Option(help="Block repeated n-grams (0 = off).")] = 3,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-        seed: Annotated[int, typer.Option(help="Sampling seed.")] = 13) -> None:
+        seed: Annotated[int, typer.Option(help="Sampling seed.")] = 13,
+        decoding: Any = None) -> None:
     """Talk to a trained model in the terminal (history kept as context)."""
     from cldg.chat import chat_session
-    from cldg.decoding.search import METHODS, DecodeConfig
 
     def go():
-        if decoding not in METHODS:
-            raise CldgError(f"--decoding {decoding!r}: one of {', '.join(METHODS)}")
-        cfg = DecodeConfig(decoding, beam_size, top_k=top_k, top_p=top_p, max_len=max_len,
-                           no_repeat_ngram=no_repeat_ngram)
-        chat_session(model, workdir, reference, cfg, device, seed)
+        options = options_from(DecodingOptions, decoding)
+        if options.problems():
+            raise CldgError(f"chat: {options.problems()[0]}")
+        chat_session(model, workdir, reference, options.decode_config(), device, seed)
 
     guarded(go)
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
-from cldg.choices import DECODING_METHODS as METHODS, EVAL_SPLITS, INPUT_FORMATS
+from cldg.choices import EVAL_SPLITS, INPUT_FORMATS
 from cldg.config import CommonOptions, fingerprint_config, option
+from cldg.decoding.options import DecodingOptions
 from cldg.errors import CldgError
 from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
@@ -21,18 +22,8 @@ JSON_OUTPUT = "metrics.json"
 
 
 @dataclass
-class Config:
+class Config(DecodingOptions):
     model: str = option("contrastive", "reference, contrastive, or a model artifact directory.")
-    decoding: str = option("greedy", "Decoding method.", choices=METHODS)
-    beam_size: int = option(5, "Beam size (beam).")
-    length_penalty: float = option(1.0, "GNMT length penalty alpha (beam).")
-    top_k: int = option(10, "k (topk).")
-    top_p: float = option(0.9, "p (nucleus).")
-    temperature: float = option(1.0, "Sampling temperature (topk, nucleus).")
-    max_len: int = option(30, "Longest response, in tokens.")
-    min_len: int = option(1, "Shortest response, in tokens.")
-    no_repeat_ngram: int = option(0, "Block repeated n-grams inside the response (0 = off).")
-    block_context_ngram: int = option(0, "Block n-grams copied from the context (0 = off).")
     split: str = option("test", "Split to evaluate.", choices=EVAL_SPLITS)
     input: Path | None = option(None, "Score on this corpus file instead of a split (any format `prepare` reads; "
                                 "every pair of it is a test pair; tokenized with the model's own tokenizer).")
@@ -41,27 +32,12 @@ class Config:
     batch_size: int = option(64, "Contexts decoded at once.", fingerprint=False)
 
 
-def decode_config(cfg: Config):
-    from cldg.decoding.search import DecodeConfig
-
-    return DecodeConfig(cfg.decoding, cfg.beam_size, cfg.length_penalty, cfg.top_k, cfg.top_p, cfg.temperature,
-                        cfg.max_len, cfg.min_len, cfg.no_repeat_ngram, cfg.block_context_ngram)
-
-
 def check_config(cfg: Config) -> None:
     """Bad values stop the stage with one line naming the option."""
-    problems = [(cfg.beam_size < 1, "--beam-size must be at least 1"),
-                (cfg.top_k < 1, "--top-k must be at least 1"),
-                (not 0 < cfg.top_p <= 1, "--top-p must be in (0, 1]"),
-                (cfg.temperature <= 0, "--temperature must be positive"),
-                (cfg.max_len < 1, "--max-len must be at least 1"),
-                (not 0 <= cfg.min_len <= cfg.max_len, "--min-len must be between 0 and --max-len"),
-                (cfg.no_repeat_ngram < 0 or cfg.block_context_ngram < 0, "n-gram blocking sizes must be >= 0"),
-                (cfg.limit < 0, "--limit must be >= 0 (0 = all)"),
-                (cfg.batch_size < 1, "--batch-size must be at least 1")]
-    for bad, msg in problems:
-        if bad:
-            raise CldgError(f"evaluate: {msg}")
+    problems = cfg.problems() + [msg for bad, msg in ((cfg.limit < 0, "--limit must be >= 0 (0 = all)"),
+                                                      (cfg.batch_size < 1, "--batch-size must be at least 1")) if bad]
+    if problems:
+        raise CldgError(f"evaluate: {problems[0]}")
 
 
 def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device,
@@ -137,7 +113,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
 
         t0 = time.time()
         row_seeds = [common.seed * 1_000_003 + int(pid) for pid in pairs.pair_id[:n]]
-        outputs = decode_all(model, tok, contexts, limits, decode_config(cfg), cfg.batch_size, device, row_seeds,
+        outputs = decode_all(model, tok, contexts, limits, cfg.decode_config(), cfg.batch_size, device, row_seeds,
                              f"decode {cfg.decoding}")
         decode_s = time.time() - t0
 
