@@ -64,13 +64,15 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
         console.quiet = was_quiet
 
 
-def _typer_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
+def _typer_param(f: dataclasses.Field, tp: Any, parse_choices: bool = True) -> inspect.Parameter:
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": True}
     if meta.get("choices"):
         choices = tuple(meta["choices"])
+        kwargs["metavar"] = "|".join(choices)
+    if meta.get("choices") and parse_choices:
 
         def parse_choice(value: str, choices=choices, flag=flag) -> str:
             if value not in choices:
@@ -78,7 +80,6 @@ def _typer_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
             return value
 
         kwargs["parser"] = parse_choice
-        kwargs["metavar"] = "|".join(choices)
     args = typing.get_args(tp)
     if args and type(None) in args:
         tp = Optional[[a for a in args if a is not type(None)][0]]
@@ -298,12 +299,13 @@ def human_eval_score(
 
 def with_options(cls: type, into: str):
     """A command that also takes every field of the options dataclass `cls` as an option (declared once, in
-    `cls`) and receives them together as one `cls` in its parameter `into`."""
+    `cls`) and receives them together as one `cls` in its parameter `into`. The command checks their values
+    itself (a bad choice is then one `error:` line, as every other bad value)."""
     def wrap(fn):
         own = [p for p in inspect.signature(fn).parameters.values() if p.name != into]
         hints = typing.get_type_hints(fn, include_extras=True)
         cls_hints = typing.get_type_hints(cls)
-        extra = [_typer_param(f, cls_hints[f.name]) for f in dataclasses.fields(cls)]
+        extra = [_typer_param(f, cls_hints[f.name], parse_choices=False) for f in dataclasses.fields(cls)]
         names = [f.name for f in dataclasses.fields(cls)]
 
         def command(**values: Any) -> Any:

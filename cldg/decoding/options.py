@@ -26,8 +26,10 @@ class DecodingOptions:
     block_context_ngram: int = option(0, "Block n-grams copied from the context (0 = off).")
 
     def problems(self) -> list[str]:
-        """What is wrong with these values, one line each (the choice of method is checked by the parser)."""
-        checks = [(self.beam_size < 1, "--beam-size must be at least 1"),
+        """What is wrong with these values, one line each."""
+        checks = [(self.decoding not in DECODING_METHODS,
+                   f"--decoding {self.decoding!r}: one of {', '.join(DECODING_METHODS)}"),
+                  (self.beam_size < 1, "--beam-size must be at least 1"),
                   (self.top_k < 1, "--top-k must be at least 1"),
                   (not 0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
                   (self.temperature <= 0, "--temperature must be positive"),
