@@ -40,7 +40,7 @@ def _worker(rank: int, port: int, out: str, prepared_workdir: str) -> None:
     from cldg.training import distributed
     from cldg.training.losses import nll_loss
     from cldg.training.options import TrainOptions as TrainConfig
-from cldg.training.trainer import Trainer
+    from cldg.training.trainer import Trainer
 
     dist = distributed.init_from_env("cpu")
     assert dist.world_size == 2 and dist.rank == rank
@@ -159,7 +159,7 @@ def _failing_worker(rank: int, port: int, out: str) -> None:
     from cldg.training import distributed
     from cldg.training.losses import nll_loss
     from cldg.training.options import TrainOptions as TrainConfig
-from cldg.training.trainer import Trainer
+    from cldg.training.trainer import Trainer
 
     distributed.init_from_env("cpu")
     pairs = random_pairs(16, seed=7)
