@@ -17,7 +17,7 @@ def chat_session(model_spec: str, workdir: Path, reference_spec: str | None, dec
     from cldg.data.batching import collate
     from cldg.decoding.search import generate
     from cldg.models import load_model
-    from cldg.models.resolve import model_limits, model_prepare, resolve_model
+    from cldg.model_artifacts import model_limits, model_prepare, resolve_model
     from cldg.progress import console
     from cldg.runtime import resolve_device
     from cldg.text.tokenizer import DialogueTokenizer

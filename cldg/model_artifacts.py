@@ -1,4 +1,5 @@
-"""Finding a trained model: by stage name or directory, with the tokenizer and limits it was trained with."""
+"""Finding a trained model's artifact: by stage name or directory, with the prepare artifact (tokenizer, vectors)
+and the truncation limits it was trained with. The models library itself knows nothing of the artifact store."""
 from __future__ import annotations
 
 from pathlib import Path

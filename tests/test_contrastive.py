@@ -215,6 +215,7 @@ def test_reference_cache_equals_a_fresh_reference_forward_and_d_is_zero_when_tar
     import cldg.training.reference_cache as refcache
     from cldg.models import load_model
     from cldg.retrieval.mining import read_samples
+    from cldg.stages.contrastive import build_reference_cache  # the stage makes the refcache artifact
     from cldg.text.tokenizer import PAD
     from cldg.training.losses import contrastive_loss, sequence_logprob
 
@@ -225,8 +226,8 @@ def test_reference_cache_equals_a_fresh_reference_forward_and_d_is_zero_when_tar
     seqs = groups.sequences() | build_groups(table, "valid", GroupOptions(k=2)).sequences()
     store = ArtifactStore(tmp_path)
     ref = load_model(reference.path, "cpu")
-    cache = refcache.build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
-                                           batch_size=32, device=torch.device("cpu"))
+    cache = build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
+                                  batch_size=32, device=torch.device("cpu"))
     assert cache.path.parent.name == "refcache" and cache.manifest["rows"]["sequences"] == len(seqs)
     assert set(cache.manifest["inputs"]) == {"reference", "samples"}
     assert not any(p.name.startswith("logprobs") for p in samples.path.iterdir())  # not written into samples
@@ -257,14 +258,14 @@ def test_reference_cache_equals_a_fresh_reference_forward_and_d_is_zero_when_tar
         raise AssertionError("the reference ran again")
 
     monkeypatch.setattr(refcache, "sequence_logprobs", never)
-    again = refcache.build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
-                                           batch_size=32, device=torch.device("cpu"))
+    again = build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
+                                  batch_size=32, device=torch.device("cpu"))
     assert again.path == cache.path
     # but a cache computed in fp32 does not serve a bf16 (CUDA) run: its fingerprint names the precision
     assert cache.manifest["config"]["precision"] == "fp32"
     with pytest.raises(AssertionError, match="ran again"):
-        refcache.build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
-                                       batch_size=32, device=torch.device("cuda"))
+        build_reference_cache(store, reference, samples, {"max_response_len": 40}, ref, text, seqs,
+                              batch_size=32, device=torch.device("cuda"))
 
 
 def mean_d(model_dir, reference, prepared, samples, split="train"):

@@ -75,3 +75,25 @@ def test_the_library_imports_neither_stages_tools_nor_the_cli():
                 if name.startswith(("cldg.stages", "cldg.tools", "cldg.cli", "cldg.pipeline")):
                     offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert offenders == []
+
+
+def _cldg_modules(path: Path) -> set[str]:
+    """Every cldg module a file imports, `from cldg import x` read as cldg.x."""
+    names = _cldg_imports(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "cldg" and node.level == 0:
+            names.update(f"cldg.{a.name}" for a in node.names)
+    return names
+
+
+def test_only_stages_make_artifacts_the_library_never_imports_the_store():
+    """The reference cache is written by contrastive-train, models are found by cldg.model_artifacts: no module of
+    the library (models, training, ...) imports the artifact store, its status view or the stages."""
+    offenders = []
+    for sub in LIBRARY:
+        for path in (PACKAGE / sub).rglob("*.py"):
+            for name in _cldg_modules(path):
+                if name.startswith(("cldg.artifacts", "cldg.status", "cldg.model_artifacts", "cldg.stages")):
+                    offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert offenders == []
+    assert not (PACKAGE / "models" / "resolve.py").exists()

@@ -20,6 +20,7 @@ SCHEMA = 1
 PREPARE_SCHEMA = 1
 SAMPLES_SCHEMA = 1
 REFERENCE_SCHEMA = 1
+REFCACHE_SCHEMA = 1  # the refcache artifact this stage also makes
 
 
 # The paper's optimisation (section 3.2): Adam at 1e-3, validation every half epoch, stop after 5 checks without
@@ -169,7 +170,7 @@ def reference_logprobs(store: ArtifactStore, cfg: Config, reference: Artifact, s
     from cldg.errors import CldgError
     from cldg.models import load_model
     from cldg.training import distributed
-    from cldg.training.reference_cache import build_reference_cache, load_reference_cache
+    from cldg.training.reference_cache import load_reference_cache
 
     limits = vars(data.text.limits)
     if dist.rank == 0:
@@ -186,6 +187,30 @@ def reference_logprobs(store: ArtifactStore, cfg: Config, reference: Artifact, s
     if missing is not None:
         raise CldgError(f"{cache.path}: no reference log-prob for sequence {missing}; rerun with --force")
     return cache, ref_logp
+
+
+def build_reference_cache(store: ArtifactStore, reference: Artifact, samples: Artifact, limits_config: dict,
+                          reference_model, text, seqs, batch_size: int, device, force: bool = False) -> Artifact:
+    """The refcache artifact of (reference, samples, limits, precision): found, or computed once and committed."""
+    import time
+
+    from cldg.progress import console, make_progress
+    from cldg.training import reference_cache
+
+    seqs = sorted(set(seqs))
+    config = {"limits": limits_config, "precision": reference_cache.precision(device)}
+    with store.begin("refcache", REFCACHE_SCHEMA, config, {"reference": reference, "samples": samples},
+                     force=force) as run:
+        if run.existing:
+            return run.existing
+        t0 = time.time()
+        with make_progress() as progress:
+            task = progress.add_task("reference log p (once)", total=len(seqs), unit="seqs")
+            logp = reference_cache.sequence_logprobs(reference_model, text, seqs, batch_size, device, progress, task)
+        reference_cache.write_reference_cache(run.dir / "logprobs.parquet", seqs, logp)
+        seconds = time.time() - t0
+        console.print(f"refcache: {len(seqs):,} reference log-probs in {seconds:.1f} s")
+        return run.commit(rows={"sequences": len(seqs)}, timings={"compute_s": round(seconds, 3)})
 
 
 def target_and_reference(cfg: Config, reference: Artifact, run_dir: Path, device, seed: int):

@@ -70,7 +70,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.metrics import compute_all
     from cldg.metrics.embedding import WordVectors
     from cldg.models import load_model
-    from cldg.models.resolve import model_limits, model_prepare, resolve_model
+    from cldg.model_artifacts import model_limits, model_prepare, resolve_model
     from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
     from cldg.text.ngrams import load_ngram_counts
