@@ -230,6 +230,28 @@ def ablate_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML co
     guarded(go)
 
 
+@app.command("approaches")
+def approaches_command(as_json: JsonOpt = False) -> None:
+    """List the learning approaches a model can be trained with: the command, its inputs and the model it makes."""
+    from cldg.approaches import approaches
+
+    rows = [{"name": a.name, "command": f"cldg {a.command}", "needs": list(a.needs), "makes": a.makes,
+             "recipe": a.recipe, "description": a.description} for a in approaches()]
+    if as_json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="Learning approaches (cldg/approaches/)")
+    for col in ("approach", "trained by", "needs", "makes", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["command"], ", ".join(r["needs"]), r["makes"], r["description"])
+    console.print(table)
+
+
 @app.command("inspect-samples")
 def inspect_samples_command(
         workdir: WorkdirOpt = Path("cldg-work"),
@@ -245,7 +267,8 @@ def inspect_samples_command(
 
 @app.command("compare")
 def compare_command(
-        runs: Annotated[list[Path], typer.Argument(help="Evaluate artifact dirs to put side by side.")],
+        runs: Annotated[list[Path], typer.Argument(help="Evaluate artifact dirs to put side by side, or approaches (mle, "
+                                                   "contrastive: the newest evaluation of each one's latest model).")],
         workdir: WorkdirOpt = Path("cldg-work"),
         out: Annotated[Optional[Path], typer.Option(help="Write comparison.json, comparison.md and comparison.png here.")] = None,
         as_json: JsonOpt = False) -> None:

@@ -11,11 +11,14 @@ MODEL_SCHEMA = 1
 
 
 def resolve_model(store: ArtifactStore, spec: str | Path) -> Artifact:
-    """'reference' / 'contrastive' -> the latest of that stage; anything else is an artifact directory."""
-    if str(spec) in ("reference", "contrastive"):
+    """A model artifact's name ('reference', 'contrastive': what an approach makes) -> the latest of that stage;
+    anything else is an artifact directory."""
+    from cldg.approaches import model_stages
+
+    if str(spec) in model_stages():
         return store.resolve_input(str(spec), None, MODEL_SCHEMA, "--model")
     art = Artifact.load(Path(spec))
-    if art.stage not in ("reference", "contrastive"):
+    if art.stage not in model_stages():
         raise MissingArtifactError(f"{spec}: a '{art.stage}' artifact is not a model")
     return art
 

@@ -5,7 +5,8 @@ The config has the common keys at top level (`workdir`, `seed`, `device`, ...), 
 `[evaluate]`) with the same keys as the stage's long options, and optional `[run]` and `[ablate]` tables:
 
     [run]
-    evaluate_models = ["reference", "contrastive"]   # each gets its own evaluate artifact
+    evaluate_models = ["reference", "contrastive"]   # each gets its own evaluate artifact (default: the model
+                                                      # of every approach, `cldg approaches`)
     skip = []                                         # stage tables to leave out, e.g. ["train_matcher"]
     seeds = [13, 14, 15]                              # rerun the seed-dependent stages once per seed
     seed_stages = ["pretrain", "contrastive_train", "evaluate"]   # which stages those are
@@ -31,6 +32,7 @@ from typing import Any
 
 from rich.table import Table
 
+from cldg.approaches import model_stages
 from cldg.artifacts import Artifact
 from cldg.config import CommonOptions, config_from_table, load_toml
 from cldg.errors import CldgError
@@ -124,7 +126,7 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
         raise CldgError(f"{where} [run]: skip names unknown stage tables {sorted(unknown)}")
     if doc.get("mine_samples", {}).get("matcher") == "bm25":
         skip.add("train_matcher")
-    models = run_table.get("evaluate_models", ["reference", "contrastive"])
+    models = run_table.get("evaluate_models", list(model_stages()))  # every approach's model
     steps = []
     for table, module, label in PIPELINE:
         if table in skip:

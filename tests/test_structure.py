@@ -19,3 +19,28 @@ def test_decoding_options_are_declared_once_for_evaluate_chat_and_the_library():
     assert set(names) <= chat and [f.name for f in dataclasses.fields(ChatDecodingOptions)] == names
     # the library's DecodeConfig has the same defaults (its `method` is the option `decoding`)
     assert DecodingOptions().decode_config() == DecodeConfig()
+
+
+def test_the_approach_registry_lists_mle_and_contrastive_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cldg.approaches import approaches; print([a.name for a in approaches()], "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['mle', 'contrastive'] False"
+
+    from cldg import pipeline
+    from cldg.approaches import approaches, model_stages
+    from cldg.stages import STAGES
+
+    stages = {s.command: s for s in STAGES}
+    for a in approaches():  # each names the stage that trains it, the options it inherits, a recipe, its model
+        module = __import__(f"cldg.stages.{stages[a.command].module}", fromlist=["Config"])
+        assert issubclass(module.Config, a.options) and a.makes in stages[a.command].artifacts
+        recipe = a.recipe_class()
+        assert all(callable(getattr(recipe, m)) for m in ("batches", "loss", "validate"))
+    assert model_stages() == ("reference", "contrastive")
+    steps = pipeline.plan_steps({}, "test")
+    assert [label for _, _, label, _ in steps if label.startswith("evaluate")] == [
+        "evaluate (reference)", "evaluate (contrastive)"]

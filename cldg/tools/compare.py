@@ -49,14 +49,38 @@ def _tokenizer_words(art: Artifact):
 
 
 def resolve_run(spec: Path, workdir: Path) -> Path:
-    """A run is an eval artifact directory, or the name of one under WORKDIR/eval (a fingerprint or 'latest')."""
+    """A run is an eval artifact directory, the name of one under WORKDIR/eval (a fingerprint or 'latest'), or an
+    approach (`cldg approaches`: mle, contrastive): the newest evaluation of that approach's latest model."""
+    from cldg.approaches import approaches
+
     spec = Path(spec)
     if (spec / "manifest.json").is_file():
         return spec
     under = Path(workdir) / "eval" / spec
     if (under / "manifest.json").is_file():
         return under
-    raise CldgError(f"{spec}: not an evaluate artifact (no manifest.json there or in {Path(workdir) / 'eval'})")
+    by_name = {a.name: a for a in approaches()}
+    if str(spec) in by_name:
+        return newest_evaluation(by_name[str(spec)], Path(workdir))
+    raise CldgError(f"{spec}: not an evaluate artifact (no manifest.json there or in {Path(workdir) / 'eval'}) nor an "
+                    f"approach ({', '.join(by_name)})")
+
+
+def newest_evaluation(approach, workdir: Path) -> Path:
+    """The eval artifact made last from the latest model of `approach`."""
+    from cldg.artifacts import ArtifactStore
+
+    model = ArtifactStore(workdir).latest(approach.makes)
+    if model is None:
+        raise CldgError(f"{approach.name}: no {approach.makes} model in {workdir}; run `cldg {approach.command}` first")
+    found = []
+    for manifest in sorted((workdir / "eval").glob("*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        if m.get("inputs", {}).get("model", {}).get("fingerprint") == model.fingerprint:
+            found.append((m.get("created", ""), manifest.parent))
+    if not found:
+        raise CldgError(f"{approach.name}: no evaluation of {model.path}; run `cldg evaluate --model {approach.makes}`")
+    return max(found)[1]
 
 
 def load_run(path: Path) -> EvalRun:

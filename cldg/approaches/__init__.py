@@ -1,0 +1,74 @@
+"""Learning approaches: what a dialogue model can be trained with, one module each, listed without torch.
+
+An approach is a class in `cldg/approaches/<name>.py` decorated with `@register_approach("<name>")`:
+
+    options    its options dataclass (TrainOptions and what its recipe needs; the stage that trains it
+               inherits them and adds its input directories)
+    recipe     "module:Class" of its training recipe (cldg.training.recipes), imported only to train
+    command    the cldg stage that trains it
+    makes      the model artifact it writes (what `evaluate --model`, `chat` and `compare` take)
+    needs      the artifacts it trains from
+    docstring  its one-line description
+
+The CLI (`cldg approaches`), `cldg run` (the models it evaluates) and `cldg compare` (runs named by
+approach) read this registry; so do `cldg.model_artifacts` (which artifacts are models). Approach modules
+import no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Approach:
+    name: str
+    description: str
+    options: type
+    recipe: str
+    command: str
+    makes: str
+    needs: tuple[str, ...]
+
+    def recipe_class(self) -> type:
+        module, _, cls = self.recipe.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+_REGISTRY: dict[str, Approach] = {}
+
+
+def register_approach(name: str):
+    """Class decorator: register the approach `name` (see the module docstring for what the class holds)."""
+    def register(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"approach {name!r} is registered twice")
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        _REGISTRY[name] = Approach(name, doc, cls.options, cls.recipe, cls.command, cls.makes, tuple(cls.needs))
+        return cls
+    return register
+
+
+def approaches() -> list[Approach]:
+    """Every registered approach, in the pipeline order of the stages that train them."""
+    from cldg.stages import STAGES
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    order = [s.command for s in STAGES]
+    return sorted(_REGISTRY.values(), key=lambda a: (order.index(a.command), a.name))
+
+
+def get_approach(name: str) -> Approach:
+    found = {a.name: a for a in approaches()}
+    if name not in found:
+        from cldg.errors import CldgError
+
+        raise CldgError(f"unknown approach {name!r} (known: {', '.join(found)})")
+    return found[name]
+
+
+def model_stages() -> tuple[str, ...]:
+    """The artifact directories that hold trained dialogue models ('reference', 'contrastive')."""
+    return tuple(a.makes for a in approaches())
