@@ -3,6 +3,7 @@ layers may make artifacts."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from typer.main import get_command
 
@@ -44,3 +45,40 @@ def test_the_approach_registry_lists_mle_and_contrastive_without_torch():
     steps = pipeline.plan_steps({}, "test")
     assert [label for _, _, label, _ in steps if label.startswith("evaluate")] == [
         "evaluate (reference)", "evaluate (contrastive)"]
+
+
+def test_no_stage_function_is_longer_than_60_lines():
+    """A stage's run reads top to bottom: resolve inputs, build the recipe (or the work), fit, commit."""
+    import ast
+
+    import cldg
+
+    stages = Path(cldg.__file__).parent / "stages"
+    long = []
+    for path in sorted(stages.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
+
+
+def test_the_trainer_has_one_shape_and_every_stage_trains_through_a_recipe():
+    import inspect
+
+    from cldg.training.trainer import Trainer
+
+    assert list(inspect.signature(Trainer).parameters) == ["model", "cfg", "run_dir", "device", "recipe", "params"]
+    import ast
+
+    import cldg
+
+    root = Path(cldg.__file__).parent
+    calls = 0
+    for path in [*(root / "stages").glob("*.py"), root / "matching" / "training.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Trainer":
+                calls += 1  # model, options, run_dir, device, recipe: no loss or batch callables
+                assert len(node.args) == 5 and not node.keywords, f"{path}:{node.lineno}"
+    assert calls == 3  # pretrain, contrastive-train, train-matcher (through train_msn)

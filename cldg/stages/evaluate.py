@@ -66,30 +66,18 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     import json
     import time
 
-    from cldg.data.pairs import read_pairs
-    from cldg.metrics import compute_all
-    from cldg.metrics.embedding import WordVectors
-    from cldg.models import load_model
     from cldg.model_artifacts import model_limits, model_prepare, resolve_model
+    from cldg.models import load_model
     from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
-    from cldg.text.ngrams import load_ngram_counts
     from cldg.text.tokenizer import DialogueTokenizer
-    from cldg.text.vectors import load_word_vectors
     from cldg.training.evaluation import reference_perplexity
 
     check_config(cfg)
     store = ArtifactStore(common.workdir)
     model_art = resolve_model(store, cfg.model)
     prepared = model_prepare(model_art)
-    # "reference" and the same reference's directory are one evaluation: the input fingerprint tells models apart.
-    config = fingerprint_config(cfg) | {"seed": common.seed, "model": model_art.stage}
-    if cfg.input is not None:  # the file's content, not only its name, decides the output
-        from cldg.artifacts import sha256_file
-
-        if not Path(cfg.input).is_file():
-            raise CldgError(f"--input {cfg.input}: no such file")
-        config["input_sha256"] = sha256_file(Path(cfg.input))
+    config = evaluation_config(cfg, common, model_art)
     with store.begin("eval", SCHEMA, config, {"model": model_art, "prepare": prepared}, force=common.force) as run:
         if run.existing:
             console.print(f"evaluate: complete artifact {run.existing.path} found - skipped")
@@ -100,15 +88,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         model = load_model(model_art.path, device)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
         limits = model_limits(model_art)
-        if cfg.input is not None:
-            pairs = read_input_pairs(Path(cfg.input), cfg.input_format, limits.max_context_turns)
-            source = str(cfg.input)
-        else:
-            pairs = read_pairs(prepared.file(f"pairs-{cfg.split}.parquet"))
-            source = str(prepared.file(f"pairs-{cfg.split}.parquet"))
-        n = len(pairs) if not cfg.limit else min(cfg.limit, len(pairs))
-        if n == 0:
-            raise CldgError(f"{source}: no (context, response) pairs to evaluate")
+        pairs, n = read_eval_pairs(cfg, prepared, limits)
         contexts, references = list(pairs.context[:n]), list(pairs.response[:n])
 
         t0 = time.time()
@@ -116,20 +96,12 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         outputs = decode_all(model, tok, contexts, limits, cfg.decode_config(), cfg.batch_size, device, row_seeds,
                              f"decode {cfg.decoding}")
         decode_s = time.time() - t0
-
         t0 = time.time()
-        hyps = outputs  # the paper's metrics work on tokens; people and sacreBLEU get detokenized text
-        texts = [tok.detokenize(o) for o in outputs]
-        refs = [tok.words(r) for r in references]
-        last = [tok.words(c[-1]) if c else [] for c in contexts]
-        vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
-        counts = load_ngram_counts(prepared.file("ngram-counts.parquet"))
-        wv = WordVectors(vectors, has, tok.token_to_id, counts.get(1, {}))
-        metrics, per = compute_all(hyps, refs, last, counts, wv, tok.detokenize)
+        metrics, per = score(tok, prepared, outputs, contexts, references)
         metrics_s = time.time() - t0
         metrics["reference_ppl"] = reference_perplexity(model, tok, contexts, references, limits, device)
         # words the model's vocabulary lacks (they become <unk>): high rates explain a poor score on a new corpus
-        metrics["oov_rate_reference"] = oov_rate(tok, refs)
+        metrics["oov_rate_reference"] = oov_rate(tok, [tok.words(r) for r in references])
         metrics["oov_rate_context"] = oov_rate(tok, [tok.words(t) for c in contexts for t in c])
         # metrics.json holds only what the model and data decide (no timings, no paths): the same command with
         # the same seed gives the same bytes. Timings go to the manifest.
@@ -137,21 +109,73 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                        split="input" if cfg.input is not None else cfg.split,
                        decode_config={k: v for k, v in fingerprint_config(cfg).items() if k not in ("model", "input")})
         speed = round(n / max(decode_s, 1e-9), 1)
-
-        with open(run.dir / "generations.jsonl", "w", encoding="utf-8") as fh:
-            for i in range(n):
-                fh.write(json.dumps({"pair_id": int(pairs.pair_id[i]), "context": contexts[i],
-                                     "reference": references[i], "generated": texts[i],
-                                     "generated_tokens": outputs[i],
-                                     "metrics": {k: per[k][i] for k in per}}, ensure_ascii=False) + "\n")
-        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (run.dir / "report.md").write_text(markdown_report(metrics, texts, contexts, references, speed))
-        write_plots(run.dir, metrics, per)
+        write_outputs(run.dir, tok, pairs, outputs, contexts, references, metrics, per, speed)
         print_metrics_table(metrics)
         return run.commit(rows={"responses": n},
                           timings={"decode_s": round(decode_s, 2), "metrics_s": round(metrics_s, 2),
                                    "responses_per_second": speed},
                           extra={"metrics": {k: metrics[k] for _, k in TABLE_LAYOUT + EXTRA_LAYOUT}})
+
+
+def evaluation_config(cfg: Config, common: CommonOptions, model_art: Artifact) -> dict:
+    """What the evaluation's fingerprint covers: 'reference' and the same reference's directory are one evaluation
+    (the input fingerprint tells models apart), and an --input file counts by its content, not its name."""
+    config = fingerprint_config(cfg) | {"seed": common.seed, "model": model_art.stage}
+    if cfg.input is not None:
+        from cldg.artifacts import sha256_file
+
+        if not Path(cfg.input).is_file():
+            raise CldgError(f"--input {cfg.input}: no such file")
+        config["input_sha256"] = sha256_file(Path(cfg.input))
+    return config
+
+
+def read_eval_pairs(cfg: Config, prepared: Artifact, limits):
+    """(pairs, how many to evaluate): the split's, or every pair of the --input file."""
+    from cldg.data.pairs import read_pairs
+
+    if cfg.input is not None:
+        pairs = read_input_pairs(Path(cfg.input), cfg.input_format, limits.max_context_turns)
+        source = str(cfg.input)
+    else:
+        pairs = read_pairs(prepared.file(f"pairs-{cfg.split}.parquet"))
+        source = str(prepared.file(f"pairs-{cfg.split}.parquet"))
+    n = len(pairs) if not cfg.limit else min(cfg.limit, len(pairs))
+    if n == 0:
+        raise CldgError(f"{source}: no (context, response) pairs to evaluate")
+    return pairs, n
+
+
+def score(tok, prepared: Artifact, outputs: list[list[str]], contexts, references) -> tuple[dict, dict]:
+    """(corpus metrics, per-response metrics). The paper's metrics work on tokens; sacreBLEU gets detokenized text."""
+    from cldg.metrics import compute_all
+    from cldg.metrics.embedding import WordVectors
+    from cldg.text.ngrams import load_ngram_counts
+    from cldg.text.vectors import load_word_vectors
+
+    refs = [tok.words(r) for r in references]
+    last = [tok.words(c[-1]) if c else [] for c in contexts]
+    vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
+    counts = load_ngram_counts(prepared.file("ngram-counts.parquet"))
+    wv = WordVectors(vectors, has, tok.token_to_id, counts.get(1, {}))
+    return compute_all(outputs, refs, last, counts, wv, tok.detokenize)
+
+
+def write_outputs(directory: Path, tok, pairs, outputs, contexts, references, metrics: dict, per: dict,
+                  speed: float) -> None:
+    """generations.jsonl, metrics.json, report.md and the plots."""
+    import json
+
+    texts = [tok.detokenize(o) for o in outputs]  # what people read
+    with open(directory / "generations.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(len(outputs)):
+            fh.write(json.dumps({"pair_id": int(pairs.pair_id[i]), "context": contexts[i],
+                                 "reference": references[i], "generated": texts[i],
+                                 "generated_tokens": outputs[i],
+                                 "metrics": {k: per[k][i] for k in per}}, ensure_ascii=False) + "\n")
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (directory / "report.md").write_text(markdown_report(metrics, texts, contexts, references, speed))
+    write_plots(directory, metrics, per)
 
 
 def read_input_pairs(path: Path, fmt: str, max_context_turns: int):

@@ -140,12 +140,7 @@ def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, co
     queries += [Query("valid", valid.pair_id[i], valid.context[i], valid.response[i]) for i in range(len(valid))]
     matcher = load_matcher(cfg, inputs, prepared, train, common)
     start_jvm(cfg.java_heap)
-    from cldg.retrieval.search import BM25Searcher
-
-    bm25 = index.manifest.get("bm25", {"k1": 0.9, "b": 0.4})
-    pretokenized = index.manifest.get("language") == "pretokenized"
-    ctx_search = BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], cfg.threads, pretokenized)
-    resp_search = BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], cfg.threads, pretokenized)
+    ctx_search, resp_search = open_searchers(index, cfg.threads)
     with make_progress() as progress:
         for s in shards:
             target = run_dir / shard_name(s, n_shards)
@@ -184,6 +179,16 @@ def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, co
             lock.close()
     ctx_search.close()
     resp_search.close()
+
+
+def open_searchers(index, threads: int):
+    """BM25 searchers over the index's contexts and responses (the JVM must be running: pyserini imports here)."""
+    from cldg.retrieval.search import BM25Searcher
+
+    bm25 = index.manifest.get("bm25", {"k1": 0.9, "b": 0.4})
+    pretokenized = index.manifest.get("language") == "pretokenized"
+    return (BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], threads, pretokenized),
+            BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], threads, pretokenized))
 
 
 def merge_chunks(parts: list[Path], target: Path) -> None:

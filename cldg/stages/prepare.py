@@ -43,42 +43,15 @@ class Config:
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
-    from rich.table import Table
-
     from cldg.data.loaders import BadLines, read_dialogues
-    from cldg.data.pairs import (SPLITS, CleanStats, clean_dialogues, corpus_statistics, make_pairs,
-                                 split_dialogues, subset_dialogues, write_pairs_parquet)
+    from cldg.data.pairs import (SPLITS, CleanStats, clean_dialogues, make_pairs, split_dialogues, subset_dialogues,
+                                 write_pairs_parquet)
     from cldg.errors import CldgError
-    from cldg.progress import console, make_progress
-    from cldg.text.ngrams import count_ngrams, save_ngram_counts
-    from cldg.text.tokenizer import SPECIALS, DialogueTokenizer
-    from cldg.text.vectors import read_vec_file, save_word_vectors, train_fasttext, vectors_from_fasttext
+    from cldg.progress import console
 
-    for name in ("valid_fraction", "test_fraction"):
-        if not 0 <= getattr(cfg, name) < 0.5:
-            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 0.5)")
-    if cfg.max_context_turns < 1:
-        raise CldgError(f"--max-context-turns {cfg.max_context_turns}: must be at least 1")
-    for name in ("max_dialogues", "max_pairs", "vector_epochs", "min_freq"):
-        if getattr(cfg, name) < 0:
-            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must not be negative")
-    if cfg.vector_dim < 1:
-        raise CldgError(f"--vector-dim {cfg.vector_dim}: must be at least 1")
-    if cfg.vocab_size <= len(SPECIALS):
-        raise CldgError(f"--vocab-size {cfg.vocab_size}: must exceed the {len(SPECIALS)} special tokens")
-
+    check_options(cfg)
     store = ArtifactStore(common.workdir)
-    config = fingerprint_config(cfg) | {"seed": common.seed}
-    if cfg.input is not None:  # the corpus content, not only its name, decides the output
-        if not Path(cfg.input).is_file():
-            raise CldgError(f"--input {cfg.input}: no such file")
-        config["input_sha256"] = sha256_file(Path(cfg.input))
-    if cfg.vectors is not None:
-        if not Path(cfg.vectors).is_file():
-            raise CldgError(f"--vectors {cfg.vectors}: no such file")
-        config["vectors_sha256"] = sha256_file(Path(cfg.vectors))
-
-    with store.begin("prepare", SCHEMA, config, force=common.force) as run:
+    with store.begin("prepare", SCHEMA, prepare_config(cfg, common), force=common.force) as run:
         if run.existing:
             console.print(f"prepare: complete artifact {run.existing.path} found - skipped (use --force to rebuild)")
             return run.existing
@@ -99,37 +72,98 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         # Tokenizer, n-grams and vectors see the training dialogues only (no test leakage).
         t0 = time.time()
         train_turns = [t for d in splits["train"] for t in d.turns]
-        tok = DialogueTokenizer.train(train_turns, cfg.vocab_size, cfg.min_freq, cfg.pretokenized, cfg.lowercase)
-        tok.save(run.dir / "tokenizer.json")
-        tokenized = [tok.words(t) for t in train_turns]
-        save_ngram_counts(count_ngrams(tokenized, 2), run.dir / "ngram-counts.parquet")
+        tok, tokenized = write_tokenizer_and_ngrams(cfg, train_turns, run.dir)
         timings["tokenizer_ngrams_s"] = round(time.time() - t0, 3)
-
         t0 = time.time()
-        if cfg.vectors is not None:
-            console.print(f"prepare: reading word vectors from {cfg.vectors}")
-            vecs, has = read_vec_file(Path(cfg.vectors), tok.vocab(), len(SPECIALS), cfg.lowercase)
-        else:
-            with make_progress() as progress:
-                task = progress.add_task(f"fastText {cfg.vector_dim}-d", total=cfg.vector_epochs, unit="epochs")
-                workers = 1 if common.deterministic else cfg.workers
-                wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, workers,
-                                    on_epoch_end=lambda: progress.update(task, advance=1))
-            vecs, has = vectors_from_fasttext(wv, tok.vocab(), len(SPECIALS))
-        save_word_vectors(run.dir / "word-vectors.safetensors", vecs, has)
+        has = write_word_vectors(cfg, common, tok, tokenized, run.dir)
         timings["vectors_s"] = round(time.time() - t0, 3)
+        return commit_prepare(run, cfg, splits, tables, tok, stats, bad, has, timings)
 
-        corpus = corpus_statistics(splits, tables, lambda u: len(tok.words(u)), tok.vocab_size)
-        corpus.update(dialogues_read=stats.dialogues_in, renamed_duplicate_ids=stats.renamed_duplicate_ids,
-                      empty_turns_dropped=stats.empty_turns_dropped,
-                      short_dialogues_dropped=stats.short_dialogues_dropped, skipped_lines=len(bad.lines),
-                      words_with_vectors=int(has.sum()))
-        _print_stats(console, corpus, Table)
-        if bad.lines:
-            console.print(f"prepare: skipped {len(bad.lines)} bad line(s) (listed in manifest.json), first: {bad.lines[0]}")
-        return run.commit(rows={f"{s}_pairs": len(tables[s]) for s in SPLITS}, timings=timings,
-                          extra={"corpus_stats": corpus, "skipped_lines": bad.lines,
-                                 "source": str(cfg.input) if cfg.input else "chitchat-dataset"})
+
+def check_options(cfg: Config) -> None:
+    from cldg.errors import CldgError
+    from cldg.text.tokenizer import SPECIALS
+
+    for name in ("valid_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, name) < 0.5:
+            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be in [0, 0.5)")
+    if cfg.max_context_turns < 1:
+        raise CldgError(f"--max-context-turns {cfg.max_context_turns}: must be at least 1")
+    for name in ("max_dialogues", "max_pairs", "vector_epochs", "min_freq"):
+        if getattr(cfg, name) < 0:
+            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must not be negative")
+    if cfg.vector_dim < 1:
+        raise CldgError(f"--vector-dim {cfg.vector_dim}: must be at least 1")
+    if cfg.vocab_size <= len(SPECIALS):
+        raise CldgError(f"--vocab-size {cfg.vocab_size}: must exceed the {len(SPECIALS)} special tokens")
+
+
+def prepare_config(cfg: Config, common: CommonOptions) -> dict:
+    """The fingerprinted config: the corpus and vectors files count by their content, not only their names."""
+    from cldg.errors import CldgError
+
+    config = fingerprint_config(cfg) | {"seed": common.seed}
+    if cfg.input is not None:
+        if not Path(cfg.input).is_file():
+            raise CldgError(f"--input {cfg.input}: no such file")
+        config["input_sha256"] = sha256_file(Path(cfg.input))
+    if cfg.vectors is not None:
+        if not Path(cfg.vectors).is_file():
+            raise CldgError(f"--vectors {cfg.vectors}: no such file")
+        config["vectors_sha256"] = sha256_file(Path(cfg.vectors))
+    return config
+
+
+def write_tokenizer_and_ngrams(cfg: Config, train_turns: list[str], directory: Path):
+    """(tokenizer, the training turns as its words), with tokenizer.json and ngram-counts.parquet written."""
+    from cldg.text.ngrams import count_ngrams, save_ngram_counts
+    from cldg.text.tokenizer import DialogueTokenizer
+
+    tok = DialogueTokenizer.train(train_turns, cfg.vocab_size, cfg.min_freq, cfg.pretokenized, cfg.lowercase)
+    tok.save(directory / "tokenizer.json")
+    tokenized = [tok.words(t) for t in train_turns]
+    save_ngram_counts(count_ngrams(tokenized, 2), directory / "ngram-counts.parquet")
+    return tok, tokenized
+
+
+def write_word_vectors(cfg: Config, common: CommonOptions, tok, tokenized, directory: Path):
+    """word-vectors.safetensors from the --vectors file or from fastText trained here; returns has_vector."""
+    from cldg.progress import console, make_progress
+    from cldg.text.tokenizer import SPECIALS
+    from cldg.text.vectors import read_vec_file, save_word_vectors, train_fasttext, vectors_from_fasttext
+
+    if cfg.vectors is not None:
+        console.print(f"prepare: reading word vectors from {cfg.vectors}")
+        vecs, has = read_vec_file(Path(cfg.vectors), tok.vocab(), len(SPECIALS), cfg.lowercase)
+    else:
+        with make_progress() as progress:
+            task = progress.add_task(f"fastText {cfg.vector_dim}-d", total=cfg.vector_epochs, unit="epochs")
+            workers = 1 if common.deterministic else cfg.workers
+            wv = train_fasttext(tokenized, cfg.vector_dim, cfg.vector_epochs, common.seed, workers,
+                                on_epoch_end=lambda: progress.update(task, advance=1))
+        vecs, has = vectors_from_fasttext(wv, tok.vocab(), len(SPECIALS))
+    save_word_vectors(directory / "word-vectors.safetensors", vecs, has)
+    return has
+
+
+def commit_prepare(run, cfg: Config, splits, tables, tok, stats, bad, has, timings: dict) -> Artifact:
+    """Print the paper's Table-1 statistics and commit them with the artifact."""
+    from rich.table import Table
+
+    from cldg.data.pairs import SPLITS, corpus_statistics
+    from cldg.progress import console
+
+    corpus = corpus_statistics(splits, tables, lambda u: len(tok.words(u)), tok.vocab_size)
+    corpus.update(dialogues_read=stats.dialogues_in, renamed_duplicate_ids=stats.renamed_duplicate_ids,
+                  empty_turns_dropped=stats.empty_turns_dropped,
+                  short_dialogues_dropped=stats.short_dialogues_dropped, skipped_lines=len(bad.lines),
+                  words_with_vectors=int(has.sum()))
+    _print_stats(console, corpus, Table)
+    if bad.lines:
+        console.print(f"prepare: skipped {len(bad.lines)} bad line(s) (listed in manifest.json), first: {bad.lines[0]}")
+    return run.commit(rows={f"{s}_pairs": len(tables[s]) for s in SPLITS}, timings=timings,
+                      extra={"corpus_stats": corpus, "skipped_lines": bad.lines,
+                             "source": str(cfg.input) if cfg.input else "chitchat-dataset"})
 
 
 def _print_stats(console, corpus: dict, Table) -> None:

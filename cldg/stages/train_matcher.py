@@ -52,30 +52,18 @@ class Config(options_like(TrainOptions, omit=("grad_clip", "evals_per_epoch"), *
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
-    import json
-    import random
     import shutil
     import time
 
     import torch
 
-    from cldg.data.pairs import read_pairs
-    from cldg.matching.baselines import BagOfWordsMatcher
-    from cldg.matching.bm25 import BM25Matcher
-    from cldg.matching.evaluation import candidate_sets
-    from cldg.matching.msn import MSN, MSNConfig, MSNMatcher, save_msn
+    from cldg.matching.msn import save_msn
     from cldg.matching.training import MatcherTrainConfig, train_msn
-    from cldg.progress import console, make_progress
+    from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
     from cldg.text.tokenizer import DialogueTokenizer
-    from cldg.text.vectors import load_word_vectors
 
-    for name in ("batch_size", "neg_ratio", "eval_every", "max_turns", "max_turn_len", "hops", "epochs", "heads",
-                 "cnn_channels"):
-        if getattr(cfg, name) < 1:
-            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.hidden and cfg.hidden % cfg.heads:
-        raise CldgError(f"--heads {cfg.heads}: the model width {cfg.hidden} is not divisible by it")
+    check_options(cfg)
     store = ArtifactStore(common.workdir)
     prepared = store.resolve_input("prepare", cfg.prepare_dir, PREPARE_SCHEMA, "--prepare-dir")
     config = fingerprint_config(cfg) | {"seed": common.seed}
@@ -88,67 +76,124 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
-        vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
-        mcfg = MSNConfig(vocab_size=tok.vocab_size, embed_dim=int(vectors.shape[1]), hidden=cfg.hidden,
-                         ffn_dim=cfg.ffn_dim, max_turns=cfg.max_turns, max_turn_len=cfg.max_turn_len,
-                         max_response_len=cfg.max_response_len, heads=cfg.heads, hops=cfg.hops, gamma=cfg.gamma,
-                         alpha=cfg.alpha, cnn_channels=[cfg.cnn_channels, 2 * cfg.cnn_channels, 4 * cfg.cnn_channels],
-                         match_dim=cfg.match_dim,
-                         gru_hidden=cfg.gru_hidden, dropout=cfg.dropout)
-        model = MSN(mcfg, vectors, has)
-
+        model = build_msn(cfg, prepared, tok.vocab_size)
         t0 = time.time()
-        train = read_pairs(prepared.file("pairs-train.parquet"))
-        valid = read_pairs(prepared.file("pairs-valid.parquet"))
-        if len(train) < 2 or len(valid) < 10:
-            raise CldgError(f"{prepared.path}: too few pairs for matcher training ({len(train)} train, "
-                            f"{len(valid)} valid; need 2 and 10)")
-        idx = list(range(len(train)))
-        if cfg.max_train_pairs and len(idx) > cfg.max_train_pairs:
-            idx = sorted(random.Random(common.seed).sample(idx, cfg.max_train_pairs))
-        matcher = MSNMatcher(model, tok, device, cfg.score_batch_size)
-        train_pairs = matcher.encode([train.context[i] for i in idx], [train.response[i] for i in idx])
-        train_keys = [train.response[i] for i in idx]
-        sets_all = candidate_sets(valid.response, 9, common.seed)
-        check_sets = sets_all[: cfg.max_valid_pairs] if cfg.max_valid_pairs else sets_all
-        final_sets = sets_all[: cfg.final_valid_pairs] if cfg.final_valid_pairs else sets_all
-        valid_pairs = matcher.encode(valid.context, valid.response)
+        data = encode_pairs(cfg, prepared, tok, model, device, common.seed)
         encode_s = time.time() - t0
         n_params = sum(p.numel() for p in model.parameters())
-        console.print(f"train-matcher: MSN {n_params / 1e6:.2f}M parameters, {len(train_pairs):,} train pairs, "
-                      f"{len(check_sets):,} validation sets of 10 on {device}")
-
-        tcfg = options_from(MatcherTrainConfig, cfg, seed=common.seed)
-        summary = train_msn(model, train_pairs, train_keys, valid_pairs, check_sets, tcfg, run.dir, device)
+        console.print(f"train-matcher: MSN {n_params / 1e6:.2f}M parameters, {len(data.train_pairs):,} train pairs, "
+                      f"{len(data.check_sets):,} validation sets of 10 on {device}")
+        summary = train_msn(model, data.train_pairs, data.train_keys, data.valid_pairs, data.check_sets,
+                            options_from(MatcherTrainConfig, cfg, seed=common.seed), run.dir, device)
         save_msn(run.dir, model)
         shutil.copyfile(prepared.file("tokenizer.json"), run.dir / "tokenizer.json")
-
-        # the final comparison: the same candidate sets for all three matchers
         timings = {"encode_s": round(encode_s, 2), "train_s": summary["train_seconds"]}
-        msn_ctx, msn_resp = [p[0] for p in valid_pairs], [p[1] for p in valid_pairs]
-        scorers = {
-            "msn": (lambda c, r: matcher.score_ids(list(zip(c, r))), msn_ctx, msn_resp),
-            "bm25": (BM25Matcher(tok.words, train.response).score, valid.context, valid.response),
-            "bow": (BagOfWordsMatcher(tok.words).score, valid.context, valid.response),
-        }
-        results = {}
-        with make_progress() as progress:
-            for name, (score_fn, contexts, responses) in scorers.items():
-                t1 = time.time()
-                task = progress.add_task(f"valid {name}", total=final_sets.size, unit="pairs")
-                results[name] = compare_on_sets(score_fn, contexts, responses, final_sets, progress, task)
-                timings[f"{name}_valid_s"] = round(time.time() - t1, 2)
-        pairs_per_s = final_sets.size / max(timings["msn_valid_s"], 1e-9)
-        metrics = {"validation": results, "validation_sets": int(len(final_sets)),
-                   "msn_scoring_pairs_per_s": round(pairs_per_s, 1), "device": str(device),
-                   "parameters": n_params, "train": summary}
-        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-        print_selection_table(results, len(final_sets))
-        console.print(f"train-matcher: {summary['steps']:,} steps in {summary['train_seconds']:.0f} s "
-                      f"(best at step {summary['best_step']}), MSN scores {pairs_per_s:,.0f} pairs/s on {device}")
-        return run.commit(rows={"train_pairs": len(train_pairs), "validation_sets": int(len(final_sets)),
-                                "steps": summary["steps"]},
-                          timings=timings, extra={"validation": results})
+        results = final_comparison(data, tok, timings)
+        return commit_matcher(run, data, results, timings, summary, n_params, device)
+
+
+def check_options(cfg: Config) -> None:
+    for name in ("batch_size", "neg_ratio", "eval_every", "max_turns", "max_turn_len", "hops", "epochs", "heads",
+                 "cnn_channels"):
+        if getattr(cfg, name) < 1:
+            raise CldgError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.hidden and cfg.hidden % cfg.heads:
+        raise CldgError(f"--heads {cfg.heads}: the model width {cfg.hidden} is not divisible by it")
+
+
+def build_msn(cfg: Config, prepared: Artifact, vocab_size: int):
+    """MSN with the prepare artifact's word vectors as its embeddings."""
+    from cldg.matching.msn import MSN, MSNConfig
+    from cldg.text.vectors import load_word_vectors
+
+    vectors, has = load_word_vectors(prepared.file("word-vectors.safetensors"))
+    mcfg = MSNConfig(vocab_size=vocab_size, embed_dim=int(vectors.shape[1]), hidden=cfg.hidden,
+                     ffn_dim=cfg.ffn_dim, max_turns=cfg.max_turns, max_turn_len=cfg.max_turn_len,
+                     max_response_len=cfg.max_response_len, heads=cfg.heads, hops=cfg.hops, gamma=cfg.gamma,
+                     alpha=cfg.alpha, cnn_channels=[cfg.cnn_channels, 2 * cfg.cnn_channels, 4 * cfg.cnn_channels],
+                     match_dim=cfg.match_dim, gru_hidden=cfg.gru_hidden, dropout=cfg.dropout)
+    return MSN(mcfg, vectors, has)
+
+
+@dataclass
+class MatcherData:
+    train: object         # the train and valid pairs (cldg.data.pairs tables)
+    valid: object
+    matcher: object       # MSNMatcher around the model being trained
+    train_pairs: list     # encoded (context turns, response) of the training pairs used
+    train_keys: list      # their response texts (a negative never has the true response's text)
+    valid_pairs: list
+    check_sets: object    # candidate sets (1 true + 9 random) of the periodic checks
+    final_sets: object    # and of the final MSN / BM25 / BoW comparison
+
+
+def encode_pairs(cfg: Config, prepared: Artifact, tok, model, device, seed: int) -> MatcherData:
+    import random
+
+    from cldg.data.pairs import read_pairs
+    from cldg.matching.evaluation import candidate_sets
+    from cldg.matching.msn import MSNMatcher
+
+    train = read_pairs(prepared.file("pairs-train.parquet"))
+    valid = read_pairs(prepared.file("pairs-valid.parquet"))
+    if len(train) < 2 or len(valid) < 10:
+        raise CldgError(f"{prepared.path}: too few pairs for matcher training ({len(train)} train, "
+                        f"{len(valid)} valid; need 2 and 10)")
+    idx = list(range(len(train)))
+    if cfg.max_train_pairs and len(idx) > cfg.max_train_pairs:
+        idx = sorted(random.Random(seed).sample(idx, cfg.max_train_pairs))
+    matcher = MSNMatcher(model, tok, device, cfg.score_batch_size)
+    train_pairs = matcher.encode([train.context[i] for i in idx], [train.response[i] for i in idx])
+    train_keys = [train.response[i] for i in idx]
+    sets_all = candidate_sets(valid.response, 9, seed)
+    check_sets = sets_all[: cfg.max_valid_pairs] if cfg.max_valid_pairs else sets_all
+    final_sets = sets_all[: cfg.final_valid_pairs] if cfg.final_valid_pairs else sets_all
+    valid_pairs = matcher.encode(valid.context, valid.response)
+    return MatcherData(train, valid, matcher, train_pairs, train_keys, valid_pairs, check_sets, final_sets)
+
+
+def final_comparison(data: MatcherData, tok, timings: dict) -> dict[str, dict[str, float]]:
+    """MSN, BM25 and bag-of-words on the same candidate sets; each one's time goes into `timings`."""
+    import time
+
+    from cldg.matching.baselines import BagOfWordsMatcher
+    from cldg.matching.bm25 import BM25Matcher
+    from cldg.progress import make_progress
+
+    msn_ctx, msn_resp = [p[0] for p in data.valid_pairs], [p[1] for p in data.valid_pairs]
+    valid = data.valid
+    scorers = {
+        "msn": (lambda c, r: data.matcher.score_ids(list(zip(c, r))), msn_ctx, msn_resp),
+        "bm25": (BM25Matcher(tok.words, data.train.response).score, valid.context, valid.response),
+        "bow": (BagOfWordsMatcher(tok.words).score, valid.context, valid.response),
+    }
+    results = {}
+    with make_progress() as progress:
+        for name, (score_fn, contexts, responses) in scorers.items():
+            t1 = time.time()
+            task = progress.add_task(f"valid {name}", total=data.final_sets.size, unit="pairs")
+            results[name] = compare_on_sets(score_fn, contexts, responses, data.final_sets, progress, task)
+            timings[f"{name}_valid_s"] = round(time.time() - t1, 2)
+    return results
+
+
+def commit_matcher(run, data: MatcherData, results: dict, timings: dict, summary: dict, n_params: int,
+                   device) -> Artifact:
+    import json
+
+    from cldg.progress import console
+
+    n_sets = int(len(data.final_sets))
+    pairs_per_s = data.final_sets.size / max(timings["msn_valid_s"], 1e-9)
+    metrics = {"validation": results, "validation_sets": n_sets, "msn_scoring_pairs_per_s": round(pairs_per_s, 1),
+               "device": str(device), "parameters": n_params, "train": summary}
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    print_selection_table(results, n_sets)
+    console.print(f"train-matcher: {summary['steps']:,} steps in {summary['train_seconds']:.0f} s "
+                  f"(best at step {summary['best_step']}), MSN scores {pairs_per_s:,.0f} pairs/s on {device}")
+    return run.commit(rows={"train_pairs": len(data.train_pairs), "validation_sets": n_sets,
+                            "steps": summary["steps"]},
+                      timings=timings, extra={"validation": results})
 
 
 def compare_on_sets(score_fn, contexts, responses, sets, progress, task, chunk: int = 200) -> dict[str, float]:
