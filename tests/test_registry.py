@@ -89,11 +89,7 @@ def _cldg_modules(path: Path) -> set[str]:
 def test_only_stages_make_artifacts_the_library_never_imports_the_store():
     """The reference cache is written by contrastive-train, models are found by cldg.model_artifacts: no module of
     the library (models, training, ...) imports the artifact store, its status view or the stages."""
-    offenders = []
-    for sub in LIBRARY:
-        for path in (PACKAGE / sub).rglob("*.py"):
-            for name in _cldg_modules(path):
-                if name.startswith(("cldg.artifacts", "cldg.status", "cldg.model_artifacts", "cldg.stages")):
-                    offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
-    assert offenders == []
+    store = ("cldg.artifacts", "cldg.status", "cldg.model_artifacts", "cldg.stages")
+    assert [f"{path.relative_to(PACKAGE)} imports {name}" for sub in LIBRARY for path in (PACKAGE / sub).rglob("*.py")
+            for name in _cldg_modules(path) if name.startswith(store)] == []
     assert not (PACKAGE / "models" / "resolve.py").exists()
