@@ -1,0 +1,331 @@
+"""Pretrained Hugging Face models as the target (issue 16): `hf:PATH`, a local transformers directory.
+
+A causal LM (GPT-2, DialoGPT, Qwen, ...) or an encoder-decoder (BART, T5) with its own tokenizer, loaded
+offline only (`local_files_only=True`; a missing or unreadable directory is one CldgError line naming it).
+
+    model = load_hf_model("hf:/models/dialogpt-small", device, lora=LoraOptions(r=8))
+    batch = model.make_batch(contexts, responses)      # contexts: list[list[str]] (oldest turn first)
+    logp = model.sequence_logprobs(batch)               # [B] log p(r|c), summed over the response's tokens
+    ref = model.reference_logprobs(batch)               # the same with the LoRA adapters disabled (no grad)
+    texts = model.generate(contexts, DecodeConfig(method="beam", beam_size=4))
+
+How a dialogue becomes tokens:
+- causal LM with a chat template: the turns alternate user/assistant so that the last turn is the user's;
+  the prompt is the template with the generation prompt, the response is what the template adds for the
+  assistant's turn (its end-of-turn tokens included). Without a template (GPT-2, DialoGPT): every turn is
+  followed by the EOS token and the response is its tokens + EOS. Prompts are left-padded, responses
+  right-padded, so the response positions line up across the batch (position ids follow the mask).
+- encoder-decoder: the encoder reads the turns joined with the EOS token (the tokenizer adds its own
+  specials); the labels are the tokenizer's encoding of the response (+ EOS when it adds none), and the
+  decoder reads them shifted right after `decoder_start_token_id`.
+Contexts are cut on the left to `max_context_tokens`, responses on the right to `max_response_tokens`.
+
+The log-probabilities are computed in float32 from the logits; the forward pass runs under bf16 autocast
+on CUDA (as the reference cache and the trainer do). With LoRA (peft) only the adapters train and the base
+with its adapters disabled is the reference: `reference_logprobs` needs no second copy of the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cldg.errors import CldgError
+
+PREFIX = "hf:"
+
+
+def is_hf_spec(spec: Any) -> bool:
+    """True for a model named `hf:PATH`."""
+    return isinstance(spec, str) and spec.startswith(PREFIX)
+
+
+def hf_path(spec: str) -> Path:
+    """The directory of `hf:PATH` (a bare path is taken as it is)."""
+    path = spec[len(PREFIX):] if is_hf_spec(spec) else spec
+    if not path.strip():
+        raise CldgError(f"{spec!r}: no directory named (hf:PATH, a local transformers model directory)")
+    return Path(path).expanduser()
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """LoRA adapters (peft) on the pretrained model; None target modules: peft's default for the architecture."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+
+@dataclass
+class HFBatch:
+    """Model inputs and the response tokens they score. targets/target_mask [B, T] are the response's tokens;
+    causal: `input_ids` = left-padded prompt (width `prompt_len`) + right-padded response;
+    encoder-decoder: `input_ids` is the encoder's input and `decoder_input_ids` the shifted response."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    target_mask: torch.Tensor
+    prompt_len: int = 0
+    position_ids: torch.Tensor | None = None
+    decoder_input_ids: torch.Tensor | None = None
+
+    def to(self, device) -> HFBatch:
+        move = (lambda t: None if t is None else t.to(device))
+        return HFBatch(move(self.input_ids), move(self.attention_mask), move(self.targets), move(self.target_mask),
+                       self.prompt_len, move(self.position_ids), move(self.decoder_input_ids))
+
+    @property
+    def size(self) -> int:
+        return self.targets.size(0)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.target_mask.sum())
+
+
+@dataclass
+class ResponseOutput:
+    """What the model gives at the response positions: `logits` [B, T, V] (position t predicts targets[:, t]),
+    `targets`, `mask` [B, T] and, when asked, `hidden` [B, T, H]: the last layer's state at the position that
+    predicts token t (after reading the token before it), the representation SimCTG and contrastive search use."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+    def token_logprobs(self) -> torch.Tensor:
+        """log p(target_t | ...) in float32, 0 where the mask is off. [B, T]"""
+        logp = F.log_softmax(self.logits.float(), dim=-1).gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
+        return logp.masked_fill(~self.mask, 0.0)
+
+
+def _pad_rows(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            sl = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, sl] = torch.tensor(r, dtype=torch.long)
+            mask[i, sl] = True
+    return ids, mask
+
+
+class HFDialogueModel(nn.Module):
+    """A transformers model and its tokenizer, scoring and generating dialogue responses (see the module doc)."""
+
+    def __init__(self, hf_model, tokenizer, path: Path | str = "", max_context_tokens: int = 256,
+                 max_response_tokens: int = 64, lora: LoraOptions | None = None):
+        super().__init__()
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.path = str(path)
+        self.name = f"{PREFIX}{path}"
+        self.lora = lora
+        self.max_context_tokens, self.max_response_tokens = max_context_tokens, max_response_tokens
+        config = hf_model.config
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.eos_token_id
+        if self.eos_id is None:
+            raise CldgError(f"{path}: the tokenizer has no EOS token (cldg ends every response with it)")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.chat_template = getattr(tokenizer, "chat_template", None) if not self.is_encoder_decoder else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    # -- text -> token ids -----------------------------------------------------------------------------------
+    def _messages(self, turns: list[str]) -> list[dict[str, str]]:
+        n = len(turns)
+        return [{"role": "user" if (n - 1 - i) % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_context(self, turns: list[str]) -> list[int]:
+        """The prompt (causal) or encoder input (encoder-decoder) of a context, cut on the left."""
+        if self.is_encoder_decoder:
+            ids = self.tokenizer(self.tokenizer.eos_token.join(turns))["input_ids"]
+        elif self.chat_template:
+            ids = self._ids(self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False,
+                                                                add_generation_prompt=True))
+        else:
+            ids = [i for t in turns for i in self._ids(t) + [self.eos_id]]
+        ids = ids[-self.max_context_tokens:]
+        return ids or [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id]
+
+    def encode_response(self, turns: list[str], response: str) -> list[int]:
+        """The response's tokens as the model emits them (ending with EOS or the template's end of turn)."""
+        if self.is_encoder_decoder:
+            ids = self.tokenizer(text_target=response)["input_ids"]
+            ids = ids if ids and ids[-1] == self.eos_id else ids + [self.eos_id]
+        elif self.chat_template:
+            messages = self._messages(turns)
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                                      tokenize=False)
+            ids = self._ids(full[len(prompt):]) if full.startswith(prompt) else self._ids(response) + [self.eos_id]
+        else:
+            ids = self._ids(response) + [self.eos_id]
+        return ids[:self.max_response_tokens]
+
+    def make_batch(self, contexts: list[list[str]], responses: list[str]) -> HFBatch:
+        """One batch of (context, response) pairs, on the model's device."""
+        prompts = [self.encode_context(c) for c in contexts]
+        resp = [self.encode_response(c, r) for c, r in zip(contexts, responses)]
+        targets, target_mask = _pad_rows(resp, self.pad_id, left=False)
+        if self.is_encoder_decoder:
+            input_ids, attention_mask = _pad_rows(prompts, self.pad_id, left=False)
+            start = self.hf.config.decoder_start_token_id
+            start = self.pad_id if start is None else start
+            decoder_input_ids = torch.cat([torch.full((len(resp), 1), start, dtype=torch.long), targets[:, :-1]], 1)
+            batch = HFBatch(input_ids, attention_mask, targets, target_mask, decoder_input_ids=decoder_input_ids)
+        else:
+            p_ids, p_mask = _pad_rows(prompts, self.pad_id, left=True)
+            input_ids, attention_mask = torch.cat([p_ids, targets], 1), torch.cat([p_mask, target_mask], 1)
+            position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+            batch = HFBatch(input_ids, attention_mask, targets, target_mask, p_ids.size(1), position_ids)
+        return batch.to(self.device)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def response_output(self, batch: HFBatch, hidden: bool = False) -> ResponseOutput:
+        """Logits (and the last hidden states) at the response positions; bf16 autocast on CUDA."""
+        device = batch.input_ids.device
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            if self.is_encoder_decoder:
+                out = self.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
+                              decoder_input_ids=batch.decoder_input_ids, output_hidden_states=hidden, use_cache=False)
+                logits = out.logits
+                states = out.decoder_hidden_states[-1] if hidden else None
+            else:
+                out = self.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
+                              position_ids=batch.position_ids, output_hidden_states=hidden, use_cache=False)
+                window = slice(batch.prompt_len - 1, batch.prompt_len - 1 + batch.targets.size(1))
+                logits = out.logits[:, window]
+                states = out.hidden_states[-1][:, window] if hidden else None
+        return ResponseOutput(logits, batch.targets, batch.target_mask, states)
+
+    def forward(self, batch: HFBatch) -> torch.Tensor:
+        """Logits [B, T, V] at the response positions (teacher forcing), as DialogueModel.forward."""
+        return self.response_output(batch).logits
+
+    def sequence_logprobs(self, batch: HFBatch) -> torch.Tensor:
+        """log p(r|c) [B]: the sum over the response's tokens (EOS included), float32, with grad."""
+        return self.response_output(batch).token_logprobs().sum(-1)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: HFBatch) -> torch.Tensor:
+        """log p(r|c) [B] under the base model with the LoRA adapters disabled, in eval mode (no dropout)."""
+        if self.lora is None:
+            raise CldgError(f"{self.name}: no LoRA adapters, so the reference is a separate model (load it too)")
+        was_training = self.training
+        self.eval()
+        try:
+            with self.hf.disable_adapter():
+                return self.sequence_logprobs(batch)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def score(self, contexts: list[list[str]], responses: list[str], batch_size: int = 32) -> list[float]:
+        """log p(r|c) of each pair (eval mode, batched), e.g. for a reference cache."""
+        self.eval()
+        out: list[float] = []
+        for i in range(0, len(contexts), batch_size):
+            batch = self.make_batch(contexts[i:i + batch_size], responses[i:i + batch_size])
+            out += self.sequence_logprobs(batch).cpu().tolist()
+        return out
+
+    # -- generation ------------------------------------------------------------------------------------------
+    def generation_kwargs(self, cfg) -> dict[str, Any]:
+        """transformers `generate` arguments for a cldg DecodeConfig (greedy, beam, topk, nucleus)."""
+        kw: dict[str, Any] = {"max_new_tokens": cfg.max_len, "min_new_tokens": cfg.min_len, "use_cache": True,
+                              "pad_token_id": self.pad_id, "eos_token_id": self.eos_id}
+        if cfg.method in ("greedy", "beam"):
+            kw.update(do_sample=False, num_beams=cfg.beam_size if cfg.method == "beam" else 1)
+            if cfg.method == "beam":
+                kw["length_penalty"] = cfg.length_penalty
+        elif cfg.method in ("topk", "nucleus"):
+            kw.update(do_sample=True, temperature=cfg.temperature, num_beams=1,
+                      top_k=cfg.top_k if cfg.method == "topk" else 0, top_p=cfg.top_p if cfg.method == "nucleus" else 1.0)
+        else:
+            raise CldgError(f"decoding {cfg.method!r}: not available for {self.name} (greedy, beam, topk, nucleus)")
+        if cfg.no_repeat_ngram:
+            kw["no_repeat_ngram_size"] = cfg.no_repeat_ngram
+        if cfg.block_context_ngram:
+            if not self.is_encoder_decoder:
+                raise CldgError(f"--block-context-ngram: not available for the causal LM {self.name} (set it to 0)")
+            kw["encoder_no_repeat_ngram_size"] = cfg.block_context_ngram
+        return kw
+
+    @torch.no_grad()
+    def generate_ids(self, contexts: list[list[str]], cfg=None) -> list[list[int]]:
+        """Response token ids per context (EOS and what follows stripped), through `generate` with the KV cache."""
+        from cldg.decoding.search import DecodeConfig
+
+        cfg = cfg or DecodeConfig()
+        self.eval()
+        prompts = [self.encode_context(c) for c in contexts]
+        ids, mask = _pad_rows(prompts, self.pad_id, left=not self.is_encoder_decoder)
+        ids, mask = ids.to(self.device), mask.long().to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.hf.generate(input_ids=ids, attention_mask=mask, **self.generation_kwargs(cfg))
+        out = out[:, 1:] if self.is_encoder_decoder else out[:, ids.size(1):]
+        result = []
+        for row in out.tolist():
+            row = row[:row.index(self.eos_id)] if self.eos_id in row else row
+            result.append(row)
+        return result
+
+    def generate(self, contexts: list[list[str]], cfg=None) -> list[str]:
+        """Generated response texts (special tokens skipped)."""
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in self.generate_ids(contexts, cfg)]
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(err).__name__
+
+
+def load_hf_model(spec: str, device: Any = "cpu", lora: LoraOptions | None = None, max_context_tokens: int = 256,
+                  max_response_tokens: int = 64) -> HFDialogueModel:
+    """Load `hf:PATH` offline (float32 weights; bf16 autocast on CUDA), with LoRA adapters when `lora` is given."""
+    path = hf_path(spec)
+    if not path.is_dir():
+        raise CldgError(f"{path}: no such directory (hf:PATH names a local transformers model directory)")
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        hf_model = auto.from_pretrained(path, config=config, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise CldgError(f"{path}: cannot load a transformers model: {_one_line(err)}") from None
+    tokenizer.truncation_side = "left"
+    if lora is not None:
+        hf_model = add_lora(hf_model, lora, path)
+    return HFDialogueModel(hf_model, tokenizer, path, max_context_tokens, max_response_tokens, lora).to(device)
+
+
+def add_lora(hf_model, lora: LoraOptions, path: Path | str = ""):
+    """The model with LoRA adapters (peft): the base frozen, only the adapters trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_2_SEQ_LM if getattr(hf_model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
+    targets = list(lora.target_modules) if lora.target_modules else None
+    conv1d = getattr(hf_model.config, "model_type", "") == "gpt2"  # GPT-2's projections are Conv1D (weights transposed)
+    try:
+        return get_peft_model(hf_model, LoraConfig(task_type=task, r=lora.r, lora_alpha=lora.alpha, fan_in_fan_out=conv1d,
+                                                   lora_dropout=lora.dropout, target_modules=targets))
+    except ValueError as err:
+        raise CldgError(f"{path}: cannot add LoRA adapters ({_one_line(err)}); name the target modules") from None
