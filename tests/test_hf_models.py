@@ -40,22 +40,21 @@ def make_tokenizer(template: bool):
                                    unk_token="<unk>")
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
+def build_gpt2(path):
+    """A random 2-layer, 16-d GPT-2 and its tokenizer saved into `path`."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     tok = make_tokenizer(template=False)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=2, n_head=2, bos_token_id=BOS,
                      eos_token_id=EOS, pad_token_id=PAD)
-    path = tmp_path_factory.mktemp("gpt2")
     GPT2LMHeadModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
-@pytest.fixture(scope="module")
-def bart_dir(tmp_path_factory):
+def build_bart(path):
+    """A random 1+1-layer, 16-d BART and its tokenizer (<s> text </s>) saved into `path`."""
     from transformers import BartConfig, BartForConditionalGeneration
 
     torch.manual_seed(1)
@@ -64,10 +63,19 @@ def bart_dir(tmp_path_factory):
                      decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
                      pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS,
                      forced_bos_token_id=None, forced_eos_token_id=None)
-    path = tmp_path_factory.mktemp("bart")
     BartForConditionalGeneration(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return build_gpt2(tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="module")
+def bart_dir(tmp_path_factory):
+    return build_bart(tmp_path_factory.mktemp("bart"))
 
 
 def raw_model(path):
