@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from fixtures_data import without_timings  # noqa: E402  (the tests' comparison, shared)
 
 CONFIG = """
 seed = 3
@@ -175,15 +176,6 @@ def run_commands(commands: list[list[str]], workdir: Path, config: Path, kill_at
     return {"seconds": time.perf_counter() - t0, "returncodes": [p.returncode for p in procs], "killed": killed,
             "writing_at": writing_at,
             "latest_violations": sorted(set(violations + latest_violations(workdir))), "output": text}
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items()
-                if not (k.endswith("seconds") or k.endswith("_s") or k in ("speed", "timings"))}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def compare(a: Path, b: Path, manifest_a: dict, manifest_b: dict) -> tuple[list[str], list[str]]:

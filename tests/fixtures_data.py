@@ -50,3 +50,13 @@ def make_dialogues(n: int = 60, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, dialogues: list[dict]) -> Path:
     path.write_text("".join(json.dumps(d) + "\n" for d in dialogues), encoding="utf-8")
     return path
+
+
+def without_timings(value):
+    """A metrics dict less its wall-clock entries (train_seconds, ...), which no two runs share."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items()
+                if not (k.endswith("seconds") or k.endswith("_s") or k in ("speed", "timings"))}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value

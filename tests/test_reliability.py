@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from cldg.artifacts import Artifact, ArtifactStore, StageRun, artifact_problems
 from cldg.cli import app
 from cldg.errors import ArtifactLockedError, CorruptArtifactError, DiskFullError
+from fixtures_data import without_timings
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -48,16 +49,6 @@ def flip_byte(path: Path, offset: int = 10) -> None:
         b = fh.read(1)
         fh.seek(offset)
         fh.write(bytes([b[0] ^ 1]))
-
-
-def without_timings(value):
-    """A metrics dict less its wall-clock entries (train_seconds, ...), which no two runs share."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items()
-                if not (k.endswith("seconds") or k.endswith("_s") or k in ("speed", "timings"))}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def one_line_error(output: str) -> str:
