@@ -119,9 +119,12 @@ def load_common_and_config(ctx: typer.Context, config_cls: type | None, table: s
     return common, cfg
 
 
-def add_stage_command(name: str, module_name: str, table: str) -> None:
+def add_stage_command(stage) -> None:
+    from cldg.stages import stage_module
+
+    name, module_name, table = stage.command, stage.module, stage.table
     try:
-        module = importlib.import_module(f"cldg.stages.{module_name}")
+        module = stage_module(stage)
     except ModuleNotFoundError as exc:  # a stage that has not landed yet
         if exc.name == f"cldg.stages.{module_name}":
             return
@@ -171,8 +174,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 
 # (subcommand, module under cldg.stages, TOML table) in pipeline order: a view of the stage registry
 STAGES: list[tuple[str, str, str]] = [(s.command, s.module, s.table) for s in STAGE_REGISTRY]
-for _name, _module, _table in STAGES:
-    add_stage_command(_name, _module, _table)
+for _stage in STAGE_REGISTRY:
+    add_stage_command(_stage)
 
 
 @app.command("status")

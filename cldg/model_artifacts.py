@@ -29,10 +29,11 @@ def model_prepare(art: Artifact) -> Artifact:
 
 
 def model_limits(art: Artifact):
-    """The truncation limits the model was trained with (a contrastive model inherits its reference's)."""
+    """The truncation limits the model was trained with (a model trained from the reference without limits of its
+    own, e.g. contrastive or mmi, inherits the reference's)."""
     from cldg.data.batching import Limits
 
     cfg = art.config
-    if art.stage == "contrastive":
+    if "max_context_turns" not in cfg:
         cfg = Artifact.load(Path(art.manifest["inputs"]["reference"]["path"])).config
     return Limits(cfg["max_context_turns"], cfg["max_turn_len"], cfg["max_context_len"], cfg["max_response_len"])

@@ -24,7 +24,6 @@ rerunning after a crash or Ctrl-C continues where it stopped. With several seeds
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import time
 from pathlib import Path
@@ -37,14 +36,17 @@ from cldg.artifacts import Artifact
 from cldg.config import CommonOptions, config_from_table, load_toml
 from cldg.errors import CldgError
 from cldg.progress import console, make_progress
-from cldg.stages import STAGES
+from cldg.stages import BY_TABLE, STAGES, stage_module
 
 # (TOML table, stage module, label), in pipeline order, from the one stage registry
 PIPELINE: list[tuple[str, str, str]] = [(s.table, s.module, s.command) for s in STAGES]
 KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run", "ablate"}
 RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages"}
 ABLATE_KEYS = {"ks", "variants"}
-DEFAULT_SEED_STAGES = ("pretrain", "contrastive_train", "evaluate")
+# the baselines trained by the generic stage run only when the config has their table ([mmi_train], ...):
+# a config written before them trains what it always trained
+OPTIONAL_TABLES = {s.table for s in STAGES if s.approach}
+DEFAULT_SEED_STAGES = ("pretrain", "contrastive_train", *sorted(OPTIONAL_TABLES), "evaluate")
 # the ablations of the paper's Table 5, in its order (each a contrastive-train flag)
 ABLATIONS = ("no_group", "no_positive_group", "no_negative_group", "context_side_only", "response_side_only",
              "no_matching_scores")
@@ -55,6 +57,8 @@ INPUT_OPTIONS = {
     "mine_samples": {"prepare_dir": "prepare", "index_dir": "index", "matcher_dir": "matcher"},
     "pretrain": {"prepare_dir": "prepare"},
     "contrastive_train": {"reference_dir": "reference", "samples_dir": "samples"},
+    # an approach's generic stage takes each artifact it needs as --<need>-dir
+    **{s.table: {f"{need}_dir": need for need in stage_module(s).approach.needs} for s in STAGES if s.approach},
 }
 
 
@@ -126,10 +130,12 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
         raise CldgError(f"{where} [run]: skip names unknown stage tables {sorted(unknown)}")
     if doc.get("mine_samples", {}).get("matcher") == "bm25":
         skip.add("train_matcher")
-    models = run_table.get("evaluate_models", list(model_stages()))  # every approach's model
+    absent = {a for s in STAGES if s.table in OPTIONAL_TABLES and s.table not in doc for a in s.artifacts}
+    # every approach's model, but a baseline's only when the config trains it
+    models = run_table.get("evaluate_models", [m for m in model_stages() if m not in absent])
     steps = []
     for table, module, label in PIPELINE:
-        if table in skip:
+        if table in skip or (table in OPTIONAL_TABLES and table not in doc):
             continue
         if table == "evaluate":
             for model in models:
@@ -162,7 +168,7 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
                         f"{', '.join(t for t, _, _ in PIPELINE)}, got {seed_stages!r}")
     steps = []
     for table, module_name, label, extra in plan_steps(doc, where):
-        module = importlib.import_module(f"cldg.stages.{module_name}")
+        module = stage_module(BY_TABLE[table])
         values = {**extra, **(table_overrides or {}).get(table, {})}
         steps.append(Step(table, module, label, config_from_table(module.Config, doc.get(table, {}),
                                                                   f"{where} [{table}]", values)))

@@ -230,11 +230,9 @@ def check_reader(directory: Path, reader: str, data: bytes, ext: str | None = No
 # -- TOML ----------------------------------------------------------------------------------------------
 def stage_tables() -> dict[str, type]:
     """TOML table name -> the stage's config class (every stage the CLI has)."""
-    import importlib
+    from cldg.stages import STAGES, stage_module
 
-    from cldg.cli import STAGES
-
-    return {table: importlib.import_module(f"cldg.stages.{module}").Config for _, module, table in STAGES}
+    return {s.table: stage_module(s).Config for s in STAGES}
 
 
 TABLES = stage_tables()  # imported here, not while hypothesis draws (imports may touch `random`)

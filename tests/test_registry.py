@@ -24,8 +24,10 @@ def test_cli_run_and_store_read_the_one_stage_registry():
     assert [t for t, _, _ in pipeline.PIPELINE] == [s.table for s in STAGES]
     assert status.STAGE_ORDER[:2] == ["prepare", "index"] and "refcache" in status.STAGE_ORDER
     assert maker("reference") == "cldg pretrain" and maker("refcache") == "cldg contrastive-train"
-    for s in STAGES:  # every registered module is a stage: a Config and a run
-        module = __import__(f"cldg.stages.{s.module}", fromlist=["Config", "run"])
+    from cldg.stages import stage_module
+
+    for s in STAGES:  # every registered module is a stage: a Config and a run (an approach's, from its module)
+        module = stage_module(s)
         assert hasattr(module, "Config") and callable(module.run), s
 
 
@@ -54,7 +56,8 @@ def test_choices_are_torch_free_and_shared_with_the_library():
     from cldg import models
 
     models._load_all()
-    assert set(models.MODELS) == set(choices.MODELS)  # every listed model is registered, and only those
+    # every listed model is registered, and only those
+    assert set(models.MODELS) == set(choices.MODELS) | set(choices.APPROACH_MODELS)
 
 
 def _cldg_imports(path: Path) -> set[str]:

@@ -22,29 +22,35 @@ def test_decoding_options_are_declared_once_for_evaluate_chat_and_the_library():
     assert DecodingOptions().decode_config() == DecodeConfig()
 
 
-def test_the_approach_registry_lists_mle_and_contrastive_without_torch():
+def test_the_approach_registry_lists_mle_and_contrastive_first_then_the_baselines_without_torch():
     import subprocess
     import sys
 
     code = ("import sys; from cldg.approaches import approaches; print([a.name for a in approaches()], "
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "['mle', 'contrastive'] False"
+    assert out == "['mle', 'contrastive', 'cvae', 'mmi'] False"
 
     from cldg import pipeline
     from cldg.approaches import approaches, model_stages
-    from cldg.stages import STAGES
+    from cldg.stages import STAGES, stage_module
 
     stages = {s.command: s for s in STAGES}
     for a in approaches():  # each names the stage that trains it, the options it inherits, a recipe, its model
-        module = __import__(f"cldg.stages.{stages[a.command].module}", fromlist=["Config"])
+        module = stage_module(stages[a.command])
         assert issubclass(module.Config, a.options) and a.makes in stages[a.command].artifacts
         recipe = a.recipe_class()
         assert all(callable(getattr(recipe, m)) for m in ("batches", "loss", "validate"))
-    assert model_stages() == ("reference", "contrastive")
+        if a.generic:  # the generic stage's hooks
+            assert all(callable(getattr(recipe, m)) for m in ("setup", "finish", "describe"))
+    assert model_stages() == ("reference", "contrastive", "cvae", "mmi")
+    # a config without a baseline's table trains and evaluates what it did before the baselines
     steps = pipeline.plan_steps({}, "test")
     assert [label for _, _, label, _ in steps if label.startswith("evaluate")] == [
         "evaluate (reference)", "evaluate (contrastive)"]
+    steps = pipeline.plan_steps({"mmi_train": {}}, "test")
+    assert [label for _, _, label, _ in steps][-4:] == [
+        "mmi-train", "evaluate (reference)", "evaluate (contrastive)", "evaluate (mmi)"]
 
 
 def test_no_stage_function_is_longer_than_60_lines():
@@ -81,4 +87,4 @@ def test_the_trainer_has_one_shape_and_every_stage_trains_through_a_recipe():
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Trainer":
                 calls += 1  # model, options, run_dir, device, recipe: no loss or batch callables
                 assert len(node.args) == 5 and not node.keywords, f"{path}:{node.lineno}"
-    assert calls == 3  # pretrain, contrastive-train, train-matcher (through train_msn)
+    assert calls == 4  # pretrain, contrastive-train, the approaches' generic stage, train-matcher (train_msn)

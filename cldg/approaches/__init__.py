@@ -5,10 +5,16 @@ An approach is a class in `cldg/approaches/<name>.py` decorated with `@register_
     options    its options dataclass (TrainOptions and what its recipe needs; the stage that trains it
                inherits them and adds its input directories)
     recipe     "module:Class" of its training recipe (cldg.training.recipes), imported only to train
-    command    the cldg stage that trains it
+    command    the cldg stage that trains it; leave it out and the generic stage `cldg/stages/train.py`
+               trains the approach as `cldg <name>-train` (TOML table [<name>_train]): it resolves `needs`
+               (one `--<need>-dir` option each, default the latest), fingerprints (approach, options, inputs),
+               calls the recipe's `setup`, fits with the Trainer and commits what the recipe's `finish`
+               returns (the contract is in cldg/training/recipes/__init__.py)
     makes      the model artifact it writes (what `evaluate --model`, `chat` and `compare` take)
     needs      the artifacts it trains from
     docstring  its one-line description
+
+So a baseline is one module here and its recipe: no stage module, no STAGES line, no pipeline entry.
 
 The CLI (`cldg approaches`), `cldg run` (the models it evaluates) and `cldg compare` (runs named by
 approach) read this registry; so do `cldg.model_artifacts` (which artifacts are models). Approach modules
@@ -30,6 +36,7 @@ class Approach:
     command: str
     makes: str
     needs: tuple[str, ...]
+    generic: bool = False  # trained by the generic stage (cldg/stages/train.py), not a stage of its own
 
     def recipe_class(self) -> type:
         module, _, cls = self.recipe.partition(":")
@@ -45,17 +52,26 @@ def register_approach(name: str):
         if name in _REGISTRY:
             raise ValueError(f"approach {name!r} is registered twice")
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        _REGISTRY[name] = Approach(name, doc, cls.options, cls.recipe, cls.command, cls.makes, tuple(cls.needs))
+        command = getattr(cls, "command", None)
+        _REGISTRY[name] = Approach(name, doc, cls.options, cls.recipe, command or f"{name}-train", cls.makes,
+                                   tuple(cls.needs), generic=command is None)
         return cls
     return register
+
+
+def registered() -> list[Approach]:
+    """Every approach module imported, the approaches in name order (the stage registry's view: it cannot
+    ask for the pipeline order, which it defines)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return sorted(_REGISTRY.values(), key=lambda a: a.name)
 
 
 def approaches() -> list[Approach]:
     """Every registered approach, in the pipeline order of the stages that train them."""
     from cldg.stages import STAGES
 
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    registered()
     order = [s.command for s in STAGES]
     return sorted(_REGISTRY.values(), key=lambda a: (order.index(a.command), a.name))
 

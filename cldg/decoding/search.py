@@ -134,6 +134,10 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
     if cfg.method not in METHODS:
         raise ValueError(f"unknown decoding method {cfg.method!r}")
     model.eval()
+    if callable(getattr(model, "rerank_scores", None)):  # a reranking model (MMI): its N-best list, reranked
+        from cldg.decoding.rerank import generate_reranked
+
+        return generate_reranked(model, batch, cfg)
     if cfg.method == "beam":
         return _beam(model, batch, cfg)
     B = batch.size
@@ -170,7 +174,15 @@ def _length_normalised(score: float, length: int, alpha: float) -> float:
 
 
 def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
-    """Batched beam search (fairseq-style bookkeeping), vectorised over batch x beam.
+    """The best hypothesis of each item's beam (`beam_nbest`)."""
+    return [max(pool, key=lambda x: x[0])[1] if pool else [] for pool in beam_nbest(model, batch, cfg)]
+
+
+def beam_nbest(model, batch, cfg: DecodeConfig) -> list[list[tuple[float, list[int]]]]:
+    """Each item's N-best list, N = cfg.beam_size: (length-normalised score, token ids without EOS), the finished
+    hypotheses in the order they ended, then (when fewer than N ended) the live ones.
+
+    Batched beam search (fairseq-style bookkeeping), vectorised over batch x beam.
 
     Each step ranks the K * V continuations of an item's K live hypotheses (one top-k over beam x
     vocabulary) and looks at the best 2K: an EOS among the first K ranks finishes that hypothesis (its
@@ -247,5 +259,5 @@ def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
                 s = live_scores[b][j]
                 if s != NEG_INF:
                     pool.append((_length_normalised(s, len(live_hyps[b * K + j]), cfg.length_penalty), live_hyps[b * K + j]))
-        out.append(max(pool, key=lambda x: x[0])[1] if pool else [])
+        out.append(pool)
     return out

@@ -122,3 +122,23 @@ def matching_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     logits = logits.float()
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     return loss, ((logits > 0).float() == labels).float().mean().item()
+
+
+# -- CVAE (Zhao et al., 2017) ------------------------------------------------------------------------------
+
+def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) of diagonal Gaussians, summed over the latent: [B]."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0).sum(-1)
+
+
+def bag_of_words_loss(bow_logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Zhao et al.'s auxiliary loss: -sum over the response's tokens of log softmax(bow_logits)[token], order
+    ignored: [B]. bow_logits [B, V] (one distribution per response), targets [B, T] padded with pad_id."""
+    logp = torch.log_softmax(bow_logits.float(), -1).gather(1, targets.clamp_min(0))
+    return -(logp * targets.ne(pad_id)).sum(-1)
+
+
+def kl_anneal_weight(step: int, full_kl_step: int) -> float:
+    """KL annealing (Bowman et al., 2016) as Zhao et al. use it: the KL weight rises linearly from 0 at step 0 to 1
+    at `full_kl_step` (10,000 batches in the released code) and stays 1; 0 steps = no annealing."""
+    return 1.0 if full_kl_step <= 0 else min(step / full_kl_step, 1.0)

@@ -207,6 +207,7 @@ class Trainer:
             self._log({"type": "train", "step": step, "loss": mean, "grad_norm": float(grad_norm),
                        **{k: float(v) for k, v in info.items()}})
             shown = f"loss {mean:.3f}" + (f" ppl {math.exp(min(info['nll'], 50)):.1f}" if "nll" in info else "")
+            shown += "".join(f" {k} {info[k]:.3f}" for k in getattr(self.recipe, "progress_keys", ()) if k in info)
             progress.update(task, status=f"{shown} {rate:,.0f} tok/s")
         progress.update(task, completed=step)
 

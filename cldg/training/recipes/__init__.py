@@ -12,12 +12,27 @@ A recipe is an object with (torchtune's recipes, made small):
                                                   DDP wrapper
     validate(model) -> metrics                    run under no_grad in eval mode; "criterion": lower is better
 
+    progress_keys: tuple[str, ...]               optional: `info` entries the progress bar shows beside
+                                                  the loss (e.g. ("kl", "bow"))
+
 The losses themselves live in cldg/training/losses.py (never in a model); a recipe only applies them.
 Recipes: `mle.MLERecipe` (pretrain), `contrastive.ContrastiveRecipe` (contrastive-train),
-`matcher.MatcherRecipe` (train-matcher). This module imports nothing heavy.
+`matcher.MatcherRecipe` (train-matcher), and the recipes of the approaches the generic stage trains
+(cldg/stages/train.py: `mmi.MMIRecipe`, `cvae.CVAERecipe`), which also have
+
+    setup(cfg, inputs: TrainInputs, seed, device) -> (model, recipe)   classmethod: the model to fit and
+                                                  the recipe, from the approach's options and its inputs
+    finish(model, summary) -> (model, metrics)    after the fit (best weights loaded): the registry model
+                                                  the artifact saves (evaluate, chat load it) and what its
+                                                  metrics.json adds to the trainer's summary
+    describe() -> str                             one line printed before training
+
+This module imports nothing heavy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 
@@ -29,3 +44,12 @@ class Recipe(Protocol):
     def loss(self, model: Any, batch: Any, step: int) -> tuple[Any, dict[str, float]]: ...
 
     def validate(self, model: Any) -> dict[str, float]: ...
+
+
+@dataclass
+class TrainInputs:
+    """What the generic stage hands a recipe's `setup`: plain paths and configs (the library never reads the
+    artifact store). `dirs` and `configs` are keyed by artifact name (`reference`, `samples`, ...)."""
+    prepare: Path                                  # the prepare artifact: tokenizer, pairs, word vectors
+    dirs: dict[str, Path] = field(default_factory=dict)
+    configs: dict[str, dict] = field(default_factory=dict)
