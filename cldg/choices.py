@@ -20,4 +20,6 @@ INPUT_FORMATS = tuple(f for f in CORPUS_FORMATS if f != "chitchat")
 MATCHERS = ("msn", "bm25")
 # Lucene analysis of the BM25 indexes
 INDEX_LANGUAGES = ("auto", "en", "pretokenized")
+# how mine-samples searches the BM25 indexes (cldg.retrieval.search: anserini; cldg.retrieval.sparse: numpy)
+RETRIEVAL_BACKENDS = ("lucene", "numpy")
 EVAL_SPLITS = ("test", "valid")

@@ -213,7 +213,7 @@ def test_a_crash_resumes_at_the_first_unfinished_chunk(mining_env, full_run, mon
     from cldg.retrieval.mining import read_samples
 
     _, cols = full_run
-    real = mining.mine_dual_samples
+    real = mining.plan_chunk  # both the sequential and the overlapped loop plan each chunk through it
     calls = []
 
     def crash_on_third(queries, *args, **kwargs):
@@ -222,12 +222,12 @@ def test_a_crash_resumes_at_the_first_unfinished_chunk(mining_env, full_run, mon
             raise KeyboardInterrupt
         return real(queries, *args, **kwargs)
 
-    monkeypatch.setattr(mining, "mine_dual_samples", crash_on_third)
+    monkeypatch.setattr(mining, "plan_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         mine(mining_env, num_shards=3, chunk_size=40)
     done_before = list(calls[:2])
     calls.clear()
-    monkeypatch.setattr(mining, "mine_dual_samples", lambda q, *a, **kw: (calls.append(q[0].pair_id), real(q, *a, **kw))[1])
+    monkeypatch.setattr(mining, "plan_chunk", lambda q, *a, **kw: (calls.append(q[0].pair_id), real(q, *a, **kw))[1])
     art = mine(mining_env, num_shards=3, chunk_size=40)
     assert not set(done_before) & set(calls)  # finished chunks were not mined again
     assert sorted_rows(read_samples(art.path)) == sorted_rows(cols)
@@ -264,3 +264,43 @@ def test_inspect_samples_shows_groups_with_texts_and_scores(mining_env, full_run
                 assert g["text"] in train_responses and g["text"] != entry["response"]
     inspect_samples(mining_env[0], None, n=1, seed=1, as_json=False)  # the rich tables render
     assert "r+1" in capsys.readouterr().err
+
+
+def test_overlapped_mining_and_the_numpy_backend_give_the_sequential_lucene_rows(mining_env):
+    """mine-samples' default loop (retrieval in a producer thread) and --retrieval numpy change speed, not rows."""
+    from cldg.matching.bm25 import BM25Matcher
+    from cldg.retrieval.mining import Query, TrainPool, mine_dual_samples, mine_pipelined
+    from cldg.stages.mine import open_searchers
+
+    _, prepared, idx, train, valid = mining_env
+    pool = TrainPool(train.pair_id, train.context, train.response)
+    queries = [Query("train", train.pair_id[i], train.context[i], train.response[i]) for i in range(len(train))]
+    queries += [Query("valid", valid.pair_id[i], valid.context[i], valid.response[i]) for i in range(len(valid))]
+    chunks = [queries[lo:lo + 37] for lo in range(0, len(queries), 37)]
+    matcher = BM25Matcher(str.split, train.response)
+    opts = (K, 8, 4, 5)
+    rows = {}
+    for backend in ("lucene", "numpy"):
+        searchers = open_searchers(idx, 1, backend, pool)
+        sequential = [mine_dual_samples(c, pool, *searchers, matcher, *opts) for c in chunks]
+        overlapped = list(mine_pipelined(chunks, pool, *searchers, matcher, *opts, depth=2, score_threads=1))
+        assert overlapped == sequential
+        rows[backend] = sorted(r for cols, _ in sequential for r in sorted_rows(cols))
+        for s in searchers:
+            s.close()
+    assert rows["numpy"] == rows["lucene"] and len(rows["lucene"]) > 4 * len(queries)
+
+
+def test_a_failure_in_the_retrieval_thread_reaches_the_caller(mining_env):
+    from cldg.retrieval.mining import Query, TrainPool, mine_pipelined
+
+    _, _, _, train, _ = mining_env
+    pool = TrainPool(train.pair_id, train.context, train.response)
+
+    class Broken:
+        def batch_search(self, queries, k):
+            raise OSError("index gone")
+
+    chunks = [[Query("train", train.pair_id[0], train.context[0], train.response[0])]]
+    with pytest.raises(OSError, match="index gone"):
+        list(mine_pipelined(chunks, pool, Broken(), Broken(), None, K, 8, 4, 5))

@@ -87,6 +87,23 @@ def _select(rows: list[int], probs: np.ndarray, k: int) -> tuple[list[int], list
 def mine_dual_samples(queries: Sequence[Query], pool: TrainPool, context_searcher, response_searcher, matcher,
                       k: int, n_candidates: int, n_random: int, seed: int) -> tuple[dict[str, list], list[str]]:
     """The samples of `queries` in the long format (columns COLUMNS) and a note per short group."""
+    chunk = plan_chunk(queries, pool, context_searcher, response_searcher, n_candidates, n_random, seed)
+    return select_samples(chunk, pool, score_chunk(chunk, matcher), k)
+
+
+@dataclass
+class ChunkPlan:
+    """A chunk's candidates: (query, side, candidate rows) per group, and the (context, response) pairs to score."""
+
+    plans: list[tuple[Query, str, list[int]]]
+    contexts: list[list[str]]
+    responses: list[str]
+    encoded: object = None  # the matcher's own encoding of the pairs (MSNMatcher.encode), when done ahead
+
+
+def plan_chunk(queries: Sequence[Query], pool: TrainPool, context_searcher, response_searcher, n_candidates: int,
+               n_random: int, seed: int) -> ChunkPlan:
+    """Retrieval and candidate lists of a chunk (no matcher): what a producer thread can do ahead of scoring."""
     slack = n_candidates + 10  # room for the hits that are removed (self, duplicates)
     ctx_hits = context_searcher.batch_search([context_text(q.context) for q in queries], slack)
     resp_hits = response_searcher.batch_search([q.response for q in queries], slack)
@@ -110,12 +127,30 @@ def mine_dual_samples(queries: Sequence[Query], pool: TrainPool, context_searche
             else:
                 contexts.append(pool.contexts[row])
                 responses.append(q.response)
-    probs_all = matcher.score(contexts, responses) if contexts else np.zeros(0, np.float32)
+    return ChunkPlan(plans, contexts, responses)
 
+
+def encode_chunk(chunk: ChunkPlan, matcher) -> ChunkPlan:
+    """Tokenize the chunk's pairs ahead of scoring when the matcher can (MSNMatcher.encode / score_ids)."""
+    if chunk.contexts and hasattr(matcher, "encode") and hasattr(matcher, "score_ids"):
+        chunk.encoded = matcher.encode(chunk.contexts, chunk.responses)
+    return chunk
+
+
+def score_chunk(chunk: ChunkPlan, matcher) -> np.ndarray:
+    if not chunk.contexts:
+        return np.zeros(0, np.float32)
+    if chunk.encoded is not None:
+        return matcher.score_ids(chunk.encoded)
+    return matcher.score(chunk.contexts, chunk.responses)
+
+
+def select_samples(chunk: ChunkPlan, pool: TrainPool, probs_all: np.ndarray, k: int) -> tuple[dict[str, list], list[str]]:
+    """The k best and k worst candidates of each group, in the long format, and the short-group notes."""
     out: dict[str, list] = {c: [] for c in COLUMNS}
     notes = []
     offset = 0
-    for q, side, rows in plans:
+    for q, side, rows in chunk.plans:
         probs = np.asarray(probs_all[offset:offset + len(rows)], dtype=np.float64)
         offset += len(rows)
         pos, neg = _select(rows, probs, k)
@@ -134,6 +169,86 @@ def mine_dual_samples(queries: Sequence[Query], pool: TrainPool, context_searche
                 out["matcher_prob"].append(p)
                 out["weight"].append(max(p, POS_FLOOR) if polarity == "pos" else p - 1.0)
     return out, notes
+
+
+def mine_pipelined(chunks: Sequence[Sequence[Query]], pool: TrainPool, context_searcher, response_searcher, matcher,
+                   k: int, n_candidates: int, n_random: int, seed: int, depth: int = 1,
+                   score_threads: int | None = None):
+    """Yield mine_dual_samples(chunk, ...) for each chunk, in order, with retrieval overlapped with scoring.
+
+    A producer thread retrieves, builds the candidate lists and tokenizes chunk i+1 (up to `depth` chunks
+    ahead) while this thread scores chunk i with the matcher: the JVM's search threads and numpy release
+    the GIL for much of their work, torch for its kernels. Same rows as the sequential loop: every chunk
+    is planned and scored exactly as mine_dual_samples does it (random draws are seeded per pair).
+    `score_threads`: torch's CPU threads while this runs (restored after), so that scoring leaves the
+    retrieval thread a core: torch's thread pool spins at its barriers, and a core taken by another
+    thread stalls all of it (measured on 2 cores: MSN scoring at 2 threads beside a busy thread ran ~15x
+    slower than at 1). MSN's scores were bit-identical at 1 and 2 threads (bench/bench_mining.py checks
+    the rows).
+    """
+    import queue
+    import threading
+
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if score_threads:
+        torch.set_num_threads(score_threads)
+
+    handoff: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for qs in chunks:
+                if stop.is_set():
+                    return
+                plan = encode_chunk(plan_chunk(qs, pool, context_searcher, response_searcher, n_candidates,
+                                               n_random, seed), matcher)
+                while not stop.is_set():
+                    try:
+                        handoff.put(("ok", plan), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the consumer, raised there
+            handoff.put(("error", exc))
+            return
+        finally:
+            _detach_jvm_thread()
+        handoff.put(("done", None))
+
+    worker = threading.Thread(target=produce, name="cldg-mine-retrieval", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield select_samples(item, pool, score_chunk(item, matcher), k)
+    finally:
+        stop.set()
+        if score_threads:
+            torch.set_num_threads(threads_before)
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.1)
+
+
+def _detach_jvm_thread() -> None:
+    """A thread that called into the JVM (pyjnius attaches it) must detach before it ends."""
+    import sys
+
+    if "jnius" in sys.modules:
+        try:
+            sys.modules["jnius"].detach()
+        except Exception:  # never attached, or no JVM: nothing to undo
+            pass
 
 
 NOTES_KEY = b"cldg.short_groups"

@@ -30,6 +30,12 @@ def clip_query(query: str, pretokenized: bool = False, max_terms: int = MAX_QUER
     return " ".join(reversed(kept))
 
 
+def prepare_queries(queries: list[str], pretokenized: bool = False) -> list[str]:
+    """What is searched for each query: clipped (clip_query); a blank query becomes "<empty>" (Lucene
+    cannot search an empty string; "<empty>" analyses to the word "empty")."""
+    return [clip_query(q, pretokenized) if q.strip() else "<empty>" for q in queries]
+
+
 class BM25Searcher:
     def __init__(self, directory: Path, k1: float = 0.9, b: float = 0.4, threads: int = 2,
                  pretokenized: bool = False):
@@ -52,8 +58,8 @@ class BM25Searcher:
         if not queries or k <= 0:
             return [[] for _ in queries]
         qids = [str(i) for i in range(len(queries))]
-        # Lucene cannot search an empty string; a query of stopwords only also returns nothing.
-        safe = [clip_query(q, self.pretokenized) if q.strip() else "<empty>" for q in queries]
+        # a query of stopwords only returns nothing
+        safe = prepare_queries(queries, self.pretokenized)
         hits = self.searcher.batch_search(safe, qids, k=k, threads=self.threads)
         return [[(int(h.docid), float(h.score)) for h in hits.get(q, [])] for q in qids]
 

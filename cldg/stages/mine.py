@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
-from cldg.choices import MATCHERS
+from cldg.choices import MATCHERS, RETRIEVAL_BACKENDS
 from cldg.config import CommonOptions, fingerprint_config, option
 from cldg.errors import CldgError
 
@@ -51,6 +51,11 @@ class Config:
     matcher_dir: Path | None = option(None, "Matcher artifact for --matcher msn (default: latest).", fingerprint=False)
     chunk_size: int = option(2000, "Queries per retrieval + scoring chunk (a resume point).", fingerprint=False)
     threads: int = option(2, "Search threads.", fingerprint=False)
+    retrieval: str = option("lucene", "BM25 search: lucene (anserini), or numpy (the same BM25 and analysis over "
+                            "postings in memory; same hits, faster on long queries; see cldg/retrieval/sparse.py).",
+                            choices=RETRIEVAL_BACKENDS, fingerprint=False)
+    overlap: bool = option(True, "Retrieve the next chunk in a second thread while the matcher scores this one "
+                           "(same rows).", fingerprint=False)
     score_batch_size: int = option(512, "Matcher batch size.", fingerprint=False)
     java_heap: str = option("2g", "JVM heap cap (searching needs little heap; a larger cap only raises peak memory).",
                            fingerprint=False)
@@ -125,12 +130,11 @@ def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, co
                 prepared, index, inputs: dict) -> None:
     """Mine `shards` into run_dir, each under its own lock, resuming a half-done shard at its last chunk."""
     import fcntl
-    import os
 
     from cldg.data.pairs import read_pairs
     from cldg.progress import console, make_progress
     from cldg.retrieval.jvm import start_jvm
-    from cldg.retrieval.mining import Query, TrainPool, mine_dual_samples, write_samples
+    from cldg.retrieval.mining import Query, TrainPool
 
     train = read_pairs(prepared.file("pairs-train.parquet"))
     valid = read_pairs(prepared.file("pairs-valid.parquet"))
@@ -140,11 +144,10 @@ def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, co
     queries += [Query("valid", valid.pair_id[i], valid.context[i], valid.response[i]) for i in range(len(valid))]
     matcher = load_matcher(cfg, inputs, prepared, train, common)
     start_jvm(cfg.java_heap)
-    ctx_search, resp_search = open_searchers(index, cfg.threads)
+    ctx_search, resp_search = open_searchers(index, cfg.threads, cfg.retrieval, pool)
     with make_progress() as progress:
         for s in shards:
             target = run_dir / shard_name(s, n_shards)
-            lo, hi = len(queries) * s // n_shards, len(queries) * (s + 1) // n_shards
             lock = open(run_dir / f".shard-{s:05d}.lock", "w")
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -155,38 +158,73 @@ def mine_shards(run_dir: Path, shards: list[int], n_shards: int, cfg: Config, co
             if target.exists():  # finished by another worker while we were starting up
                 lock.close()
                 continue
-            task = progress.add_task(f"mine shard {s}/{n_shards}", total=hi - lo, unit="pairs")
-            done = sum(min(c + cfg.chunk_size, hi) - c for c in range(lo, hi, cfg.chunk_size)
-                       if (run_dir / f".shard-{s:05d}-chunk-{c:09d}-{min(c + cfg.chunk_size, hi):09d}.parquet").exists())
-            if done:
-                console.print(f"mine-samples: resuming shard {s}/{n_shards} from pair {done:,} of {hi - lo:,}")
-            chunk_files = []
-            for c_lo in range(lo, hi, cfg.chunk_size):
-                c_hi = min(c_lo + cfg.chunk_size, hi)
-                # the name holds both ends, so chunks of a run with another --chunk-size are never reused
-                part = run_dir / f".shard-{s:05d}-chunk-{c_lo:09d}-{c_hi:09d}.parquet"
-                chunk_files.append(part)
-                if not part.exists():  # resume at the first unfinished chunk
-                    cols, notes = mine_dual_samples(queries[c_lo:c_hi], pool, ctx_search, resp_search, matcher,
-                                                    cfg.k, cfg.n_candidates, cfg.n_random, common.seed)
-                    write_samples(cols, part.with_suffix(".tmp"), notes)
-                    os.replace(part.with_suffix(".tmp"), part)
-                progress.update(task, advance=c_hi - c_lo)
-            merge_chunks(chunk_files, target)
-            for part in chunk_files:
-                part.unlink(missing_ok=True)
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+            try:
+                mine_one_shard(run_dir, s, n_shards, target, queries, cfg, common, pool, ctx_search, resp_search,
+                               matcher, progress)
+            finally:  # released even when mining fails, so that a retry in this process can take the shard
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
     ctx_search.close()
     resp_search.close()
 
 
-def open_searchers(index, threads: int):
-    """BM25 searchers over the index's contexts and responses (the JVM must be running: pyserini imports here)."""
+def mine_one_shard(run_dir: Path, s: int, n_shards: int, target: Path, queries, cfg: Config, common: CommonOptions,
+                   pool, ctx_search, resp_search, matcher, progress) -> None:
+    """Mine shard s chunk by chunk (each chunk file a resume point), then merge its chunks into `target`."""
+    import os
+
+    import torch
+
+    from cldg.progress import console
+    from cldg.retrieval.mining import mine_dual_samples, mine_pipelined, write_samples
+
+    lo, hi = len(queries) * s // n_shards, len(queries) * (s + 1) // n_shards
+    task = progress.add_task(f"mine shard {s}/{n_shards}", total=hi - lo, unit="pairs")
+    done = sum(min(c + cfg.chunk_size, hi) - c for c in range(lo, hi, cfg.chunk_size)
+               if (run_dir / f".shard-{s:05d}-chunk-{c:09d}-{min(c + cfg.chunk_size, hi):09d}.parquet").exists())
+    if done:
+        console.print(f"mine-samples: resuming shard {s}/{n_shards} from pair {done:,} of {hi - lo:,}")
+    chunk_files, todo = [], []
+    for c_lo in range(lo, hi, cfg.chunk_size):
+        c_hi = min(c_lo + cfg.chunk_size, hi)
+        # the name holds both ends, so chunks of a run with another --chunk-size are never reused
+        part = run_dir / f".shard-{s:05d}-chunk-{c_lo:09d}-{c_hi:09d}.parquet"
+        chunk_files.append(part)
+        if part.exists():  # resume at the first unfinished chunk
+            progress.update(task, advance=c_hi - c_lo)
+        else:
+            todo.append((c_lo, c_hi, part))
+    args = (pool, ctx_search, resp_search, matcher, cfg.k, cfg.n_candidates, cfg.n_random, common.seed)
+    if cfg.overlap:  # scoring leaves a core to the retrieval thread (mine_pipelined)
+        results = mine_pipelined([queries[a:b] for a, b, _ in todo], *args,
+                                 score_threads=max(1, torch.get_num_threads() - 1))
+    else:
+        results = (mine_dual_samples(queries[a:b], *args) for a, b, _ in todo)
+    for (c_lo, c_hi, part), (cols, notes) in zip(todo, results):
+        write_samples(cols, part.with_suffix(".tmp"), notes)
+        os.replace(part.with_suffix(".tmp"), part)
+        progress.update(task, advance=c_hi - c_lo)
+    merge_chunks(chunk_files, target)
+    for part in chunk_files:
+        part.unlink(missing_ok=True)
+
+
+def open_searchers(index, threads: int, backend: str = "lucene", pool=None):
+    """BM25 searchers over the index's contexts and responses (the JVM must be running: pyserini imports here).
+
+    backend numpy: the same BM25 over the texts the index was built from, `pool` (the prepare artifact's
+    train pairs, as `cldg index` indexed them)."""
     from cldg.retrieval.search import BM25Searcher
 
     bm25 = index.manifest.get("bm25", {"k1": 0.9, "b": 0.4})
     pretokenized = index.manifest.get("language") == "pretokenized"
+    if backend == "numpy":
+        from cldg.retrieval.bm25_index import context_text
+        from cldg.retrieval.sparse import SparseBM25Searcher
+
+        return (SparseBM25Searcher(pool.pair_ids, [context_text(c) for c in pool.contexts], bm25["k1"], bm25["b"],
+                                   pretokenized),
+                SparseBM25Searcher(pool.pair_ids, pool.responses, bm25["k1"], bm25["b"], pretokenized))
     return (BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], threads, pretokenized),
             BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], threads, pretokenized))
 

@@ -1,0 +1,212 @@
+"""BM25 retrieval in numpy with Lucene's scoring: the `numpy` backend of `cldg mine-samples --retrieval`.
+
+The Lucene backend (cldg.retrieval.search.BM25Searcher) asks anserini for each query's top hits sorted
+by (score, docid): that sort turns off Lucene's top-k pruning, so every document that shares a word
+with a whole-context query is scored (on full chitchat, ~360,000 postings per context query). This
+module gives the same hits from postings held in memory:
+
+- Text analysis is Lucene's own (anserini's DefaultEnglishAnalyzer, or the whitespace analyzer for
+  pretokenized indexes), run through the JVM once per index and once per batch of queries (many texts
+  in one call), so the terms are those of the Lucene index built from the same texts.
+- Scores follow Lucene 9's BM25Similarity: idf = log(1 + (N - df + 0.5) / (df + 0.5)), document
+  lengths quantised to Lucene's one-byte norms (SmallFloat.intToByte4), the 256-entry norm cache,
+  weight - weight / (1 + freq * normInverse) per term in float32, a repeated query word counted as a
+  boost (anserini's BagOfWordsQueryGenerator), the per-term scores summed in float64 and rounded to
+  float32. Ties are broken by the pair id as a string, as anserini's sort does.
+- A query's postings are gathered and summed per document (np.bincount), the top k taken by
+  partition. No pruning: MaxScore-style skipping of the common words was tried and measured no faster
+  in numpy (the bookkeeping costs what the skipped postings would).
+
+Differences from Lucene: Lucene sums a document's per-term scores in float32 in an order of its own,
+this module in float64 in the query's order, so scores differ in the last float32 bits (measured: at
+most 7e-5 on scores of 20-90). Hit lists are the same except where two different documents' scores lie
+that close, which the benches and tests measure (bench/bench_retrieval.py reports the share of
+identical top-k lists). Memory: ~14 bytes per posting (4.4M postings, ~60 MB, for full chitchat's
+contexts). Single-threaded (numpy holds the GIL here): in mining, the other core scores with the matcher.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+SEPARATOR = "qqcldgtextseparatorqq"  # joins texts analysed in one JVM call; analysed to itself
+
+
+# --- Lucene's one-byte length norms (org.apache.lucene.util.SmallFloat) ----------------------------
+
+def _long_to_int4(i: int) -> int:
+    bits = i.bit_length()
+    if bits < 4:
+        return i
+    shift = bits - 4
+    return ((i >> shift) & 0x07) | ((shift + 1) << 3)
+
+
+def _int4_to_long(i: int) -> int:
+    bits, shift = i & 0x07, (i >> 3) - 1
+    return bits if shift == -1 else (bits | 0x08) << shift
+
+
+_NUM_FREE = 255 - _long_to_int4(2**31 - 1)
+
+
+def int_to_byte4(i: int) -> int:
+    """SmallFloat.intToByte4 as an unsigned byte: the norm Lucene stores for a field of i terms."""
+    return i if i < _NUM_FREE else _NUM_FREE + _long_to_int4(i - _NUM_FREE)
+
+
+def byte4_to_int(b: int) -> int:
+    return b if b < _NUM_FREE else _NUM_FREE + _int4_to_long(b - _NUM_FREE)
+
+
+LENGTH_TABLE = np.array([byte4_to_int(i) for i in range(256)], dtype=np.float32)  # Java's float[] of the same
+
+
+# --- analysis through the JVM ----------------------------------------------------------------------
+
+def lucene_analyzer(pretokenized: bool):
+    """The analyzer the index was built and is searched with (cldg.retrieval.search); starts the JVM."""
+    from cldg.retrieval.jvm import start_jvm
+
+    start_jvm()
+    from jnius import autoclass
+
+    if pretokenized:
+        return autoclass("org.apache.lucene.analysis.core.WhitespaceAnalyzer")()
+    return autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
+
+
+def analyze(analyzer, texts: Sequence[str], batch: int = 2000) -> list[list[str]]:
+    """Lucene's terms of each text: `batch` texts per JVM call, joined by SEPARATOR and split after."""
+    from jnius import autoclass
+
+    utils = autoclass("io.anserini.analysis.AnalyzerUtils")
+    out: list[list[str]] = []
+    for lo in range(0, len(texts), batch):
+        chunk = texts[lo:lo + batch]
+        if any(SEPARATOR in t for t in chunk):  # never in practice; analyse those one by one
+            out += [list(utils.analyze(analyzer, t)) for t in chunk]
+            continue
+        # the Java list printed as "[a, b, c]": terms hold no spaces, so ", " splits them
+        joined = str(utils.analyze(analyzer, f" {SEPARATOR} ".join(chunk)).toString())[1:-1]
+        cur: list[str] = []
+        for term in (joined.split(", ") if joined else []):
+            if term == SEPARATOR:
+                out.append(cur)
+                cur = []
+            else:
+                cur.append(term)
+        out.append(cur)
+    return out
+
+
+# --- the index -------------------------------------------------------------------------------------
+
+class SparseBM25:
+    """Postings of analysed documents and Lucene's BM25 over them (module doc). `ids`: the pair ids."""
+
+    def __init__(self, ids: Sequence[int], doc_terms: Sequence[Sequence[str]], k1: float = 0.9, b: float = 0.4):
+        n = len(doc_terms)
+        self.n = n
+        self.ids = np.asarray(ids, dtype=np.int64)
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.argsort(np.array([str(i) for i in ids], dtype=object), kind="stable")] = np.arange(n)
+        self.id_rank = rank  # anserini breaks ties by the id string
+        vocab: dict[str, int] = {}
+        flat = np.fromiter((vocab.setdefault(t, len(vocab)) for terms in doc_terms for t in terms), dtype=np.int64)
+        lengths = np.fromiter((len(t) for t in doc_terms), dtype=np.int64, count=n)
+        self.vocab = vocab
+        key = flat * max(n, 1) + np.repeat(np.arange(n, dtype=np.int64), lengths)
+        key, freq = np.unique(key, return_counts=True)  # by term, then document
+        terms, self.docs = key // max(n, 1), (key % max(n, 1)).astype(np.int32)
+        df = np.bincount(terms, minlength=len(vocab))
+        self.indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.cumsum(df, out=self.indptr[1:])
+        # Lucene's field statistics and BM25Similarity, in float32 where Java computes in float
+        doc_count = int((lengths > 0).sum())
+        avgdl = np.float32(lengths.sum() / doc_count) if doc_count else np.float32(1.0)
+        k1_, b_ = np.float32(k1), np.float32(b)
+        cache = np.float32(1) / (k1_ * ((np.float32(1) - b_) + b_ * LENGTH_TABLE / avgdl))
+        norm_of = {int(x): int_to_byte4(int(x)) for x in np.unique(lengths)}
+        norms = np.array([norm_of[int(x)] for x in lengths], dtype=np.uint8) if n else np.zeros(0, np.uint8)
+        self.idf = np.log(1 + (doc_count - df + 0.5) / (df + 0.5)).astype(np.float32) if len(df) else np.zeros(0, np.float32)
+        self.denom = np.float32(1) + freq.astype(np.float32) * cache[norms[self.docs]]  # 1f + freq * normInverse
+        w = np.repeat(self.idf, df)
+        self.score1 = w - w / self.denom  # each posting's score for a word that occurs once in the query
+
+    def query(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(term ids, counts) of a query's analysed terms, in order of first occurrence; unknown terms dropped."""
+        counts: dict[int, int] = {}
+        for t in terms:
+            i = self.vocab.get(t)
+            if i is not None:
+                counts[i] = counts.get(i, 0) + 1
+        return np.fromiter(counts, np.int64, len(counts)), np.fromiter(counts.values(), np.float32, len(counts))
+
+    def _term_scores(self, t: int, w: np.float32, lo: int, hi: int) -> np.ndarray:
+        if w == self.idf[t]:
+            return self.score1[lo:hi]
+        d = self.denom[lo:hi]
+        return w - w / d
+
+    def search(self, query: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top k (pair ids, float32 scores), best first, ties broken by the id string."""
+        terms, counts = query
+        if k <= 0 or not len(terms):
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        weights = counts * self.idf[terms]  # boost * idf, float32 as in Lucene
+        ip = self.indptr
+        docs = [self.docs[ip[t]:ip[t + 1]] for t in terms]
+        vals = [self._term_scores(int(t), w, ip[t], ip[t + 1]) for t, w in zip(terms, weights)]
+        acc = np.bincount(np.concatenate(docs), weights=np.concatenate(vals), minlength=self.n)  # float64 sums
+        cand = np.flatnonzero(acc)  # every term scores > 0, so these are the matching documents
+        scores = acc[cand].astype(np.float32)
+        if len(cand) > k:
+            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+            top = scores >= kth  # the k-th score's ties all stay, for the id order to choose among
+            cand, scores = cand[top], scores[top]
+        best = np.lexsort((self.id_rank[cand], -scores))[:k]
+        return self.ids[cand[best]], scores[best]
+
+class SparseBM25Searcher:
+    """`BM25Searcher`'s interface (batch_search, close) over a SparseBM25 of the texts a Lucene index holds.
+
+    `ids` and `texts` must be what the index was built from (`cldg index`: the prepare artifact's train
+    pairs, contexts joined by cldg.retrieval.bm25_index.context_text). Queries are clipped and emptied
+    as the Lucene backend does them (search.prepare_queries), so both see the same query terms.
+    """
+
+    def __init__(self, ids: Sequence[int], texts: Sequence[str], k1: float = 0.9, b: float = 0.4,
+                 pretokenized: bool = False):
+        self.analyzer = lucene_analyzer(pretokenized)
+        self.pretokenized = pretokenized
+        self.index = SparseBM25(ids, analyze(self.analyzer, list(texts)), k1, b)
+
+    def queries(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Analysed queries (term ids, counts), built once; pass them to `search_prepared`."""
+        from cldg.retrieval.search import prepare_queries
+
+        return [self.index.query(t) for t in analyze(self.analyzer, prepare_queries(queries, self.pretokenized))]
+
+    def search_prepared(self, prepared, k: int) -> list[list[tuple[int, float]]]:
+        out = []
+        for q in prepared:
+            ids, scores = self.index.search(q, k)
+            out.append(list(zip(ids.tolist(), scores.tolist())))
+        return out
+
+    def batch_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """For each query, up to k (pair id, BM25 score), best first, as BM25Searcher.batch_search."""
+        if not queries or k <= 0:
+            return [[] for _ in queries]
+        return self.search_prepared(self.queries(queries), k)
+
+    def close(self) -> None:
+        pass
+
+
+def idf(df: int, doc_count: int) -> float:
+    """Lucene's idf in float32 (for tests and explanations)."""
+    return float(np.float32(math.log(1 + (doc_count - df + 0.5) / (df + 0.5))))
