@@ -23,13 +23,18 @@ def test_decoding_options_are_declared_once_for_evaluate_chat_and_the_library():
 
 
 def test_the_approach_registry_lists_mle_and_contrastive_first_then_the_baselines_without_torch():
+    import ast
     import subprocess
     import sys
 
     code = ("import sys; from cldg.approaches import approaches; print([a.name for a in approaches()], "
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "['mle', 'contrastive', 'cvae', 'mmi'] False"
+    names, torch_loaded = out.rsplit(" ", 1)
+    names = ast.literal_eval(names)
+    # the pipeline's two first, then the baselines (several engineers add them at once: the set grows) by name
+    assert names[:2] == ["mle", "contrastive"] and names[2:] == sorted(names[2:]) and {"cvae", "mmi"} <= set(names)
+    assert torch_loaded == "False"
 
     from cldg import pipeline
     from cldg.approaches import approaches, model_stages
@@ -43,7 +48,7 @@ def test_the_approach_registry_lists_mle_and_contrastive_first_then_the_baseline
         assert all(callable(getattr(recipe, m)) for m in ("batches", "loss", "validate"))
         if a.generic:  # the generic stage's hooks
             assert all(callable(getattr(recipe, m)) for m in ("setup", "finish", "describe"))
-    assert model_stages() == ("reference", "contrastive", "cvae", "mmi")
+    assert model_stages()[:2] == ("reference", "contrastive") and {"cvae", "mmi"} <= set(model_stages())
     # a config without a baseline's table trains and evaluates what it did before the baselines
     steps = pipeline.plan_steps({}, "test")
     assert [label for _, _, label, _ in steps if label.startswith("evaluate")] == [
