@@ -28,7 +28,7 @@ def register_model(name: str):
 
 
 def _load_all() -> None:
-    from cldg.models import cvae, hran, hred, mmi, seq2seq, transformer  # noqa: F401  (registers them)
+    from cldg.models import cvae, dialogwae, hran, hred, mmi, seq2seq, transformer  # noqa: F401  (registers them)
 
 
 def model_names() -> list[str]:

@@ -142,3 +142,28 @@ def kl_anneal_weight(step: int, full_kl_step: int) -> float:
     """KL annealing (Bowman et al., 2016) as Zhao et al. use it: the KL weight rises linearly from 0 at step 0 to 1
     at `full_kl_step` (10,000 batches in the released code) and stays 1; 0 steps = no annealing."""
     return 1.0 if full_kl_step <= 0 else min(step / full_kl_step, 1.0)
+
+
+# -- DialogWAE (Gu et al., 2019): a WGAN-GP in the latent space -------------------------------------------
+
+def wasserstein_estimate(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The critic's estimate of the Wasserstein-1 distance, E[D(real)] - E[D(fake)] (Arjovsky et al., 2017): the
+    critic maximises it (its loss is minus this plus the gradient penalty), the generators minimise it."""
+    return real_scores.float().mean() - fake_scores.float().mean()
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, weight: float = 10.0,
+                     alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al., 2017): weight * mean over the batch of (||grad D(x^)||_2 - 1)^2 at the points
+    x^ = alpha real + (1 - alpha) fake, alpha ~ U[0, 1] per row unless given ([B, 1] or [B]).
+
+    critic: [B, Z] -> [B] scores, each row's score depending on its own row only (so the gradient of their sum
+    with respect to x^ is every row's own gradient). The graph is kept (create_graph), so the penalty trains the
+    critic. real and fake are taken as constants."""
+    real, fake = real.detach().float(), fake.detach().float()
+    if alpha is None:
+        alpha = torch.rand(real.size(0), 1, device=real.device)
+    alpha = alpha.reshape(-1, 1).to(real)
+    points = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(critic(points).float().sum(), points, create_graph=True)
+    return weight * ((grad.norm(2, dim=-1) - 1.0) ** 2).mean()
