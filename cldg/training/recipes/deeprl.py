@@ -1,0 +1,182 @@
+"""DeepRLRecipe: Li et al.'s (2016b) policy gradient on simulated dialogues, starting from the MLE reference.
+
+Each step takes a batch of train contexts and lets the policy talk to itself: turn k is sampled given the dialogue
+so far (the context, then the turns simulated before it, cut to the reference's limits), and scored by frozen
+models (the MLE reference, and the backward model of an mmi artifact when one is given):
+
+    ease of answering   r1 = -1/|S| sum_{s in S} log p_ref(s | a) / |s|          (S: the dull responses)
+    information flow    r2 = -log cos(e(a), e(p))    p: the same agent's previous turn, e: mean reference embedding
+    semantic coherence  r3 = log p_ref(a | dialogue) / |a| + log p_backward(q | a) / |q|    q: the turn a answers
+    reward              r  = 0.25 r1 + 0.25 r2 + 0.5 r3
+
+A dialogue's return is the sum of its turns' rewards (Li et al.'s eq. 7); every turn's log-probability is weighted
+by return - baseline (a running mean), and the MLE loss on the batch's human responses is added (`mle_weight`).
+Validation: the mean reward per turn of greedy simulations from fixed valid contexts (frozen scorers: a stationary
+criterion, higher is better) and the valid NLL.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cldg.approaches.deeprl import parse_dull
+from cldg.data.batching import EncodedPairs, Limits, collate_ids
+from cldg.text.tokenizer import EOS, PAD, SEP
+from cldg.training import distributed
+from cldg.training.evaluation import mean_nll
+from cldg.training.losses import nll_loss, sequence_logprob
+from cldg.training.policy_gradient import (PolicyTrainee, policy_logprobs, reinforce_loss, sample_responses,
+                                           with_responses)
+from cldg.training.recipes.mle import MLERecipe
+from cldg.training.recipes.mmi import read_split
+
+COS_FLOOR = 1e-2  # -log cos is unbounded as cos -> 0 (or below): the information-flow reward stops at -log 0.01
+
+
+def encode_turn_ids(turns: list[list[int]], limits: Limits) -> tuple[list[int], list[list[int]]]:
+    """(flat ids, per-turn ids) of token-id turns, cut as `batching.encode_context` cuts text turns."""
+    per_turn = [t[:limits.max_turn_len] for t in turns[-limits.max_context_turns:]]
+    flat: list[int] = []
+    for i, ids in enumerate(per_turn):
+        flat += ([SEP] if i else []) + ids
+    return flat[-limits.max_context_len:], per_turn
+
+
+def response_ids(tokens: torch.Tensor) -> list[list[int]]:
+    """Rows of sampled tokens [B, L] as turns: the tokens before EOS."""
+    return [[t for t in row if t not in (EOS, PAD)] for row in tokens.tolist()]
+
+
+def load_backward(path, vocab_size: int, device):
+    """The backward model p(q|a) of an mmi artifact (or a model trained on swapped pairs), frozen."""
+    from cldg.errors import CldgError
+    from cldg.models import load_model
+
+    model = load_model(path, device)
+    model = getattr(model, "backward_model", model)
+    if model.vocab_size != vocab_size:
+        raise CldgError(f"--backward-model {path}: vocabulary of {model.vocab_size} words, the reference's is "
+                        f"{vocab_size}: pass an mmi artifact trained on the same prepare artifact")
+    return model.requires_grad_(False).eval()
+
+
+class DeepRLRecipe(MLERecipe):
+    progress_keys = ("reward", "ease", "flow", "coherence", "turns")
+
+    def __init__(self, train, valid, batch_size, seed, device, reference, backward, dull, limits, cfg):
+        super().__init__(train, valid, batch_size, seed, device)
+        self.reference, self.backward, self.dull, self.limits, self.cfg = reference, backward, dull, limits, cfg
+        self.valid_contexts = [valid.contexts[i] for i in range(min(cfg.valid_dialogues, len(valid)))]
+
+    @classmethod
+    def setup(cls, cfg, inputs, seed: int, device):
+        from cldg.models import load_model
+        from cldg.text.tokenizer import DialogueTokenizer
+
+        rc = inputs.configs["reference"]
+        limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
+        tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
+        reference = load_model(inputs.dirs["reference"], device).requires_grad_(False)  # the frozen scorer
+        policy = load_model(inputs.dirs["reference"], device).train()                 # the policy starts there
+        backward = load_backward(cfg.backward_model, reference.vocab_size, device) if cfg.backward_model else None
+        train = EncodedPairs(tok, *read_split(inputs.prepare, "train", cfg.max_train_pairs, seed), limits)
+        valid = EncodedPairs(tok, *read_split(inputs.prepare, "valid", cfg.max_valid_pairs, seed), limits)
+        dull = [ids[:limits.max_response_len - 1] for ids in tok.encode_batch(parse_dull(cfg.dull_responses))]
+        return PolicyTrainee(policy), cls(train, valid, cfg.batch_size, seed, device, reference, backward, dull,
+                                          limits, cfg)
+
+    def describe(self) -> str:
+        coherence = "forward + backward" if self.backward is not None else "forward only (no --backward-model)"
+        return (f"policy gradient on simulated dialogues of up to {self.cfg.turns} turns from {len(self.train):,} "
+                f"train contexts, {len(self.dull)} dull responses, semantic coherence {coherence}, "
+                f"MLE weight {self.cfg.mle_weight}")
+
+    def turns_at(self, step: int) -> int:
+        """The curriculum: 2 simulated turns, one more every `curriculum_steps` steps, up to `turns`."""
+        if not self.cfg.curriculum_steps:
+            return self.cfg.turns
+        return min(self.cfg.turns, 2 + step // self.cfg.curriculum_steps)
+
+    def loss(self, model, batch, step: int):
+        trainee = distributed.unwrap(model)
+        turns = self.simulate(trainee.policy, batch, self.turns_at(step), greedy=False)
+        returns = sum(r["reward"] for _, _, r in turns)  # [B]: the sum of the dialogue's turn rewards
+        advantage = trainee.advantage(returns, momentum=self.cfg.baseline_momentum)
+        # every turn's log-probability weighted by the dialogue's advantage; the mean over turns keeps the scale
+        pg = sum(reinforce_loss(policy_logprobs(model, ctx, tokens), advantage) for ctx, tokens, _ in turns)
+        pg = pg / len(turns)
+        info = {name: torch.stack([r[name] for _, _, r in turns]).mean().item()
+                for name in ("reward", "ease", "flow", "coherence")}
+        info |= {"pg": pg.item(), "baseline": float(trainee.baseline), "turns": len(turns),
+                 "tokens": sum(int(tokens.ne(PAD).sum()) for _, tokens, _ in turns)}
+        if not self.cfg.mle_weight:
+            return pg, info
+        nll, n = nll_loss(model(batch), batch.response_out, PAD)
+        return pg + self.cfg.mle_weight * nll, info | {"nll": nll.item(), "tokens": info["tokens"] + n}
+
+    @torch.no_grad()
+    def simulate(self, policy, batch, n_turns: int, greedy: bool):
+        """[(context batch, sampled turn [B, L], rewards {name: [B]})] for turns 1..n_turns of each dialogue."""
+        slots = [[[w for w in turn if w != PAD] for turn in row] for row in batch.context_turns.tolist()]
+        histories = [[turn for turn in row if turn] for row in slots]  # each context's turns, oldest first
+        out = []
+        for _ in range(n_turns):
+            ctx = collate_ids([encode_turn_ids(h, self.limits) for h in histories], None, self.limits).to(self.device)
+            tokens = sample_responses(policy, ctx, min(self.cfg.max_len, self.limits.max_response_len - 1), greedy)
+            answers = response_ids(tokens)
+            out.append((ctx, tokens, self.rewards(ctx, tokens, answers, histories)))
+            histories = [h + [a] for h, a in zip(histories, answers)]
+        return out
+
+    def rewards(self, ctx, tokens, answers, histories) -> dict[str, torch.Tensor]:
+        """The three rewards of each sampled turn a (`answers`, [B] each) and their weighted sum."""
+        lim, B = self.limits, len(answers)
+        alone = [encode_turn_ids([a], lim) for a in answers]  # a as a one-turn context
+        # ease of answering: the mean length-normalised log-likelihood of the dull responses given a, negated
+        dull = collate_ids([c for c in alone for _ in self.dull], [s for _ in alone for s in self.dull], lim)
+        ease = -self.normalised_logprob(self.reference, dull.to(self.device)).view(B, len(self.dull)).mean(1)
+        # information flow: the same agent's previous turn is two turns back (none at the start of a short context)
+        emb = self.reference.embedding.weight
+        flow = torch.zeros(B, device=self.device)
+        for b, h in enumerate(histories):
+            if len(h) >= 2 and h[-2] and answers[b]:
+                cos = F.cosine_similarity(emb[answers[b]].mean(0), emb[h[-2]].mean(0), dim=0)
+                flow[b] = -torch.log(cos.clamp_min(COS_FLOOR))
+        # semantic coherence: log p(a | dialogue) / |a| (+ log p_backward(q | a) / |q|, q the turn a answers)
+        coherence = self.normalised_logprob(self.reference, with_responses(ctx, tokens))
+        if self.backward is not None:
+            swapped = collate_ids(alone, [h[-1] if h else [] for h in histories], lim).to(self.device)
+            coherence = coherence + self.normalised_logprob(self.backward, swapped)
+        c = self.cfg
+        reward = c.ease_weight * ease + c.flow_weight * flow + c.coherence_weight * coherence
+        return {"reward": reward, "ease": ease, "flow": flow, "coherence": coherence}
+
+    @staticmethod
+    def normalised_logprob(model, batch) -> torch.Tensor:
+        """log p(response_out | context) / its tokens (EOS included), per row."""
+        n = batch.response_out.ne(PAD).sum(1).clamp_min(1)
+        return sequence_logprob(model(batch).float(), batch.response_out, PAD) / n
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        policy = distributed.unwrap(model).policy
+        sums, n = {}, 0
+        for start in range(0, len(self.valid_contexts), self.batch_size):
+            part = self.valid_contexts[start:start + self.batch_size]
+            batch = collate_ids(part, None, self.limits).to(self.device)
+            for _, _, r in self.simulate(policy, batch, self.cfg.turns, greedy=True):
+                for name, value in r.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.sum())
+                n += batch.size
+        means = {name: total / max(n, 1) for name, total in sums.items()}
+        nll = mean_nll(model, self.valid, self.batch_size, self.device)
+        return {"criterion": -means["reward"], **means, "nll": nll}
+
+    def finish(self, model, summary: dict):
+        c = self.cfg
+        return model.policy, {
+            "best_valid_reward_per_turn": -summary["best_criterion"], "reward_weights": {
+                "ease": c.ease_weight, "flow": c.flow_weight, "coherence": c.coherence_weight},
+            "dull_responses": parse_dull(c.dull_responses), "backward_model": c.backward_model or None,
+            "coherence": "forward + backward" if self.backward is not None else "forward only",
+            "turns": c.turns, "curriculum_steps": c.curriculum_steps, "mle_weight": c.mle_weight}

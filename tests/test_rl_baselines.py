@@ -1,0 +1,326 @@
+"""Issue 15: the policy-gradient baselines, DEEPRL (Li et al. 2016b) and ADVERSARIAL (REGS, Li et al. 2017)."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cldg.cli import app
+
+runner = CliRunner()
+
+
+def tiny_policy(seed: int = 0, vocab: int = 12):
+    from cldg.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("seq2seq", vocab, embedding_dim=8, hidden_size=8, num_layers=1, dropout=0.0)
+
+
+def context_batch(rows: int = 4):
+    from cldg.data.batching import Limits, collate_ids
+
+    contexts = [([6 + i % 3, 7, 8], [[6 + i % 3, 7, 8]]) for i in range(rows)]
+    return collate_ids(contexts, None, Limits())
+
+
+# -- REINFORCE ------------------------------------------------------------------------------------------------
+
+def test_reinforce_loss_is_minus_the_advantage_times_the_summed_log_probs():
+    from cldg.training.policy_gradient import reinforce_loss
+
+    token_logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])  # row 2 has one real token
+    # by hand: -(2 * (-3) + (-1) * (-0.5)) / 2 = 2.75
+    assert reinforce_loss(token_logp, torch.tensor([2.0, -1.0])).item() == pytest.approx(2.75)
+    # per token: -((1 * -1 + 0 * -2) + (3 * -0.5)) / 2 = 1.25
+    assert reinforce_loss(token_logp, torch.tensor([[1.0, 0.0], [3.0, 9.0]])).item() == pytest.approx(1.25)
+    # the advantage is a constant: no gradient reaches it
+    adv = torch.tensor([1.0, 1.0], requires_grad=True)
+    reinforce_loss(token_logp.requires_grad_(), adv).backward()
+    assert adv.grad is None and token_logp.grad.tolist() == [[-0.5, -0.5], [-0.5, -0.5]]
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_one_step_on_a_positive_advantage_raises_the_sampled_tokens_log_prob_and_a_negative_one_lowers_it(per_token):
+    from cldg.training.policy_gradient import policy_logprobs, reinforce_loss, sample_responses
+
+    batch = context_batch()
+    torch.manual_seed(3)
+    tokens = sample_responses(tiny_policy(), batch, max_len=5)
+    changes = {}
+    for sign in (1.0, -1.0):
+        policy = tiny_policy()  # the same weights each time
+        before = policy_logprobs(policy, batch, tokens).sum(1)
+        advantage = torch.full((batch.size,), sign)
+        if per_token:
+            advantage = advantage.unsqueeze(1) * tokens.ne(0).float()
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
+        reinforce_loss(policy_logprobs(policy, batch, tokens), advantage).backward()
+        optimizer.step()
+        with torch.no_grad():
+            changes[sign] = (policy_logprobs(policy, batch, tokens).sum(1) - before).sum().item()
+    assert changes[1.0] > 0 > changes[-1.0]
+
+
+def test_sampled_responses_obey_the_decoding_bans_and_score_under_the_same_distribution():
+    from cldg.text.tokenizer import BOS, EOS, PAD, SEP, UNK
+    from cldg.training.policy_gradient import policy_logprobs, sample_responses
+
+    batch = context_batch(rows=16)
+    torch.manual_seed(0)
+    policy = tiny_policy(vocab=9)  # few words: EOS and the banned ids are likely under an untrained model
+    tokens = sample_responses(policy, batch, max_len=6)
+    assert tokens.size(1) <= 6 and not (tokens[:, 0] == EOS).any()
+    assert not torch.isin(tokens, torch.tensor([BOS, SEP, UNK])).any()
+    for row in tokens.tolist():  # PAD only after EOS
+        cut = row.index(EOS) + 1 if EOS in row else len(row)
+        assert PAD not in row[:cut] and set(row[cut:]) <= {PAD}
+    logp = policy_logprobs(policy, batch, tokens)
+    assert torch.isfinite(logp).all() and (logp[tokens.eq(PAD)] == 0).all() and (logp[tokens.ne(PAD)] < 0).all()
+
+
+def test_rollout_rewards_score_each_prefix_completed_and_the_whole_response_once():
+    from cldg.text.tokenizer import PAD
+    from cldg.training.policy_gradient import rollout_rewards, sample_responses
+
+    batch = context_batch(rows=6)
+    torch.manual_seed(1)
+    policy = tiny_policy()
+    tokens = sample_responses(policy, batch, max_len=6)
+    calls = []
+
+    def length_score(rows, responses):  # the completed response's real tokens (EOS counts)
+        calls.append(len(rows))
+        return responses.ne(PAD).sum(1).float()
+
+    rewards = rollout_rewards(policy, batch, tokens, n_rollouts=3, max_len=6, score=length_score)
+    lengths = tokens.ne(PAD).sum(1)
+    assert calls[0] == batch.size and all(n % 3 == 0 for n in calls[1:])  # whole responses, then 3 per prefix
+    for b in range(batch.size):
+        n = int(lengths[b])
+        assert rewards[b, n - 1] == n and (rewards[b, n:] == 0).all()  # the whole response: its own score
+        for t in range(n - 1):  # a completion keeps the prefix and stops at max_len
+            assert t + 1 < rewards[b, t] <= 6
+    first_token = rollout_rewards(policy, batch, tokens, 2, 6, lambda rows, r: r[:, 0].float())
+    assert torch.equal(first_token, tokens[:, :1].float().expand_as(tokens) * tokens.ne(PAD))
+
+
+def test_the_baseline_is_a_running_mean_that_starts_at_the_first_batch_and_survives_a_checkpoint():
+    from cldg.training.policy_gradient import PolicyTrainee
+
+    trainee = PolicyTrainee(tiny_policy())
+    assert trainee.advantage(torch.tensor([1.0, 3.0]), momentum=0.5).tolist() == [-1.0, 1.0]
+    assert trainee.advantage(torch.tensor([4.0, 6.0]), momentum=0.5).tolist() == [2.0, 4.0]  # b = 2, then 3.5
+    copy = PolicyTrainee(tiny_policy())
+    copy.load_state_dict(trainee.state_dict())
+    assert float(copy.baseline) == 3.5 and int(copy.baseline_seen) == 2
+    masked = trainee.advantage(torch.tensor([[1.0, 100.0]]), torch.tensor([[True, False]]), momentum=0.5)
+    assert masked.tolist() == [[-2.5, 96.5]] and float(trainee.baseline) == 2.25
+
+
+# -- the discriminator ---------------------------------------------------------------------------------------
+
+def topic_pairs(n: int, rng: random.Random):
+    """Contexts, their responses and shuffled responses, each pair's words from one of four topics (ids 5-8, 9-12,
+    ...): a context's shuffled response is the next pair's of another topic."""
+    contexts, responses, topics = [], [], []
+    for _ in range(n):
+        topic = rng.randrange(4)
+        words = lambda k: [5 + 4 * topic + rng.randrange(4) for _ in range(k)]  # noqa: E731
+        contexts.append((words(4), [words(2), words(2)]))
+        responses.append(words(rng.randint(2, 4)))
+        topics.append(topic)
+    shuffled = [next(responses[(i + k) % n] for k in range(1, n) if topics[(i + k) % n] != topics[i])
+                for i in range(n)]
+    return contexts, responses, shuffled
+
+
+def test_the_discriminator_learns_to_tell_human_responses_from_shuffled_ones():
+    from cldg.data.batching import Limits, collate_ids
+    from cldg.models.discriminator import DiscriminatorConfig, HierarchicalDiscriminator
+    from cldg.training.policy_gradient import discriminator_loss
+
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    d = HierarchicalDiscriminator(21, DiscriminatorConfig(embedding_dim=16, hidden_size=16))
+    optimizer = torch.optim.Adam(d.parameters(), lr=0.01)
+
+    def batch_of(n):
+        contexts, responses, shuffled = topic_pairs(n, rng)
+        human = collate_ids(contexts, responses, Limits())
+        return human.context_turns, human.response_out, collate_ids(contexts, shuffled, Limits()).response_out
+
+    turns, human, shuffled = batch_of(200)
+    with torch.no_grad():
+        _, accuracy_before = discriminator_loss(d(turns, human), d(turns, shuffled))
+    for _ in range(60):
+        t, h, s = batch_of(32)
+        loss, _ = discriminator_loss(d(t, h), d(t, s))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, accuracy = discriminator_loss(d(turns, human), d(turns, shuffled))
+    assert accuracy_before < 0.7 and accuracy > 0.9
+
+
+# -- end to end through the generic stage --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_workdir(tmp_path_factory, prepared_workdir):
+    _, prepared = prepared_workdir
+    work = tmp_path_factory.mktemp("rl")
+    result = runner.invoke(app, ["pretrain", "--workdir", str(work), "--prepare-dir", str(prepared.path),
+                                 "--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1",
+                                 "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    return work
+
+
+def interrupted_then_resumed(monkeypatch, recipe_class, args, stop_step: int, artifact_dir):
+    """Run `args`, Ctrl-C in the loss at `stop_step`, check the checkpoint, then rerun to the end."""
+    loss = recipe_class.loss
+
+    def ctrl_c(self, model, batch, step):
+        if step == stop_step:
+            raise KeyboardInterrupt
+        return loss(self, model, batch, step)
+
+    monkeypatch.setattr(recipe_class, "loss", ctrl_c)
+    assert runner.invoke(app, args).exit_code != 0
+    saved = json.loads(next(artifact_dir.glob("*.partial/resume/last.json")).read_text())
+    assert saved["step"] == stop_step
+    monkeypatch.setattr(recipe_class, "loss", loss)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"resuming from step {stop_step}" in result.output
+
+
+def trained_log(work, name):
+    from cldg.artifacts import ArtifactStore
+
+    art = ArtifactStore(work).latest(name)
+    log = [json.loads(line) for line in art.file("train-log.jsonl").read_text().splitlines()]
+    return art, json.loads(art.file("metrics.json").read_text()), log
+
+
+def changed_from_reference(work, art) -> bool:
+    from cldg.artifacts import ArtifactStore
+    from cldg.models import load_model
+
+    reference = load_model(ArtifactStore(work).latest("reference").path)
+    model = load_model(art.path)
+    assert model.name == reference.name  # the artifact is the policy, a plain dialogue model
+    return any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_deeprl_trains_resumes_and_evaluates(reference_workdir, monkeypatch):
+    from cldg.artifacts import ArtifactStore
+    from cldg.training.recipes.deeprl import DeepRLRecipe
+
+    work = reference_workdir
+    reference = ArtifactStore(work).latest("reference").path
+    args = ["deeprl-train", "--workdir", str(work), "--batch-size", "8", "--max-steps", "5", "--turns", "3",
+            "--curriculum-steps", "2", "--max-len", "6", "--valid-dialogues", "8", "--max-valid-pairs", "16",
+            "--lr", "1e-3", "--backward-model", str(reference), "--device", "cpu", "--seed", "1"]
+    interrupted_then_resumed(monkeypatch, DeepRLRecipe, args, 2, work / "deeprl")
+    art, metrics, log = trained_log(work, "deeprl")
+    assert metrics["approach"] == "deeprl" and metrics["steps"] == 5 and metrics["coherence"] == "forward + backward"
+    assert metrics["reward_weights"] == {"ease": 0.25, "flow": 0.25, "coherence": 0.5}
+    train = [r for r in log if r["type"] == "train"]
+    assert train[0]["step"] == 1 and train[0]["turns"] == 2  # the curriculum starts at 2 turns
+    assert all(k in train[0] for k in ("reward", "ease", "flow", "coherence", "baseline", "nll"))
+    valid = [r for r in log if r["type"] == "valid"]
+    assert valid and valid[-1]["criterion"] == pytest.approx(-valid[-1]["reward"])
+    assert changed_from_reference(work, art)
+    result = runner.invoke(app, ["evaluate", "--workdir", str(work), "--model", "deeprl", "--limit", "4",
+                                 "--max-len", "6", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
+def test_deeprl_rewards_equal_their_definitions(reference_workdir):
+    """Ease of answering, information flow and semantic coherence of one simulated turn, recomputed here."""
+    import math
+
+    from cldg.approaches.deeprl import DeepRLOptions
+    from cldg.artifacts import ArtifactStore
+    from cldg.data.batching import collate_ids
+    from cldg.text.tokenizer import EOS, PAD
+    from cldg.training.losses import sequence_logprob
+    from cldg.training.recipes import TrainInputs
+    from cldg.training.recipes.deeprl import DeepRLRecipe, encode_turn_ids
+
+    store = ArtifactStore(reference_workdir)
+    ref = store.latest("reference")
+    prepare = ref.manifest["inputs"]["prepare"]["path"]
+    cfg = DeepRLOptions(max_valid_pairs=4, valid_dialogues=2, backward_model=str(ref.path))
+    _, recipe = DeepRLRecipe.setup(cfg, TrainInputs(__import__("pathlib").Path(prepare), {"reference": ref.path},
+                                                    {"reference": ref.config}), 1, torch.device("cpu"))
+    model, lim = recipe.reference, recipe.limits
+    history = [[5, 6, 7], [8, 9], [10, 11, 12]]
+    answer = [5, 13, 7]
+    ctx = collate_ids([encode_turn_ids(history, lim)], None, lim)
+    tokens = torch.tensor([answer + [EOS]])
+    got = recipe.rewards(ctx, tokens, [answer], [history])
+
+    def logp(context_turns, response):
+        b = collate_ids([encode_turn_ids(context_turns, lim)], [response], lim)
+        return sequence_logprob(model(b), b.response_out, PAD).item() / (len(response) + 1)
+
+    ease = -sum(logp([answer], s) for s in recipe.dull) / len(recipe.dull)
+    emb = model.embedding.weight
+    cos = torch.nn.functional.cosine_similarity(emb[answer].mean(0), emb[history[-2]].mean(0), dim=0).item()
+    flow = -math.log(max(cos, 0.01))
+    coherence = logp(history, answer) + logp([answer], history[-1])  # the reference stands in for p(q|a)
+    assert got["ease"].item() == pytest.approx(ease, rel=1e-4)
+    assert got["flow"].item() == pytest.approx(flow, rel=1e-4)
+    assert got["coherence"].item() == pytest.approx(coherence, rel=1e-4)
+    assert got["reward"].item() == pytest.approx(0.25 * ease + 0.25 * flow + 0.5 * coherence, rel=1e-4)
+    # the first turn of a one-turn context has no earlier turn of its own agent: no information-flow term
+    assert recipe.rewards(ctx, tokens, [answer], [history[-1:]])["flow"].item() == 0.0
+
+
+def test_adversarial_trains_resumes_and_evaluates(reference_workdir, monkeypatch):
+    from cldg.training.recipes.adversarial import AdversarialRecipe
+
+    work = reference_workdir
+    args = ["adversarial-train", "--workdir", str(work), "--batch-size", "8", "--max-steps", "7",
+            "--d-pretrain-steps", "3", "--d-steps", "1", "--g-steps", "1", "--rollouts", "2", "--max-len", "5",
+            "--max-valid-pairs", "16", "--d-embedding-dim", "8", "--d-hidden-size", "8", "--lr", "1e-3",
+            "--device", "cpu", "--seed", "1"]
+    interrupted_then_resumed(monkeypatch, AdversarialRecipe, args, 4, work / "adversarial")
+    art, metrics, log = trained_log(work, "adversarial")
+    assert metrics["approach"] == "adversarial" and metrics["steps"] == 7 and metrics["rollouts"] == 2
+    assert 0 <= metrics["last_valid_d_acc"] <= 1 and 0 < metrics["last_valid_reward"] < 1
+    train = [r for r in log if r["type"] == "train"]
+    assert "d_loss" in train[0] and 0 <= train[0]["d_acc"] <= 1  # step 1 trains the discriminator
+    valid = [r for r in log if r["type"] == "valid"]
+    assert valid[-1]["improved"] and metrics["best_step"] == 7  # the last weights are kept
+    assert changed_from_reference(work, art)
+    result = runner.invoke(app, ["evaluate", "--workdir", str(work), "--model", "adversarial", "--limit", "4",
+                                 "--max-len", "6", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
+def test_adversarial_steps_alternate_after_the_discriminator_pretraining():
+    from cldg.approaches.adversarial import AdversarialOptions
+    from cldg.training.recipes.adversarial import AdversarialRecipe
+
+    recipe = AdversarialRecipe.__new__(AdversarialRecipe)
+    recipe.cfg = AdversarialOptions(d_pretrain_steps=3, d_steps=2, g_steps=1)
+    assert "".join("D" if recipe.discriminator_turn(s) else "G" for s in range(9)) == "DDDDDGDDG"
+
+
+@pytest.mark.parametrize("command,args,message", [
+    ("adversarial-train", ["--rollouts", "0"], "--rollouts must be at least 1"),
+    ("deeprl-train", ["--baseline-momentum", "1"], "--baseline-momentum must be in [0, 1)"),
+    ("deeprl-train", ["--backward-model", "/nowhere"], "--backward-model /nowhere: no model.json"),
+    ("deeprl-train", ["--dull-responses", " | "], "--dull-responses"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, command, args, message):
+    result = runner.invoke(app, [command, "--workdir", str(tmp_path), *args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
