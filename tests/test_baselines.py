@@ -1,4 +1,4 @@
-"""Issue 15: the generic approach stage and the paper's baselines (MMI-bidi) trained through it."""
+"""Issue 15: the generic approach stage and the paper's baselines (MMI-bidi, MMI-antiLM, CVAE) trained through it."""
 from __future__ import annotations
 
 import json
@@ -151,6 +151,106 @@ def test_bad_mmi_options_are_one_line_and_exit_2(reference_workdir):
 def test_the_generic_stage_needs_its_inputs_and_names_the_command_that_makes_them(tmp_path):
     result = runner.invoke(app, ["mmi-train", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "cldg pretrain" in result.output
+
+
+# -- MMI-antiLM ----------------------------------------------------------------------------------------------
+
+def test_antilm_reranking_order_matches_the_hand_computed_score():
+    from cldg.decoding.rerank import antilm_scores, pick_best, prefix_logprobs
+
+    # the language model's per-token log-probs of three candidates (0 past the end): the first is a generic
+    # opening the LM finds likely, the others are rarer
+    lm_tokens = torch.tensor([[-0.5, -0.5, -4.0, 0.0], [-3.0, -2.0, -1.0, -1.0], [-4.0, -4.0, 0.0, 0.0]])
+    fwd = torch.tensor([-3.0, -4.0, -6.0])
+    cands = [[7, 8, 9], [10, 11, 12, 13], [14, 15]]
+    # log U_gamma, by hand, for gamma = 0, 1, 2 and 10 (past every end: the whole response)
+    prefix = prefix_logprobs(lm_tokens, [0, 1, 2, 10])
+    assert prefix.tolist() == [[0.0, -0.5, -1.0, -5.0], [0.0, -3.0, -5.0, -7.0], [0.0, -4.0, -8.0, -8.0]]
+    # lambda 0.5, gamma 2: -3 + 0.5; -4 + 2.5; -6 + 4 -> the second
+    scores = antilm_scores(fwd, prefix[:, 2], 0.5)
+    assert scores.tolist() == pytest.approx([-2.5, -1.5, -2.0])
+    assert pick_best([cands], [scores]) == [[10, 11, 12, 13]]
+    # lambda 1, gamma 2: -2, 1, 2 -> the third; lambda 0 or gamma 0: the forward model's own choice
+    assert pick_best([cands], [antilm_scores(fwd, prefix[:, 2], 1.0)]) == [[14, 15]]
+    assert pick_best([cands], [antilm_scores(fwd, prefix[:, 2], 0.0)]) == [[7, 8, 9]]
+    assert pick_best([cands], [antilm_scores(fwd, prefix[:, 0], 1.0)]) == [[7, 8, 9]]
+
+
+def test_antilm_tuning_picks_the_lambda_and_threshold_whose_choices_match_the_references():
+    from cldg.decoding.rerank import tune_antilm
+
+    fwd = [torch.tensor([-1.0, -2.0])]
+    # columns: gamma 0, gamma 1; the generic first candidate has the likelier opening
+    lm = [torch.tensor([[0.0, -0.2], [0.0, -5.0]])]
+    cands = [[["i", "do", "not", "know"], ["the", "red", "car", "is", "mine"]]]
+    refs = [["the", "red", "car", "is", "mine"]]
+    lam, gamma, grid = tune_antilm(fwd, lm, cands, refs, [0.0, 0.5], [0, 1])
+    # only lambda 0.5 with gamma 1 moves the choice: -1 + 0.1 = -0.9 < -2 + 2.5 = 0.5
+    assert (lam, gamma) == (0.5, 1)
+    assert [(g["lambda"], g["gamma"]) for g in grid] == [(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)]
+    assert grid[3]["bleu"] > grid[0]["bleu"] == grid[1]["bleu"] == grid[2]["bleu"]
+
+
+ANTILM_ARGS = [*MMI_ARGS, "--objective", "antilm", "--thresholds", "1,3"]
+
+
+def test_mmi_antilm_trains_a_response_lm_and_reranks_by_its_hand_computed_score(reference_workdir):
+    """mmi-train --objective antilm: the language model is the reference's architecture trained on responses alone;
+    generate() = the N-best list's argmax of log p(r|c) - lambda log p_LM(first gamma tokens), each computed here
+    by teacher forcing directly; evaluate takes the model."""
+    from cldg.artifacts import ArtifactStore
+    from cldg.data.batching import collate, collate_ids
+    from cldg.decoding.rerank import nbest_lists
+    from cldg.decoding.search import DecodeConfig, generate
+    from cldg.model_artifacts import model_limits, model_prepare
+    from cldg.models import load_model
+    from cldg.text.tokenizer import PAD, DialogueTokenizer
+    from cldg.training.losses import sequence_logprob, token_logprobs
+
+    work = reference_workdir
+    result = runner.invoke(app, ["mmi-train", "--workdir", str(work), *ANTILM_ARGS])
+    assert result.exit_code == 0, result.output
+    art = ArtifactStore(work).latest("mmi")
+    metrics = json.loads(art.file("metrics.json").read_text())
+    assert metrics["objective"] == "antilm" and len(metrics["tuning_grid"]) == 4 and metrics["gamma"] in (1, 3)
+    model = load_model(art.path)
+    assert model.name == "mmi-antilm" and (model.lam, model.threshold) == (metrics["lambda"], metrics["gamma"])
+    reference = load_model(ArtifactStore(work).latest("reference").path)
+    assert all(torch.equal(a, b) for a, b in zip(model.forward_model.state_dict().values(),
+                                                 reference.state_dict().values()))
+    # the LM was trained (it is not the reference's copy)
+    assert not all(torch.equal(a, b) for a, b in zip(model.lm_model.state_dict().values(),
+                                                     reference.state_dict().values()))
+
+    model.lam, model.threshold = 0.8, 2
+    tok = DialogueTokenizer.load(model_prepare(art).file("tokenizer.json"))
+    limits = model_limits(art)
+    batch = collate(tok, [["hello there , how are you ?", "fine thanks"], ["what is your name ?"]], None, limits)
+    cfg = DecodeConfig(max_len=8)
+    expected = []
+    for b, cands in enumerate(nbest_lists(model, batch, cfg)):
+        ctx = (batch.context[b][batch.context[b] != PAD].tolist(),
+               [t[t != PAD].tolist() for t in batch.context_turns[b] if (t != PAD).any()])
+        scores = []
+        for cand in cands:
+            pair = collate_ids([ctx], [cand], limits)
+            f = sequence_logprob(model.forward_model(pair), pair.response_out, PAD).item()
+            alone = collate_ids([([], [])], [cand], limits)
+            u = token_logprobs(model.lm_model(alone), alone.response_out, PAD)[0, :2].sum().item()
+            scores.append(f - 0.8 * u)
+        expected.append(cands[max(range(len(cands)), key=lambda i: (scores[i], -i))])
+    assert generate(model, batch, cfg) == expected
+
+    result = runner.invoke(app, ["evaluate", "--workdir", str(work), "--model", str(art.path), "--limit", "4",
+                                 "--max-len", "8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
+def test_bad_antilm_thresholds_are_one_line_and_exit_2(reference_workdir):
+    result = runner.invoke(app, ["mmi-train", "--workdir", str(reference_workdir), "--thresholds", "1,-2"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--thresholds '1,-2'" in lines[0]
 
 
 # -- CVAE ----------------------------------------------------------------------------------------------------
