@@ -8,9 +8,10 @@ from cldg.approaches import register_approach
 from cldg.config import option, options_like
 from cldg.training.options import TrainOptions
 
-# Li et al. (2016b), section 3: the dull responses of the ease-of-answering reward (their examples) and one more
-DULL_RESPONSES = ("i don't know|i don't know what you are talking about|you don't know|you know what i mean|"
-                  "i know what you mean|you know what i'm saying|you don't know anything|i'm not sure")
+# Ease of answering: Li et al. (2016b) use 8 dull turns and name two ("I don't know what you are talking about", "I have
+# no idea"); the other six are ours, dull replies that MLE models give
+DULL_RESPONSES = ("i don't know what you are talking about|i have no idea|i don't know|i'm not sure|"
+                  "i don't know what you mean|you know what i mean|i know what you mean|you don't know")
 
 
 def parse_dull(text: str) -> list[str]:

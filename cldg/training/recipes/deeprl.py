@@ -9,12 +9,16 @@ models (the MLE reference, and the backward model of an mmi artifact when one is
     semantic coherence  r3 = log p_ref(a | dialogue) / |a| + log p_backward(q | a) / |q|    q: the turn a answers
     reward              r  = 0.25 r1 + 0.25 r2 + 0.5 r3
 
-A dialogue's return is the sum of its turns' rewards (Li et al.'s eq. 7); every turn's log-probability is weighted
-by return - baseline (a running mean), and the MLE loss on the batch's human responses is added (`mle_weight`).
+A dialogue's return is the sum of its turns' rewards (Li et al.'s eq. 7), here divided by the number of turns (the
+mean: a scale, so that the running-mean baseline stays comparable as the curriculum adds turns); every turn's
+log-probability is weighted by return - baseline, and the MLE loss on the batch's human responses is added
+(`mle_weight`).
 Validation: the mean reward per turn of greedy simulations from fixed valid contexts (frozen scorers: a stationary
 criterion, higher is better) and the valid NLL.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +104,9 @@ class DeepRLRecipe(MLERecipe):
     def loss(self, model, batch, step: int):
         trainee = distributed.unwrap(model)
         turns = self.simulate(trainee.policy, batch, self.turns_at(step), greedy=False)
-        returns = sum(r["reward"] for _, _, r in turns)  # [B]: the sum of the dialogue's turn rewards
+        # [B]: the dialogue's turn rewards summed (Li et al.'s eq. 7), over the turns: the baseline stays comparable
+        # when the curriculum lengthens the dialogues
+        returns = sum(r["reward"] for _, _, r in turns) / len(turns)
         advantage = trainee.advantage(returns, momentum=self.cfg.baseline_momentum)
         # every turn's log-probability weighted by the dialogue's advantage; the mean over turns keeps the scale
         pg = sum(reinforce_loss(policy_logprobs(model, ctx, tokens), advantage) for ctx, tokens, _ in turns)
@@ -177,6 +183,7 @@ class DeepRLRecipe(MLERecipe):
         return model.policy, {
             "best_valid_reward_per_turn": -summary["best_criterion"], "reward_weights": {
                 "ease": c.ease_weight, "flow": c.flow_weight, "coherence": c.coherence_weight},
-            "dull_responses": parse_dull(c.dull_responses), "backward_model": c.backward_model or None,
+            "dull_responses": parse_dull(c.dull_responses),
+            "backward_model": str(Path(c.backward_model).resolve()) if c.backward_model else None,
             "coherence": "forward + backward" if self.backward is not None else "forward only",
             "turns": c.turns, "curriculum_steps": c.curriculum_steps, "mle_weight": c.mle_weight}
