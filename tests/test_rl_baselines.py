@@ -324,3 +324,13 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, command, args, message):
     result = runner.invoke(app, [command, "--workdir", str(tmp_path), *args])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+@pytest.mark.parametrize("command", ["deeprl-train", "adversarial-train"])
+def test_both_refuse_ddp_in_one_line(reference_workdir, monkeypatch, command):
+    from cldg.training import distributed
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.DistInfo(rank=0, world_size=2))
+    result = runner.invoke(app, [command, "--workdir", str(reference_workdir), "--device", "cpu", "--force"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "not under torchrun/DDP" in lines[0], result.output

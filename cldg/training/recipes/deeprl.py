@@ -74,9 +74,13 @@ class DeepRLRecipe(MLERecipe):
 
     @classmethod
     def setup(cls, cfg, inputs, seed: int, device):
+        from cldg.errors import CldgError
         from cldg.models import load_model
         from cldg.text.tokenizer import DialogueTokenizer
 
+        if distributed.current().enabled:  # a step runs the policy once per simulated turn before one backward
+            raise CldgError("deeprl-train: not under torchrun/DDP (a step runs several forward passes of the policy "
+                            "before its backward)")
         rc = inputs.configs["reference"]
         limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
         tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
