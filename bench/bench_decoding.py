@@ -2,7 +2,11 @@
 step-by-step reference it replaced, measured in the same run (interleaved rounds); metric time. Prints JSON.
 
     .venv/bin/python bench/bench_decoding.py [--device cpu|cuda] [--batch-size 64] [--rounds 2] \
-        [--metric-responses 10000] [--skip-transformer]
+        [--metric-responses 10000] [--skip-transformer] [--threads 1] [--wall-clock]
+
+Rates are per second of the process's CPU time on CPU (all its threads; `--wall-clock` for wall time), of
+wall time on CUDA: on a shared machine wall time mostly measures the neighbours, and with more torch
+threads than free cores the waiting threads spin, so use `--threads 1` there.
 
 The seq2seq is paper-size (2-layer LSTM 256, attention) with a 20k vocabulary and random weights; its
 outputs are not meaningful, only the work per response is. Every response runs to --max-len tokens
@@ -14,6 +18,8 @@ its own contexts in every round, so that a load change on a shared machine hits 
 The transformer (paper size: 6 blocks, 512, 8 heads; vocabulary 20k) compares its key/value cache with
 re-running the decoder over the prefix at every step (the reference), both batched with the vectorised
 beam. `same_tokens` checks that the fast and the reference variants returned the same responses.
+`output_layer_bound`: the seq2seq's output layer (256 x 20k) alone on one context's 5 beam rows, 64 times,
+against once on the batch's 320 rows: the most batching can gain if everything else cost nothing.
 """
 from __future__ import annotations
 
@@ -45,35 +51,71 @@ def random_contexts(n: int, vocab: int, rng: random.Random):
     return out
 
 
-def timed(fn, model, contexts, cfg, batch_size, device) -> tuple[float, list]:
-    """Seconds to decode `contexts` in batches of `batch_size`, and the responses."""
+def timed(fn, model, contexts, cfg, batch_size, device) -> tuple[float, list, float]:
+    """Seconds to decode `contexts` in batches of `batch_size`, the responses, and the process's CPU seconds."""
     limits = Limits()
     out = []
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(contexts), batch_size):
         batch = collate_ids(contexts[start:start + batch_size], None, limits).to(device)
         out += fn(model, batch, cfg, torch.Generator().manual_seed(0))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, out, time.process_time() - c0
+
+
+# the rates and ratios the JSON reports: wall time on CUDA; on CPU the process's CPU time, since on a shared
+# machine wall time mostly measures the neighbours (run with --threads 1 there: torch's waiting threads spin)
+CLOCK = {"name": "wall"}
 
 
 def interleaved(variants: dict, rounds: int) -> dict:
     """variants: name -> (fn, model, contexts per round, cfg, batch size, device). Each round times every
-    variant once on fresh contexts; returns name -> (responses/s over all rounds, responses)."""
+    variant once on fresh contexts; returns name -> (responses/s over all rounds by CLOCK, responses)."""
     seconds = {k: 0.0 for k in variants}
     count = {k: 0 for k in variants}
     outputs = {k: [] for k in variants}
     for r in range(rounds):
         for name, (fn, model, contexts, cfg, bs, device) in variants.items():
             chunk = contexts[r]
-            s, out = timed(fn, model, chunk, cfg, bs, device)
-            seconds[name] += s
+            s, out, cpu = timed(fn, model, chunk, cfg, bs, device)
+            seconds[name] += cpu if CLOCK["name"] == "cpu" else s
             count[name] += len(chunk)
             outputs[name] += out
     return {k: (count[k] / seconds[k], outputs[k]) for k in variants}
+
+
+def output_layer_bound(model, batch_size: int, beam: int, device, repeats: int = 5) -> dict:
+    """What the output layer alone allows: its time on the rows of one context's beam (`beam` rows, one
+    step) times `batch_size`, over its time on the batch's rows (batch_size x beam) at once. The
+    batched/one-at-a-time ratio of beam search cannot exceed this if all the rest cost nothing."""
+    layer = model.out
+    few = torch.randn(beam, layer.in_features, device=device)
+    many = torch.randn(batch_size * beam, layer.in_features, device=device)
+    clock = time.process_time if CLOCK["name"] == "cpu" else time.perf_counter
+    with torch.inference_mode():
+        layer(few), layer(many)  # warm-up
+        t_few, t_many = [], []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = clock()
+            for _ in range(batch_size):
+                layer(few)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t1 = clock()
+            layer(many)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t_few.append(t1 - t0)
+            t_many.append(clock() - t1)
+    few_s, many_s = sorted(t_few)[repeats // 2], sorted(t_many)[repeats // 2]
+    return {"rows_one_context": beam, "rows_batched": batch_size * beam, "shape": [layer.in_features, layer.out_features],
+            "one_at_a_time_s": round(few_s, 4), "batched_s": round(many_s, 4),
+            "max_speedup_batched_vs_one_at_a_time": round(few_s / many_s, 2)}
 
 
 def bench_seq2seq(args, device) -> dict:
@@ -104,6 +146,7 @@ def bench_seq2seq(args, device) -> dict:
             "same_tokens": res["batched"][1] == res["batched_reference"][1]
             and res["one_at_a_time"][1] == res["one_at_a_time_reference"][1],
         }
+    out["beam5"]["output_layer_bound"] = output_layer_bound(model, args.batch_size, 5, device)
     return out
 
 
@@ -185,14 +228,16 @@ def main() -> None:
     ap.add_argument("--skip-transformer", action="store_true")
     ap.add_argument("--metric-responses", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--wall-clock", action="store_true", help="rates by wall time on CPU too (default: CPU time)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    CLOCK["name"] = "wall" if device.type == "cuda" or args.wall_clock else "cpu"
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-              "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+              "torch_threads": torch.get_num_threads(), "clock": CLOCK["name"], "python": platform.python_version(),
               "load_avg_at_start": load0, "model": "seq2seq 2x256 LSTM + attention, vocab 20000",
               "max_len": args.max_len, "batch_size": args.batch_size, "rounds": args.rounds,
               "decoding": bench_seq2seq(args, device)}

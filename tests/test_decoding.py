@@ -268,3 +268,21 @@ def test_everything_banned_ends_the_response(method):
     out = generate(model, batch_of([[5, 6]]), DecodeConfig(method, max_len=8, min_len=6, no_repeat_ngram=1),
                    torch.Generator().manual_seed(0))[0]
     assert sorted(out) == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("block_floats", [1, 2 * 5 * V])
+def test_beam_ranked_in_blocks_of_items_equals_the_reference(monkeypatch, block_floats):
+    """A big batch's beam step is ranked a few items at a time (search.BEAM_BLOCK_FLOATS); blocks of one
+    or two items give the reference's responses, ties and bans included."""
+    from cldg.decoding import search
+    from cldg.decoding.reference import generate_reference
+
+    monkeypatch.setattr(search, "BEAM_BLOCK_FLOATS", block_floats)
+    model = TableModel(random_table(2, sharp=1.0), context_weight=1.0, seed=2)
+    batch = batch_of(random_contexts(7, 3))
+    for kw in ({}, {"no_repeat_ngram": 2, "block_context_ngram": 1}, {"length_penalty": 0.0, "min_len": 4}):
+        cfg = DecodeConfig("beam", beam_size=5, max_len=7, **kw)
+        assert generate(model, batch, cfg) == generate_reference(model, batch, cfg), cfg
+    flat = TableModel(torch.zeros(V, V))  # every continuation ties
+    cfg = DecodeConfig("beam", beam_size=3, max_len=5, no_repeat_ngram=1)
+    assert generate(flat, batch, cfg) == generate_reference(flat, batch, cfg)

@@ -168,6 +168,33 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
     return [row[:n] for row, n in zip(hist.tolist(), lengths.tolist())]
 
 
+# Rows of a beam step's [B * K, V] log-probabilities are ranked a block of items at a time, each block
+# about this many floats (1 MiB): on a big batch the whole step (64 x 5 x 20k floats, 26 MB) does not fit
+# in cache, and its four passes (log-softmax, bans, adding the scores, top-k) each went out to memory.
+# Every operation is per row or per item, so the blocks give the same numbers as the whole.
+BEAM_BLOCK_FLOATS = 1 << 18
+
+
+def _top_continuations(logits: torch.Tensor, scores: torch.Tensor, hist: torch.Tensor, ctx: torch.Tensor | None,
+                       step: int, cfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best 2K of each item's K * V continuations (K live ones even if K end here): (scores [B, 2K],
+    flat indices row-in-item * V + token [B, 2K]), ranked by one top-k over beam x vocabulary."""
+    B, K = scores.shape
+    V = logits.size(-1)
+    n = min(2 * K, K * V)
+    top_scores = torch.empty(B, n, dtype=scores.dtype, device=scores.device)
+    top_idx = torch.empty(B, n, dtype=torch.long, device=scores.device)
+    items = max(1, BEAM_BLOCK_FLOATS // (K * V))
+    for lo in range(0, B, items):
+        hi = min(B, lo + items)
+        rows = slice(lo * K, hi * K)
+        logp = _constrain(torch.log_softmax(logits[rows].float(), -1), hist[rows],
+                          None if ctx is None else ctx[rows], step, cfg)
+        cand = (scores[lo:hi].unsqueeze(-1) + logp.view(hi - lo, K, V)).view(hi - lo, K * V)
+        torch.topk(cand, n, dim=-1, out=(top_scores[lo:hi], top_idx[lo:hi]))
+    return top_scores, top_idx
+
+
 def _length_normalised(score: float, length: int, alpha: float) -> float:
     """GNMT length penalty: score / ((5 + length) / 6) ** alpha (alpha = 0: raw log-probability)."""
     return score / (((5 + length) / 6) ** alpha)
@@ -212,10 +239,8 @@ def beam_nbest(model, batch, cfg: DecodeConfig) -> list[list[tuple[float, list[i
     identity = torch.arange(B * K, device=device)
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
+        top_scores, top_idx = _top_continuations(logits, scores, hist, ctx, step, cfg)
         V = logits.size(-1)
-        logp = _constrain(torch.log_softmax(logits.float(), -1), hist, ctx, step, cfg)
-        cand = (scores.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)
-        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # 2K: K live ones even if K end here
         rank = torch.arange(top_idx.size(1), device=device)
         active = (n_finished < K).unsqueeze(1)  # an item with K finished hypotheses expands no more
         finite = top_scores != NEG_INF  # sorted: the finite ones come first
