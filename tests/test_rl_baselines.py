@@ -222,13 +222,17 @@ def test_deeprl_trains_resumes_and_evaluates(reference_workdir, monkeypatch):
     from cldg.training.recipes.deeprl import DeepRLRecipe
 
     work = reference_workdir
-    reference = ArtifactStore(work).latest("reference").path
+    mmi = runner.invoke(app, ["mmi-train", "--workdir", str(work), "--batch-size", "16", "--max-steps", "2",
+                              "--nbest", "2", "--tune-pairs", "2", "--lambdas", "0", "--gammas", "0", "--device", "cpu"])
+    assert mmi.exit_code == 0, mmi.output
+    backward = ArtifactStore(work).latest("mmi").path  # its backward model p(c|r) scores coherence's second term
     args = ["deeprl-train", "--workdir", str(work), "--batch-size", "8", "--max-steps", "5", "--turns", "3",
             "--curriculum-steps", "2", "--max-len", "6", "--valid-dialogues", "8", "--max-valid-pairs", "16",
-            "--lr", "1e-3", "--backward-model", str(reference), "--device", "cpu", "--seed", "1"]
+            "--lr", "1e-3", "--backward-model", str(backward), "--device", "cpu", "--seed", "1"]
     interrupted_then_resumed(monkeypatch, DeepRLRecipe, args, 2, work / "deeprl")
     art, metrics, log = trained_log(work, "deeprl")
     assert metrics["approach"] == "deeprl" and metrics["steps"] == 5 and metrics["coherence"] == "forward + backward"
+    assert metrics["backward_model"] == str(backward.resolve())
     assert metrics["reward_weights"] == {"ease": 0.25, "flow": 0.25, "coherence": 0.5}
     train = [r for r in log if r["type"] == "train"]
     assert train[0]["step"] == 1 and train[0]["turns"] == 2  # the curriculum starts at 2 turns

@@ -57,6 +57,9 @@ def load_backward(path, vocab_size: int, device):
     from cldg.models import load_model
 
     model = load_model(path, device)
+    if callable(getattr(model, "rerank_scores", None)) and not hasattr(model, "backward_model"):
+        raise CldgError(f"--backward-model {path}: a {model.name} model has no backward model p(c|r); pass an "
+                        "MMI-bidi artifact (cldg mmi-train)")
     model = getattr(model, "backward_model", model)
     if model.vocab_size != vocab_size:
         raise CldgError(f"--backward-model {path}: vocabulary of {model.vocab_size} words, the reference's is "
