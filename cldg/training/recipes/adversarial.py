@@ -44,7 +44,7 @@ class AdversarialRecipe(MLERecipe):
     def __init__(self, train, valid, batch_size, seed, device, max_len: int, cfg):
         super().__init__(train, valid, batch_size, seed, device)
         self.max_len, self.cfg = max_len, cfg
-        self.last = {"reward": 0.0, "d_acc": 0.0}  # the other network's latest figures, shown on every step
+        self.last: dict[str, float] = {}  # each network's latest figure (reward, d_acc), shown on every step
 
     @classmethod
     def setup(cls, cfg, inputs, seed: int, device):
