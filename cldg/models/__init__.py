@@ -47,11 +47,18 @@ def build_model(name: str, vocab_size: int, **config: Any):
     return cls(vocab_size, cls.config_class(**config))
 
 
+def meta_name(model) -> str:
+    """The name model.json records: the registry name, or "hf" for an `hf:PATH` model (its own tokenizer)."""
+    return "hf" if str(getattr(model, "name", "")).startswith("hf:") else model.name
+
+
 def save_model(directory: Path, model) -> None:
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if meta_name(model) == "hf":  # a pretrained transformers model saves a transformers directory (models/hf.py)
+        return model.save(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     meta = {"name": model.name, "config": model.config_dict(), "vocab_size": model.vocab_size}
@@ -67,6 +74,10 @@ def load_model(directory: Path, device: Any = "cpu"):
     if not meta_path.is_file():
         raise CldgError(f"{directory}: no model.json (not a cldg model directory)")
     meta = json.loads(meta_path.read_text())
+    if meta["name"] == "hf":
+        from cldg.models.hf import load_saved_hf_model
+
+        return load_saved_hf_model(directory, meta, device)
     model = build_model(meta["name"], meta["vocab_size"], **meta["config"])
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device="cpu"))
     return model.to(device).eval()
