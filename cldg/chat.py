@@ -17,6 +17,7 @@ def chat_session(model_spec: str, workdir: Path, reference_spec: str | None, dec
     from cldg.data.batching import collate
     from cldg.decoding.search import generate
     from cldg.models import load_model
+    from cldg.models.hf import is_hf_spec, load_hf_model
     from cldg.model_artifacts import model_limits, model_prepare, resolve_model
     from cldg.progress import console
     from cldg.runtime import resolve_device
@@ -24,17 +25,19 @@ def chat_session(model_spec: str, workdir: Path, reference_spec: str | None, dec
 
     store = ArtifactStore(workdir)
     device = resolve_device(device_name)
-    systems = [("model", resolve_model(store, model_spec))]
-    if reference_spec:
-        systems.append(("reference (MLE)", resolve_model(store, reference_spec)))
     loaded = []
-    for label, art in systems:
+    for label, spec in [("model", model_spec)] + ([("reference (MLE)", reference_spec)] if reference_spec else []):
+        if is_hf_spec(spec):  # a pretrained transformers directory as it is: its own tokenizer, no artifact
+            loaded.append((label, load_hf_model(spec, device).eval(), None, None))
+            continue
+        art = resolve_model(store, spec)
         tok = DialogueTokenizer.load(model_prepare(art).file("tokenizer.json"))
         loaded.append((label, load_model(art.path, device), tok, model_limits(art)))
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # hf: models sample from the global generator
     read = read or (lambda: Prompt.ask("[bold cyan]you[/]", console=console))
-    console.print(f"Chatting with {systems[0][1].stage} model {systems[0][1].path.name}"
-                  + (" (reference beside it)" if reference_spec else "") + ". Empty line or /quit ends, /reset forgets.")
+    console.print(f"Chatting with {model_spec}" + (" (reference beside it)" if reference_spec else "")
+                  + ". Empty line or /quit ends, /reset forgets.")
     history: list[str] = []
     transcript = []
     while True:
@@ -51,8 +54,11 @@ def chat_session(model_spec: str, workdir: Path, reference_spec: str | None, dec
         history.append(text)
         turn = {"user": text}
         for i, (label, model, tok, limits) in enumerate(loaded):
-            batch = collate(tok, [history], None, limits).to(device)
-            answer = tok.detokenize(tok.decode_tokens(generate(model, batch, decoding, gen)[0])) or "..."
+            if hasattr(model, "make_batch"):  # an hf: model (directory or artifact): its generate() and tokenizer
+                answer = model.generate([history], decoding)[0] or "..."
+            else:
+                batch = collate(tok, [history], None, limits).to(device)
+                answer = tok.detokenize(tok.decode_tokens(generate(model, batch, decoding, gen)[0])) or "..."
             turn[label] = answer
             console.print(f"[bold {'green' if i == 0 else 'yellow'}]{label}:[/] {answer}")
         history.append(turn["model"])

@@ -352,7 +352,9 @@ ChatDecodingOptions = options_like(DecodingOptions, decoding="beam", no_repeat_n
 @app.command("chat")
 @with_options(ChatDecodingOptions, into="decoding")
 def chat_command(
-        model: Annotated[str, typer.Argument(help="reference, contrastive, or a model artifact directory.")] = "contrastive",
+        model: Annotated[str, typer.Argument(help="reference, contrastive, another approach's model, a model "
+                                                  "artifact directory, or hf:PATH (a local transformers directory).")
+                         ] = "contrastive",
         workdir: WorkdirOpt = Path("cldg-work"),
         reference: Annotated[Optional[str], typer.Option(help="Show this model's answer beside it (e.g. reference).")] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",

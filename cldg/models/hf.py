@@ -143,6 +143,49 @@ class HFDialogueModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.hf.get_output_embeddings().weight.size(0))
+
+    def state_dict(self, *args, **kwargs):
+        """The weights, with tied ones (GPT-2's lm_head and wte) as separate copies: safetensors refuses tensors
+        that share memory, and the trainer checkpoints with it. Loading writes the same values twice."""
+        state = super().state_dict(*args, **kwargs)
+        seen: set[int] = set()
+        for key, value in state.items():
+            if value.data_ptr() in seen:
+                state[key] = value.clone()
+            seen.add(value.data_ptr())
+        return state
+
+    def config_dict(self) -> dict[str, Any]:
+        lora = None if self.lora is None else {**vars(self.lora), "target_modules": self.lora.target_modules}
+        return {"source": self.path, "max_context_tokens": self.max_context_tokens,
+                "max_response_tokens": self.max_response_tokens, "lora": lora}
+
+    def add_adapters(self, lora: LoraOptions) -> HFDialogueModel:
+        """Fine-tune LoRA adapters only (the base frozen; with the adapters disabled it is the reference)."""
+        if self.lora is not None:
+            raise CldgError(f"{self.name}: already has LoRA adapters")
+        self.hf, self.lora = add_lora(self.hf, lora, self.path), lora
+        return self
+
+    def save(self, directory: Path | str) -> None:
+        """A cldg model artifact: the transformers directory `hf/` (LoRA adapters merged into the weights, so the
+        artifact stands alone) and `model.json` {"name": "hf", "config", "vocab_size"}."""
+        import copy
+        import json
+
+        directory = Path(directory)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its shard-writing bar would cut through cldg's progress output
+        hf = copy.deepcopy(self.hf).merge_and_unload() if self.lora is not None else self.hf
+        hf.save_pretrained(directory / "hf", safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / "hf")
+        meta = {"name": "hf", "config": self.config_dict(), "vocab_size": self.vocab_size}
+        (directory / "model.json").write_text(json.dumps(meta, indent=2))
+
     # -- text -> token ids -----------------------------------------------------------------------------------
     def _messages(self, turns: list[str]) -> list[dict[str, str]]:
         n = len(turns)
@@ -245,6 +288,19 @@ class HFDialogueModel(nn.Module):
             out += self.sequence_logprobs(batch).cpu().tolist()
         return out
 
+    @torch.no_grad()
+    def perplexity(self, contexts: list[list[str]], responses: list[str], batch_size: int = 32) -> float:
+        """exp(mean NLL per response token, in the model's own tokens) of the responses given their contexts."""
+        import math
+
+        self.eval()
+        total, tokens = 0.0, 0
+        for i in range(0, len(contexts), batch_size):
+            batch = self.make_batch(contexts[i:i + batch_size], responses[i:i + batch_size])
+            total -= float(self.sequence_logprobs(batch).sum())
+            tokens += batch.tokens
+        return math.exp(min(total / max(tokens, 1), 50.0))
+
     # -- generation ------------------------------------------------------------------------------------------
     def generation_kwargs(self, cfg) -> dict[str, Any]:
         """transformers `generate` arguments for a cldg DecodeConfig (greedy, beam, topk, nucleus)."""
@@ -315,6 +371,53 @@ def load_hf_model(spec: str, device: Any = "cpu", lora: LoraOptions | None = Non
     if lora is not None:
         hf_model = add_lora(hf_model, lora, path)
     return HFDialogueModel(hf_model, tokenizer, path, max_context_tokens, max_response_tokens, lora).to(device)
+
+
+def load_saved_hf_model(directory: Path | str, meta: dict, device: Any = "cpu") -> HFDialogueModel:
+    """An `hf` model artifact written by `HFDialogueModel.save` (eval mode, without adapters: they are merged)."""
+    cfg = meta["config"]
+    model = load_hf_model(f"{PREFIX}{Path(directory) / 'hf'}", device, max_context_tokens=cfg["max_context_tokens"],
+                          max_response_tokens=cfg["max_response_tokens"])
+    return model.eval()
+
+
+def saved_tokenization_key(directory: Path | str) -> dict[str, Any]:
+    """What decides the token ids of a (context, response) under a saved `hf` model artifact: its tokenizer files,
+    the model kind and its token limits. A reference cache made with one tokenization must not serve another, so
+    the refcache fingerprint holds this."""
+    import hashlib
+    import json
+
+    directory = Path(directory)
+    meta = json.loads((directory / "model.json").read_text())
+    config = json.loads((directory / "hf" / "config.json").read_text())
+    digest = hashlib.sha256()
+    for file in sorted((directory / "hf").glob("*")):
+        if file.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return {"tokenizer_sha256": digest.hexdigest(), "encoder_decoder": bool(config.get("is_encoder_decoder")),
+            "max_context_tokens": meta["config"]["max_context_tokens"],
+            "max_response_tokens": meta["config"]["max_response_tokens"]}
+
+
+def directory_digest(spec: str) -> str:
+    """sha256 over the names and contents of the files of `hf:PATH`'s directory: a run on it is fingerprinted by
+    what the directory holds, not by its name (a missing or unreadable directory is one CldgError naming it)."""
+    import hashlib
+
+    path = hf_path(spec)
+    if not path.is_dir():
+        raise CldgError(f"{path}: no such directory (hf:PATH names a local transformers model directory)")
+    digest = hashlib.sha256()
+    try:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+            with open(file, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    except OSError as err:
+        raise CldgError(f"{path}: cannot read the model directory: {_one_line(err)}") from None
+    return digest.hexdigest()
 
 
 def add_lora(hf_model, lora: LoraOptions, path: Path | str = ""):

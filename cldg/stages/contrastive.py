@@ -36,6 +36,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     from cldg.runtime import resolve_device, set_seed
     from cldg.training import distributed
     from cldg.training.recipes.contrastive import ContrastiveRecipe
+    from cldg.training.recipes.hf_contrastive import HFContrastiveRecipe
     from cldg.training.trainer import Trainer
 
     store = ArtifactStore(common.workdir)
@@ -57,8 +58,9 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         model, refreshed = target_and_reference(cfg, reference, run.dir, device, common.seed)
         console.print(f"contrastive-train: {len(data.train):,} train / {len(data.valid):,} valid groups, "
                       f"loss {loss_applied}, k = {cfg.k}, {len(ref_logp):,} cached reference log-probs, on {device}")
-        recipe = ContrastiveRecipe(data.train, data.valid, data.text, ref_logp, objective(cfg), cfg.batch_size,
-                                   common.seed, device, refreshed, dist)
+        recipe_class = HFContrastiveRecipe if holds_hf_model(reference) else ContrastiveRecipe
+        recipe = recipe_class(data.train, data.valid, data.text, ref_logp, objective(cfg), cfg.batch_size,
+                              common.seed, device, refreshed, dist)
         trainer = Trainer(model, options_from(TrainOptions, cfg), run.dir, device, recipe)
         summary = trainer.fit(description=f"contrastive {loss_applied}")
         if dist.rank != 0:
@@ -82,7 +84,17 @@ def resolve_inputs(store: ArtifactStore, cfg: Config) -> tuple[Artifact, Artifac
                         f"was trained on ({reference.path}); rerun `cldg mine-samples`")
     if cfg.k > samples.manifest.get("k", cfg.k):
         raise CldgError(f"--k {cfg.k}: the samples were mined with k = {samples.manifest['k']}")
+    if holds_hf_model(reference) and (cfg.from_scratch or cfg.refresh_reference_every):
+        raise CldgError(f"--{'from-scratch' if cfg.from_scratch else 'refresh-reference-every'}: not available for "
+                        f"the hf: reference {reference.path} (cldg models only)")
     return prepared, reference, samples
+
+
+def holds_hf_model(art: Artifact) -> bool:
+    """True when a model artifact holds a pretrained transformers model (`pretrain --model hf:PATH`)."""
+    import json
+
+    return json.loads(art.file("model.json").read_text()).get("name") == "hf"
 
 
 def applied_loss(cfg: Config) -> str:
@@ -134,6 +146,12 @@ def load_groups(cfg: Config, prepared: Artifact, reference: Artifact, samples: A
     # the reference pass covers every sequence any group of any ablation can use, so that one cache serves them all
     full = GroupOptions(samples.manifest.get("k", cfg.k))
     sequences = build_groups(table, "train", full).sequences() | build_groups(table, "valid", full).sequences()
+    if holds_hf_model(reference):  # the model tokenizes the text itself; the refcache is keyed by its tokenization
+        from cldg.models.hf import saved_tokenization_key
+        from cldg.training.recipes.hf_contrastive import HFTextIndex
+
+        key = {"max_context_turns": limits.max_context_turns, **saved_tokenization_key(reference.path)}
+        return GroupData(HFTextIndex(contexts, responses, key), train_groups, valid_groups, sequences)
     return GroupData(TextIndex(tok, limits, contexts, responses), train_groups, valid_groups, sequences)
 
 
@@ -145,7 +163,7 @@ def reference_logprobs(store: ArtifactStore, cfg: Config, reference: Artifact, s
     from cldg.training import distributed
     from cldg.training.reference_cache import load_reference_cache
 
-    limits = vars(data.text.limits)
+    limits = data.text.limits if isinstance(data.text.limits, dict) else vars(data.text.limits)
     if dist.rank == 0:
         ref_model = load_model(reference.path, device)
         cache = build_reference_cache(store, reference, samples, limits, ref_model, data.text, data.sequences,

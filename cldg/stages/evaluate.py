@@ -1,6 +1,7 @@
 """Decode the test contexts with a trained model and score the responses (the paper's Table 2 metrics).
 
---model reference | contrastive (the latest of that stage) | a model artifact directory. Writes
+--model reference | contrastive | any approach's model (the latest of that stage) | a model artifact directory |
+hf:PATH (a pretrained transformers directory as it is, on the latest prepare artifact's split). Writes
 `generations.jsonl` (context, reference, generated, per-response metrics), `metrics.json`,
 `report.md` and PNG plots, and prints the metrics laid out like the paper's Table 2.
 `--json` prints metrics.json only.
@@ -23,13 +24,16 @@ JSON_OUTPUT = "metrics.json"
 
 @dataclass
 class Config(DecodingOptions):
-    model: str = option("contrastive", "reference, contrastive, or a model artifact directory.")
+    model: str = option("contrastive", "reference, contrastive, another approach's model, a model artifact directory, "
+                        "or hf:PATH (a local transformers directory as it is).")
     split: str = option("test", "Split to evaluate.", choices=EVAL_SPLITS)
     input: Path | None = option(None, "Score on this corpus file instead of a split (any format `prepare` reads; "
                                 "every pair of it is a test pair; tokenized with the model's own tokenizer).")
     input_format: str = option("auto", "Format of --input.", choices=INPUT_FORMATS)
     limit: int = option(0, "Evaluate only the first N pairs (0 = all).")
     batch_size: int = option(64, "Contexts decoded at once.", fingerprint=False)
+    prepare_dir: Path | None = option(None, "With --model hf:PATH: the prepare artifact whose split it is scored on "
+                                      "(default: latest; a model artifact brings its own).", fingerprint=False)
 
 
 def check_config(cfg: Config) -> None:
@@ -43,7 +47,8 @@ def check_config(cfg: Config) -> None:
 def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device,
                row_seeds: list[int], label: str = "decode") -> list[list[str]]:
     """Responses (as tokens) for every context, decoded in batches of similar context length.
-    Sampling draws from a generator per context (`row_seeds`), so no output depends on the batching."""
+    Sampling draws from a generator per context (`row_seeds`), so no output depends on the batching (an hf: model
+    samples from the seeded global generator: its samples depend on the batch size)."""
     from cldg.data.batching import collate
     from cldg.decoding.search import generate
     from cldg.progress import make_progress
@@ -55,9 +60,14 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
         task = progress.add_task(label, total=n, unit="responses")
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            batch = collate(tok, [contexts[i] for i in idx], None, limits).to(device)
-            for i, ids in zip(idx, generate(model, batch, dcfg, row_seeds=[row_seeds[i] for i in idx])):
-                outputs[i] = tok.decode_tokens(ids)
+            if hasattr(model, "make_batch"):  # an hf: model: its generate(); the metrics take the text's words
+                texts = model.generate([contexts[i] for i in idx], dcfg)
+                for i, text in zip(idx, texts):
+                    outputs[i] = tok.words(text)
+            else:
+                batch = collate(tok, [contexts[i] for i in idx], None, limits).to(device)
+                for i, ids in zip(idx, generate(model, batch, dcfg, row_seeds=[row_seeds[i] for i in idx])):
+                    outputs[i] = tok.decode_tokens(ids)
             progress.advance(task, len(idx))
     return outputs
 
@@ -66,46 +76,41 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     import json
     import time
 
-    from cldg.model_artifacts import model_limits, model_prepare, resolve_model
-    from cldg.models import load_model
     from cldg.progress import console
     from cldg.runtime import resolve_device, set_seed
     from cldg.text.tokenizer import DialogueTokenizer
-    from cldg.training.evaluation import reference_perplexity
 
     check_config(cfg)
     store = ArtifactStore(common.workdir)
-    model_art = resolve_model(store, cfg.model)
-    prepared = model_prepare(model_art)
-    config = evaluation_config(cfg, common, model_art)
-    with store.begin("eval", SCHEMA, config, {"model": model_art, "prepare": prepared}, force=common.force) as run:
+    source = resolve_eval_model(store, cfg)
+    config = evaluation_config(cfg, common, source)
+    with store.begin("eval", SCHEMA, config, source.inputs, force=common.force) as run:
         if run.existing:
             console.print(f"evaluate: complete artifact {run.existing.path} found - skipped")
             print_metrics_table(json.loads(run.existing.file("metrics.json").read_text()))
             return run.existing
         set_seed(common.seed)
         device = resolve_device(common.device)
-        model = load_model(model_art.path, device)
-        tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
-        limits = model_limits(model_art)
-        pairs, n = read_eval_pairs(cfg, prepared, limits)
+        model = source.load(device)
+        tok = DialogueTokenizer.load(source.prepared.file("tokenizer.json"))
+        pairs, n = read_eval_pairs(cfg, source.prepared, source.limits)
         contexts, references = list(pairs.context[:n]), list(pairs.response[:n])
 
         t0 = time.time()
         row_seeds = [common.seed * 1_000_003 + int(pid) for pid in pairs.pair_id[:n]]
-        outputs = decode_all(model, tok, contexts, limits, cfg.decode_config(), cfg.batch_size, device, row_seeds,
-                             f"decode {cfg.decoding}")
+        outputs = decode_all(model, tok, contexts, source.limits, cfg.decode_config(), cfg.batch_size, device,
+                             row_seeds, f"decode {cfg.decoding}")
         decode_s = time.time() - t0
         t0 = time.time()
-        metrics, per = score(tok, prepared, outputs, contexts, references)
+        metrics, per = score(tok, source.prepared, outputs, contexts, references)
         metrics_s = time.time() - t0
-        metrics["reference_ppl"] = reference_perplexity(model, tok, contexts, references, limits, device)
+        metrics["reference_ppl"] = reference_ppl(model, tok, contexts, references, source.limits, device)
         # words the model's vocabulary lacks (they become <unk>): high rates explain a poor score on a new corpus
         metrics["oov_rate_reference"] = oov_rate(tok, [tok.words(r) for r in references])
         metrics["oov_rate_context"] = oov_rate(tok, [tok.words(t) for c in contexts for t in c])
         # metrics.json holds only what the model and data decide (no timings, no paths): the same command with
         # the same seed gives the same bytes. Timings go to the manifest.
-        metrics.update(model=model_art.stage, model_fingerprint=model_art.fingerprint, decoding=cfg.decoding,
+        metrics.update(model=source.label, model_fingerprint=source.fingerprint, decoding=cfg.decoding,
                        split="input" if cfg.input is not None else cfg.split,
                        decode_config={k: v for k, v in fingerprint_config(cfg).items() if k not in ("model", "input")})
         speed = round(n / max(decode_s, 1e-9), 1)
@@ -117,10 +122,60 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
                           extra={"metrics": {k: metrics[k] for _, k in TABLE_LAYOUT + EXTRA_LAYOUT}})
 
 
-def evaluation_config(cfg: Config, common: CommonOptions, model_art: Artifact) -> dict:
+@dataclass
+class EvalModel:
+    """The model to evaluate: a model artifact, or a pretrained `hf:PATH` directory as it is (on the latest prepare
+    artifact's split, its word-level metrics)."""
+    label: str            # metrics.json "model": the artifact's stage, or hf:PATH
+    fingerprint: str      # the artifact's fingerprint, or the sha256 of the directory's files
+    prepared: Artifact    # tokenizer (the metrics' words), vectors, n-gram counts, the split
+    limits: object        # cldg.data.batching.Limits: context turns (and the tokens of a cldg model)
+    inputs: dict          # the eval artifact's inputs
+    spec: str | Path      # what load() loads
+
+    def load(self, device):
+        from cldg.models import load_model
+        from cldg.models.hf import is_hf_spec, load_hf_model
+
+        return load_hf_model(self.spec, device).eval() if is_hf_spec(self.spec) else load_model(self.spec, device)
+
+
+def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
+    from cldg.data.batching import Limits
+    from cldg.model_artifacts import model_limits, model_prepare, resolve_model
+
+    if str(cfg.model).startswith("hf:"):
+        from cldg.approaches.mle import MLEOptions
+        from cldg.models.hf import directory_digest
+
+        digest = directory_digest(cfg.model)  # first: a missing directory is the error to report
+        prepared = store.resolve_input("prepare", cfg.prepare_dir, 1, "--prepare-dir")
+        o = MLEOptions()
+        return EvalModel(cfg.model, digest, prepared, Limits(
+            o.max_context_turns, o.max_turn_len, o.max_context_len, o.max_response_len), {"prepare": prepared},
+            cfg.model)
+    art = resolve_model(store, cfg.model)
+    prepared = model_prepare(art)
+    return EvalModel(art.stage, art.fingerprint, prepared, model_limits(art), {"model": art, "prepare": prepared},
+                     art.path)
+
+
+def reference_ppl(model, tok, contexts, references, limits, device) -> float:
+    """Perplexity of the human responses: in the prepare tokenizer's words for cldg models, in the model's own
+    tokens for hf: models (so only hf: models of one tokenizer compare on it)."""
+    from cldg.training.evaluation import reference_perplexity
+
+    if hasattr(model, "make_batch"):
+        return model.perplexity(contexts, references)
+    return reference_perplexity(model, tok, contexts, references, limits, device)
+
+
+def evaluation_config(cfg: Config, common: CommonOptions, source: EvalModel) -> dict:
     """What the evaluation's fingerprint covers: 'reference' and the same reference's directory are one evaluation
     (the input fingerprint tells models apart), and an --input file counts by its content, not its name."""
-    config = fingerprint_config(cfg) | {"seed": common.seed, "model": model_art.stage}
+    config = fingerprint_config(cfg) | {"seed": common.seed, "model": source.label}
+    if "model" not in source.inputs:  # a bare hf: directory: its content, as an input's fingerprint would
+        config["model_sha256"] = source.fingerprint
     if cfg.input is not None:
         from cldg.artifacts import sha256_file
 

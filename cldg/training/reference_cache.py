@@ -15,7 +15,8 @@ import torch
 @torch.inference_mode()
 def sequence_logprobs(model, text, seqs: list[tuple[int, int]], batch_size: int, device, progress=None,
                       task=None) -> list[float]:
-    """log p(r|c) of each (context id, response id) under `model` (eval mode), batched by length."""
+    """log p(r|c) of each (context id, response id) under `model` (eval mode), batched by length. `text` is a
+    cldg.training.groups.TextIndex, or for an hf: model a recipes.hf_contrastive.HFTextIndex (text batches)."""
     from cldg.text.tokenizer import PAD
     from cldg.training.losses import sequence_logprob
 
@@ -25,9 +26,12 @@ def sequence_logprobs(model, text, seqs: list[tuple[int, int]], batch_size: int,
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = text.batch([seqs[i] for i in idx]).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch)
-        lp = sequence_logprob(logits, batch.response_out, PAD).float().cpu().tolist()
+        if hasattr(model, "make_batch"):  # an hf: model: text in, log p(r|c) in its own tokens out (bf16 on CUDA)
+            lp = model.sequence_logprobs(model.make_batch(batch.contexts, batch.responses)).float().cpu().tolist()
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(batch)
+            lp = sequence_logprob(logits, batch.response_out, PAD).float().cpu().tolist()
         for i, v in zip(idx, lp):
             out[i] = v
         if progress is not None:

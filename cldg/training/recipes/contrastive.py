@@ -27,6 +27,8 @@ class ContrastiveRecipe:
     """Batches of groups (all their sequences scored in one pass), the objective's loss on them, and the
     validation criterion contrastive loss + 0.5 NLL on the valid groups (always against the MLE reference)."""
 
+    group_loss = staticmethod(contrastive_group_loss)  # hf: models score their groups in their own tokens
+
     def __init__(self, train_groups: Groups, valid_groups: Groups, text: TextIndex,
                  ref_logp: dict[tuple[int, int], float], objective: ContrastiveObjective, batch_size: int, seed: int,
                  device: torch.device, refreshed: RefreshedReference | None = None,
@@ -52,9 +54,9 @@ class ContrastiveRecipe:
             self.refreshed.sync(distributed.unwrap(model), step)
             batch = self.refreshed.rescore(batch)
         if step < o.mle_warmup_steps:
-            return contrastive_group_loss(model, batch, o.variant, o.mle_weight, mle_only=True, beta=o.beta)
+            return self.group_loss(model, batch, o.variant, o.mle_weight, mle_only=True, beta=o.beta)
         anneal = released_anneal_weight(step - o.mle_warmup_steps, o.anneal_speed) if o.nll_anneal else None
-        return contrastive_group_loss(model, batch, o.variant, o.mle_weight, beta=o.beta, anneal=anneal)
+        return self.group_loss(model, batch, o.variant, o.mle_weight, beta=o.beta, anneal=anneal)
 
     def validate(self, model) -> dict[str, float]:
         o = self.objective
@@ -63,7 +65,7 @@ class ContrastiveRecipe:
         for i in range(0, len(self.valid_groups), self.batch_size):
             rows = list(range(i, min(i + self.batch_size, len(self.valid_groups))))
             batch = make_group_batch(self.valid_groups, rows, self.text, self.ref_logp).to(self.device)
-            _, info = contrastive_group_loss(model, batch, o.variant, o.mle_weight, beta=o.beta)
+            _, info = self.group_loss(model, batch, o.variant, o.mle_weight, beta=o.beta)
             for key in totals:
                 totals[key] += info[key] * len(rows)
             n += len(rows)

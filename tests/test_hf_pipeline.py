@@ -1,0 +1,145 @@
+"""`--model hf:PATH` through the pipeline, on a tiny random GPT-2 and a tiny BART that examples/make_tiny_hf_model.py
+builds from the fixture corpus's prepared text (offline): pretrain (MLE fine-tuning) -> contrastive-train (the
+refcache holds the reference's own log-probs, keyed by its tokenization) -> evaluate and chat; DPO with LoRA from
+the hf reference; a missing directory is one line naming it, exit 2."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from test_hf_approaches import mined_workdir  # noqa: E402,F401  (the module fixture: reference + mined samples)
+from typer.testing import CliRunner  # noqa: E402
+
+from cldg.cli import app  # noqa: E402
+
+runner = CliRunner()
+CPU = ["--device", "cpu", "--seed", "1"]
+
+
+def make_tiny(prepare_dir: Path, out: Path, arch: str) -> Path:
+    """The example script's model: a random 16-d, 1-layer `arch` with a BPE tokenizer trained on the pairs."""
+    script = Path(__file__).parents[1] / "examples" / "make_tiny_hf_model.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_hf_model", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--prepare-dir", str(prepare_dir), "--out", str(out), "--arch", arch, "--vocab-size", "400",
+                        "--dim", "16", "--layers", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(prepared_workdir, tmp_path_factory) -> Path:
+    return make_tiny(prepared_workdir[1].path, tmp_path_factory.mktemp("hf") / "gpt2", "gpt2")
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_pretrain_contrastive_evaluate_and_chat_on_an_hf_model(mined_workdir, tmp_path, prepared_workdir, tiny_gpt2,
+                                                                arch):
+    from cldg.artifacts import ArtifactStore
+    from cldg.chat import chat_session
+    from cldg.decoding.search import DecodeConfig
+    from cldg.models import load_model
+    from cldg.models.hf import HFDialogueModel
+    from cldg.training.groups import GroupOptions, build_groups
+    from cldg.retrieval.mining import read_samples
+    from cldg.data.pairs import read_pairs
+    from cldg.training.reference_cache import load_reference_cache
+
+    work, (_, prepared) = mined_workdir, prepared_workdir
+    model_dir = tiny_gpt2 if arch == "gpt2" else make_tiny(prepared.path, tmp_path / arch, arch)
+    store = ArtifactStore(work)
+    invoke("pretrain", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--max-steps", 6, "--batch-size", 16,
+           "--lr", "3e-3", "--max-valid-pairs", 16, "--max-response-tokens", 24, *CPU)
+    reference_art = store.latest("reference")
+    reference = load_model(reference_art.path)
+    assert isinstance(reference, HFDialogueModel) and reference.max_response_tokens == 24
+    assert json.loads(reference_art.file("metrics.json").read_text())["model"] == f"hf:{model_dir}"
+    # the fine-tuned weights were saved, not the random ones
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if arch == "bart" else AutoModelForCausalLM
+    original = auto.from_pretrained(model_dir, local_files_only=True).state_dict()
+    assert any(not torch.equal(v, original[k]) for k, v in reference.hf.state_dict().items() if k in original)
+
+    invoke("contrastive-train", "--workdir", work, "--reference-dir", reference_art.path, "--k", 2, "--batch-size",
+           4, "--max-steps", 2, "--max-valid-groups", 4, *CPU)
+    target_art = store.latest("contrastive")
+    assert isinstance(load_model(target_art.path), HFDialogueModel)
+    # the refcache holds the hf reference's own log p(r|c) of the mined sequences, keyed by its tokenization
+    cache = Artifact_for(store, reference_art)
+    assert cache.config["limits"]["tokenizer_sha256"] and cache.config["limits"]["max_response_tokens"] == 24
+    cached = load_reference_cache(cache)
+    samples = read_samples(store.latest("samples").path)
+    seqs = sorted(build_groups(samples, "valid", GroupOptions(2)).sequences())[:6]
+    text = {}
+    for split in ("train", "valid"):
+        t = read_pairs(prepared.file(f"pairs-{split}.parquet"))
+        text.update({pid: (list(c)[-3:], r) for pid, c, r in zip(t.pair_id, t.context, t.response)})
+    direct = reference.score([text[c][0] for c, _ in seqs], [text[r][1] for _, r in seqs])
+    assert [cached[s] for s in seqs] == pytest.approx(direct, abs=1e-4)
+
+    result = invoke("evaluate", "--workdir", work, "--model", "contrastive", "--limit", 6, "--max-len", 6,
+                    "--decoding", "beam", "--beam-size", 2, "--device", "cpu")
+    metrics = json.loads(store.latest("eval").file("metrics.json").read_text())
+    assert metrics["model"] == "contrastive" and metrics["responses"] == 6 and metrics["reference_ppl"] > 1
+    turns = iter(["hello there", ""])
+    transcript = chat_session("contrastive", work, f"hf:{model_dir}", DecodeConfig(max_len=5), "cpu", 0,
+                              read=lambda: next(turns))
+    assert len(transcript) == 1 and transcript[0]["model"] and transcript[0]["reference (MLE)"]
+
+
+def Artifact_for(store, reference_art):
+    """The refcache artifact made from this reference."""
+    found = [a for a in (store.root / "refcache").iterdir() if (a / "manifest.json").is_file()]
+    from cldg.artifacts import Artifact
+
+    caches = [Artifact.load(a) for a in found]
+    return next(c for c in caches if c.manifest["inputs"]["reference"]["fingerprint"] == reference_art.fingerprint)
+
+
+def test_dpo_with_lora_from_an_hf_reference_and_a_bare_directory_evaluated(mined_workdir, prepared_workdir,
+                                                                           tiny_gpt2):
+    from cldg.artifacts import ArtifactStore
+    from cldg.models import load_model
+
+    work, (_, prepared) = mined_workdir, prepared_workdir
+    model_dir = tiny_gpt2
+    store = ArtifactStore(work)
+    invoke("pretrain", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--max-steps", 2, "--batch-size", 16,
+           "--max-valid-pairs", 8, *CPU)
+    reference_art = store.latest("reference")
+    invoke("dpo-train", "--workdir", work, "--reference-dir", reference_art.path, "--lora-r", 2, "--lr", "1e-2",
+           "--max-steps", 2, "--batch-size", 4, "--max-valid-pairs", 4, *CPU)
+    dpo = load_model(store.latest("dpo").path)
+    reference = load_model(reference_art.path)
+    # the adapters were merged into the saved weights: a plain transformers model, and it moved
+    assert dpo.lora is None and not any("lora" in k for k in dpo.hf.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(dpo.hf.state_dict().values(), reference.hf.state_dict().values()))
+    # a pretrained directory evaluated as it is, on the latest prepare artifact's test pairs
+    invoke("evaluate", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--limit", 4, "--max-len", 5, "--device",
+           "cpu")
+    assert json.loads(store.latest("eval").file("metrics.json").read_text())["model"] == f"hf:{model_dir}"
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["evaluate"], ["chat"]])
+def test_a_missing_hf_directory_is_one_line_naming_it(tmp_path, command):
+    missing = tmp_path / "no-such-model"
+    args = [*command, "--workdir", str(tmp_path)]
+    args += [f"hf:{missing}"] if command == ["chat"] else ["--model", f"hf:{missing}"]
+    result = runner.invoke(app, args, input="hello\n\n")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and str(missing) in lines[0] and "Traceback" not in result.output
