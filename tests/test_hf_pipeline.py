@@ -143,3 +143,18 @@ def test_a_missing_hf_directory_is_one_line_naming_it(tmp_path, command):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and str(missing) in lines[0] and "Traceback" not in result.output
+
+
+def test_the_example_comparison_config_plans_every_objective_on_the_hf_model(tmp_path):
+    from cldg.pipeline import load_plan
+
+    config = Path(__file__).parents[1] / "examples" / "hf-tiny-gpt2.toml"
+    with pytest.raises(Exception, match="tiny-gpt2: no such directory"):  # made by the documented command
+        load_plan(config, workdir=tmp_path)
+    plan = load_plan(config, workdir=tmp_path, table_overrides={"pretrain": {"model": f"hf:{tmp_path}"}})
+    labels = [step.label for step in plan.steps]
+    for name in ("unlikelihood", "ct", "simctg", "dpo", "bco"):
+        assert f"{name}-train" in labels and f"evaluate ({name})" in labels
+    assert "evaluate (reference)" in labels and "evaluate (contrastive)" in labels and "kto-train" not in labels
+    betas = {step.table: step.cfg.beta for step in plan.steps if hasattr(step.cfg, "beta")}
+    assert betas == {"contrastive_train": 1.0, "dpo_train": 1.0, "bco_train": 1.0}
