@@ -205,6 +205,7 @@ def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
     return [max(pool, key=lambda x: x[0])[1] if pool else [] for pool in beam_nbest(model, batch, cfg)]
 
 
+@torch.inference_mode()  # never differentiated; and topk(out=...) refuses tensors that need grad
 def beam_nbest(model, batch, cfg: DecodeConfig) -> list[list[tuple[float, list[int]]]]:
     """Each item's N-best list, N = cfg.beam_size: (length-normalised score, token ids without EOS), the finished
     hypotheses in the order they ended, then (when fewer than N ended) the live ones.
