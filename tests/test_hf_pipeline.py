@@ -128,10 +128,29 @@ def test_dpo_with_lora_from_an_hf_reference_and_a_bare_directory_evaluated(mined
     # the adapters were merged into the saved weights: a plain transformers model, and it moved
     assert dpo.lora is None and not any("lora" in k for k in dpo.hf.state_dict())
     assert any(not torch.equal(a, b) for a, b in zip(dpo.hf.state_dict().values(), reference.hf.state_dict().values()))
+    # the group-wise loss with LoRA: the adapters train, the refcache stays the reference's
+    invoke("contrastive-train", "--workdir", work, "--reference-dir", reference_art.path, "--lora-r", 2, "--k", 2,
+           "--lr", "1e-2", "--batch-size", 4, "--max-steps", 2, "--max-valid-groups", 4, *CPU)
+    target_art = store.latest("contrastive")
+    assert target_art.config["lora_r"] == 2 and target_art.manifest["inputs"]["reference"]["fingerprint"] == \
+        reference_art.fingerprint
+    target = load_model(target_art.path)
+    assert any(not torch.equal(a, b) for a, b in zip(target.hf.state_dict().values(),
+                                                     reference.hf.state_dict().values()))
     # a pretrained directory evaluated as it is, on the latest prepare artifact's test pairs
     invoke("evaluate", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--limit", 4, "--max-len", 5, "--device",
            "cpu")
     assert json.loads(store.latest("eval").file("metrics.json").read_text())["model"] == f"hf:{model_dir}"
+
+
+def test_lora_on_a_cldg_reference_is_one_line(mined_workdir):
+    from cldg.artifacts import ArtifactStore
+
+    native = [a for a in (ArtifactStore(mined_workdir).root / "reference").iterdir()
+              if (a / "model.json").is_file() and '"hf"' not in (a / "model.json").read_text()][0]
+    result = runner.invoke(app, ["contrastive-train", "--workdir", str(mined_workdir), "--reference-dir", str(native),
+                                 "--lora-r", "2", "--k", "2", "--max-steps", "1", "--device", "cpu"])
+    assert result.exit_code == 2 and "--lora-r 2: LoRA is for hf: references" in result.output, result.output
 
 
 @pytest.mark.parametrize("command", [["pretrain"], ["evaluate"], ["chat"]])

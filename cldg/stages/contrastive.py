@@ -29,6 +29,9 @@ class Config(ContrastiveOptions):
     reference_dir: Path | None = option(None, "Reference artifact (default: latest).", fingerprint=False)
     samples_dir: Path | None = option(None, "Samples artifact (default: latest).", fingerprint=False)
     cache_batch_size: int = option(256, "Batch size of the one-time reference pass.", fingerprint=False)
+    lora_r: int = option(0, "hf: references only: train LoRA adapters of this rank, the base frozen (merged into "
+                         "the saved weights; 0: all weights).", fingerprint=False)  # fingerprinted when set
+    lora_alpha: int = option(16, "LoRA scaling alpha (with --lora-r).", fingerprint=False)
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
@@ -46,6 +49,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     dist = distributed.init_from_env(device.type)
     device = distributed.device_for_rank(device, dist)
     config = fingerprint_config(cfg) | {"seed": common.seed, "loss_applied": loss_applied}
+    config |= {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else {}
     inputs = {"prepare": prepared, "reference": reference, "samples": samples}
     # under DDP every rank trains, rank 0 alone holds the lock, fills the reference cache and writes files
     with store.begin("contrastive", SCHEMA, config, inputs, force=common.force, exclusive=dist.rank == 0) as run:
@@ -84,6 +88,10 @@ def resolve_inputs(store: ArtifactStore, cfg: Config) -> tuple[Artifact, Artifac
                         f"was trained on ({reference.path}); rerun `cldg mine-samples`")
     if cfg.k > samples.manifest.get("k", cfg.k):
         raise CldgError(f"--k {cfg.k}: the samples were mined with k = {samples.manifest['k']}")
+    if cfg.lora_r < 0 or cfg.lora_alpha < 1:
+        raise CldgError("--lora-r must be >= 0 and --lora-alpha at least 1")
+    if cfg.lora_r and not holds_hf_model(reference):
+        raise CldgError(f"--lora-r {cfg.lora_r}: LoRA is for hf: references; {reference.path} holds a cldg model")
     if holds_hf_model(reference) and (cfg.from_scratch or cfg.refresh_reference_every):
         raise CldgError(f"--{'from-scratch' if cfg.from_scratch else 'refresh-reference-every'}: not available for "
                         f"the hf: reference {reference.path} (cldg models only)")
@@ -212,6 +220,10 @@ def target_and_reference(cfg: Config, reference: Artifact, run_dir: Path, device
     from cldg.training.groups import RefreshedReference
 
     model = load_model(reference.path, device)
+    if cfg.lora_r:  # hf: only (checked in resolve_inputs): the adapters train, the base stays the reference
+        from cldg.models.hf import LoraOptions
+
+        model.add_adapters(LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
     if cfg.from_scratch:  # the reference's architecture with a fresh init (the model's own, not per-module)
         set_seed(seed)
         model = build_model(model.name, model.vocab_size, **model.config_dict()).to(device)
