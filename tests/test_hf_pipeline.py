@@ -128,6 +128,12 @@ def test_dpo_with_lora_from_an_hf_reference_and_a_bare_directory_evaluated(mined
     # the adapters were merged into the saved weights: a plain transformers model, and it moved
     assert dpo.lora is None and not any("lora" in k for k in dpo.hf.state_dict())
     assert any(not torch.equal(a, b) for a, b in zip(dpo.hf.state_dict().values(), reference.hf.state_dict().values()))
+    # the token-level objectives on the hf model: SimCTG's states, sequence-level unlikelihood's own responses
+    for args in (["simctg-train"], ["unlikelihood-train", "--sequence-level-rate", 1, "--ngram", 1]):
+        invoke(*args, "--workdir", work, "--reference-dir", reference_art.path, "--max-steps", 1, "--batch-size", 4,
+               "--max-valid-pairs", 4, *CPU)
+        name = args[0].removesuffix("-train")
+        assert json.loads(store.latest(name).file("metrics.json").read_text())["steps"] == 1
     # the group-wise loss with LoRA: the adapters train, the refcache stays the reference's
     invoke("contrastive-train", "--workdir", work, "--reference-dir", reference_art.path, "--lora-r", 2, "--k", 2,
            "--lr", "1e-2", "--batch-size", 4, "--max-steps", 2, "--max-valid-groups", 4, *CPU)

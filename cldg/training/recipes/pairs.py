@@ -58,7 +58,7 @@ class NativeScorer:
         from cldg.data.batching import collate
         from cldg.decoding.search import DecodeConfig, generate
 
-        model = distributed.unwrap(model)
+        model = distributed.unwrap(model).eval()  # no dropout while it answers; the caller turns training back on
         device = next(model.parameters()).device
         batch = collate(self.tokenizer, contexts, None, self.limits).to(device)
         ids = generate(model, batch, DecodeConfig(method="greedy", max_len=max_len))
