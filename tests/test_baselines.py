@@ -332,3 +332,34 @@ def test_bad_cvae_options_are_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--latent-size must be at least 1" in lines[0]
+
+
+# -- examples/chitchat-baselines.toml ------------------------------------------------------------------------
+
+def test_the_baselines_config_parses_shares_the_demo_and_compares_every_approach_against_contrastive():
+    """Every table and option checks (load_plan reads the whole file as `cldg run` does), each baseline table is a
+    registered approach's, the demo's stages are configured exactly as in the demo (same workdir and fingerprints,
+    so its artifacts are reused), and the comparison's first run is the contrastive model."""
+    from pathlib import Path
+
+    from cldg.approaches import approaches
+    from cldg.config import load_toml
+    from cldg.pipeline import load_plan
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    plan, demo = load_plan(root / "chitchat-baselines.toml"), load_plan(root / "chitchat-demo.toml")
+    assert (plan.common.workdir, plan.common.seed) == (demo.common.workdir, demo.common.seed)
+    demo_cfgs = {s.label: s.cfg for s in demo.steps}
+    for step in plan.steps:
+        if step.label in demo_cfgs:
+            assert step.cfg == demo_cfgs[step.label], step.label
+    assert set(demo_cfgs) <= {s.label for s in plan.steps}
+
+    by_table = {f"{a.name}_train": a for a in approaches() if a.generic}
+    doc = load_toml(root / "chitchat-baselines.toml")
+    trained = [by_table[t].makes for t in doc if t.endswith("_train") and t in by_table]
+    assert {"mmi", "cvae", "dialogwae", "deeprl", "adversarial"} <= set(trained)
+    unknown = [t for t in doc if t.endswith("_train") and t not in by_table and t not in ("contrastive_train",)]
+    assert not unknown
+    evaluated = [s.cfg.model for s in plan.steps if s.table == "evaluate"]
+    assert evaluated[0] == "contrastive" and sorted(evaluated[1:]) == sorted(["reference", *trained])
