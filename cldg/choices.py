@@ -4,8 +4,8 @@ from __future__ import annotations
 
 # dialogue models (cldg.models.build_model)
 MODELS = ("seq2seq", "hred", "hran", "transformer")
-# registered models that only an approach builds (not `pretrain --model` choices): the CVAE, MMI's forward + backward pair,
-# MMI-antiLM's forward model + language model, DialogWAE
+# registered models that only an approach builds (not `pretrain --model` choices): the CVAE, MMI-bidi's forward +
+# backward pair, MMI-antiLM's forward model + language model, DialogWAE
 APPROACH_MODELS = ("cvae", "mmi", "mmi-antilm", "dialogwae")
 TRANSFORMER_POSITIONS = ("sinusoidal", "learned")
 # the contrastive loss's forms (cldg.training.losses.contrastive_loss; Eq. 4, 3 and 2 of the paper, and the
