@@ -177,9 +177,6 @@ class HFDialogueModel(nn.Module):
         import json
 
         directory = Path(directory)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # its shard-writing bar would cut through cldg's progress output
         hf = copy.deepcopy(self.hf).merge_and_unload() if self.lora is not None else self.hf
         hf.save_pretrained(directory / "hf", safe_serialization=True)
         self.tokenizer.save_pretrained(directory / "hf")
@@ -360,6 +357,9 @@ def load_hf_model(spec: str, device: Any = "cpu", lora: LoraOptions | None = Non
         raise CldgError(f"{path}: no such directory (hf:PATH names a local transformers model directory)")
     try:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its weight-loading bar would cut through cldg's progress output
 
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
