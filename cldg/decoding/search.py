@@ -182,17 +182,18 @@ def _top_continuations(logits: torch.Tensor, scores: torch.Tensor, hist: torch.T
     B, K = scores.shape
     V = logits.size(-1)
     n = min(2 * K, K * V)
-    top_scores = torch.empty(B, n, dtype=scores.dtype, device=scores.device)
-    top_idx = torch.empty(B, n, dtype=torch.long, device=scores.device)
     items = max(1, BEAM_BLOCK_FLOATS // (K * V))
+    blocks = []
     for lo in range(0, B, items):
         hi = min(B, lo + items)
         rows = slice(lo * K, hi * K)
         logp = _constrain(torch.log_softmax(logits[rows].float(), -1), hist[rows],
                           None if ctx is None else ctx[rows], step, cfg)
         cand = (scores[lo:hi].unsqueeze(-1) + logp.view(hi - lo, K, V)).view(hi - lo, K * V)
-        torch.topk(cand, n, dim=-1, out=(top_scores[lo:hi], top_idx[lo:hi]))
-    return top_scores, top_idx
+        blocks.append(cand.topk(n, dim=-1))
+    if len(blocks) == 1:
+        return blocks[0]
+    return torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks])
 
 
 def _length_normalised(score: float, length: int, alpha: float) -> float:
