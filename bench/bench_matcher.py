@@ -5,7 +5,8 @@
 
 Scores `--pairs` (context, response) pairs from the valid split of the matcher's prepare artifact, the
 way mining does (each context against `--candidates` responses), as `MSNMatcher.score` does
-(tokenization included) with two scorers on the same pairs, interleaved run by run after one warm-up each:
+(tokenization included) with two scorers on the same pairs, taking turns run by run (the order alternating)
+after one warm-up each, timed by wall clock and by the process's CPU time:
 - `reference`: `score_pairs_reference`, batches of `MSN.forward` (the scoring path before issue 17);
 - `fast`: `score_pairs` (what `MSNMatcher` uses now).
 Runs under `configure_runtime` as a stage does (deterministic mode unless --no-deterministic). Prints
@@ -42,6 +43,7 @@ def main() -> None:
     from cldg.matching.msn import load_msn_matcher, score_pairs, score_pairs_reference
     from cldg.runtime import configure_runtime, resolve_device
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     threads = configure_runtime(not args.no_deterministic, args.threads)
     device = resolve_device(args.device)
     art = Artifact.load(args.matcher_dir)
@@ -53,25 +55,30 @@ def main() -> None:
     matcher = load_msn_matcher(art.path, device, batch_size=args.batch_size)
     scorers = {"reference": score_pairs_reference, "fast": score_pairs}
 
-    def run(name: str, n: int) -> tuple[float, np.ndarray]:
+    def run(name: str, n: int) -> tuple[float, np.ndarray, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pairs = matcher.encode(contexts[:n], responses[:n])  # what MSNMatcher.score does, with either scorer
         scores = scorers[name](matcher.model, pairs, args.batch_size, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0, scores
+        return time.perf_counter() - t0, scores, time.process_time() - c0
 
     for name in scorers:  # warm-up
         run(name, min(len(contexts), 2 * args.batch_size))
     runs: dict[str, list[float]] = {name: [] for name in scorers}
+    # per second of the process's CPU time too: on a shared machine wall time mostly measures the neighbours
+    # (with one torch thread it is what one free core would do; with more, waiting threads spin)
+    cpu_runs: dict[str, list[float]] = {name: [] for name in scorers}
     scores = {}
-    for _ in range(max(1, args.repeats)):
-        for name in scorers:
-            seconds, scores[name] = run(name, len(contexts))
+    for rep in range(max(1, args.repeats)):
+        for name in (scorers if rep % 2 == 0 else reversed(list(scorers))):
+            seconds, scores[name], cpu = run(name, len(contexts))
             runs[name].append(round(len(contexts) / seconds, 1))
+            cpu_runs[name].append(round(len(contexts) / cpu, 1))
     median = {name: statistics.median(r) for name, r in runs.items()}
+    cpu_median = {name: statistics.median(r) for name, r in cpu_runs.items()}
     ref, fast = (scores[n].reshape(len(sets), k) for n in ("reference", "fast"))
     same_ranking = bool((np.argsort(-ref, axis=1, kind="stable") == np.argsort(-fast, axis=1, kind="stable")).all())
     metrics = json.loads((art.path / "metrics.json").read_text())
@@ -79,12 +86,15 @@ def main() -> None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch_threads": threads,
         "deterministic": not args.no_deterministic,
+        "load_average_at_start": load_at_start,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "batch_size": args.batch_size,
         "pairs": len(contexts),
         "candidates_per_context": k,
         "pairs_per_s": {name: {"median": median[name], "runs": r} for name, r in runs.items()},
         "speedup": round(median["fast"] / median["reference"], 2),
+        "pairs_per_cpu_s": {name: {"median": cpu_median[name], "runs": r} for name, r in cpu_runs.items()},
+        "speedup_cpu": round(cpu_median["fast"] / cpu_median["reference"], 2),
         "max_abs_diff": float(np.abs(ref - fast).max()),
         "same_ranking": same_ranking,
         "mean_prob": round(float(np.mean(scores["fast"])), 4),
