@@ -144,12 +144,14 @@ def test_dpo_with_lora_from_an_hf_reference_and_a_bare_directory_evaluated(mined
     assert any(not torch.equal(a, b) for a, b in zip(target.hf.state_dict().values(),
                                                      reference.hf.state_dict().values()))
     # a pretrained directory evaluated as it is, on the latest prepare artifact's test pairs
-    invoke("evaluate", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--limit", 4, "--max-len", 5, "--device",
-           "cpu")
-    assert json.loads(store.latest("eval").file("metrics.json").read_text())["model"] == f"hf:{model_dir}"
+    # (with SimCTG's decoding, contrastive search: alpha 0 is greedy, so set one)
+    invoke("evaluate", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--limit", 4,
+           "--max-len", 5, "--contrastive-alpha", "0.6", "--top-k", 3, "--device", "cpu")
+    metrics = json.loads(store.latest("eval").file("metrics.json").read_text())
+    assert metrics["model"] == f"hf:{model_dir}" and metrics["decoding"] == "contrastive search (alpha 0.6, k 3)"
 
 
-def test_lora_on_a_cldg_reference_is_one_line(mined_workdir):
+def test_lora_and_contrastive_search_on_a_cldg_model_are_one_line(mined_workdir):
     from cldg.artifacts import ArtifactStore
 
     native = [a for a in (ArtifactStore(mined_workdir).root / "reference").iterdir()
@@ -157,6 +159,9 @@ def test_lora_on_a_cldg_reference_is_one_line(mined_workdir):
     result = runner.invoke(app, ["contrastive-train", "--workdir", str(mined_workdir), "--reference-dir", str(native),
                                  "--lora-r", "2", "--k", "2", "--max-steps", "1", "--device", "cpu"])
     assert result.exit_code == 2 and "--lora-r 2: LoRA is for hf: references" in result.output, result.output
+    result = runner.invoke(app, ["evaluate", "--workdir", str(mined_workdir), "--model", str(native),
+                                 "--contrastive-alpha", "0.6", "--limit", "2", "--device", "cpu"])
+    assert result.exit_code == 2 and "contrastive search is for hf: models" in result.output, result.output
 
 
 @pytest.mark.parametrize("command", [["pretrain"], ["evaluate"], ["chat"]])

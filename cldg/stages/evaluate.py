@@ -32,6 +32,9 @@ class Config(DecodingOptions):
     input_format: str = option("auto", "Format of --input.", choices=INPUT_FORMATS)
     limit: int = option(0, "Evaluate only the first N pairs (0 = all).")
     batch_size: int = option(64, "Contexts decoded at once.", fingerprint=False)
+    contrastive_alpha: float = option(0.0, "hf: models: decode with contrastive search (SimCTG's decoding) instead: "
+                                      "this degeneration penalty alpha (Su et al.: 0.6), k = --top-k (0: off).",
+                                      fingerprint=False)  # in the fingerprint when set
     prepare_dir: Path | None = option(None, "With --model hf:PATH: the prepare artifact whose split it is scored on "
                                       "(default: latest; a model artifact brings its own).", fingerprint=False)
 
@@ -39,13 +42,15 @@ class Config(DecodingOptions):
 def check_config(cfg: Config) -> None:
     """Bad values stop the stage with one line naming the option."""
     problems = cfg.problems() + [msg for bad, msg in ((cfg.limit < 0, "--limit must be >= 0 (0 = all)"),
-                                                      (cfg.batch_size < 1, "--batch-size must be at least 1")) if bad]
+                                                      (cfg.batch_size < 1, "--batch-size must be at least 1"),
+                                                      (not 0 <= cfg.contrastive_alpha <= 1,
+                                                       "--contrastive-alpha must be in [0, 1]")) if bad]
     if problems:
         raise CldgError(f"evaluate: {problems[0]}")
 
 
 def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: int, device,
-               row_seeds: list[int], label: str = "decode") -> list[list[str]]:
+               row_seeds: list[int], label: str = "decode", contrastive_alpha: float = 0.0) -> list[list[str]]:
     """Responses (as tokens) for every context, decoded in batches of similar context length.
     Sampling draws from a generator per context (`row_seeds`), so no output depends on the batching (an hf: model
     samples from the seeded global generator: its samples depend on the batch size)."""
@@ -53,6 +58,8 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
     from cldg.decoding.search import generate
     from cldg.progress import make_progress
 
+    if contrastive_alpha and not hasattr(model, "make_batch"):
+        raise CldgError(f"--contrastive-alpha: contrastive search is for hf: models, not {model.name}")
     n = len(contexts)
     order = sorted(range(n), key=lambda i: sum(len(t) for t in contexts[i]))  # less padding per batch
     outputs: list[list[str]] = [[] for _ in range(n)]
@@ -61,7 +68,7 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             if hasattr(model, "make_batch"):  # an hf: model: its generate(); the metrics take the text's words
-                texts = model.generate([contexts[i] for i in idx], dcfg)
+                texts = hf_generate(model, [contexts[i] for i in idx], dcfg, contrastive_alpha)
                 for i, text in zip(idx, texts):
                     outputs[i] = tok.words(text)
             else:
@@ -70,6 +77,21 @@ def decode_all(model, tok, contexts: list[list[str]], limits, dcfg, batch_size: 
                     outputs[i] = tok.decode_tokens(ids)
             progress.advance(task, len(idx))
     return outputs
+
+
+def hf_generate(model, contexts: list[list[str]], dcfg, contrastive_alpha: float) -> list[str]:
+    """Responses of an hf: model: transformers' generate(), or contrastive search (k = top_k) when alpha is set."""
+    if not contrastive_alpha:
+        return model.generate(contexts, dcfg)
+    from cldg.decoding.contrastive_search import contrastive_search
+
+    ids = contrastive_search(model, contexts, k=dcfg.top_k, alpha=contrastive_alpha, max_len=dcfg.max_len)
+    return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def decoding_label(cfg: Config) -> str:
+    return f"contrastive search (alpha {cfg.contrastive_alpha}, k {cfg.top_k})" if cfg.contrastive_alpha \
+        else cfg.decoding
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
@@ -99,7 +121,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         t0 = time.time()
         row_seeds = [common.seed * 1_000_003 + int(pid) for pid in pairs.pair_id[:n]]
         outputs = decode_all(model, tok, contexts, source.limits, cfg.decode_config(), cfg.batch_size, device,
-                             row_seeds, f"decode {cfg.decoding}")
+                             row_seeds, f"decode {decoding_label(cfg)}", cfg.contrastive_alpha)
         decode_s = time.time() - t0
         t0 = time.time()
         metrics, per = score(tok, source.prepared, outputs, contexts, references)
@@ -110,7 +132,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         metrics["oov_rate_context"] = oov_rate(tok, [tok.words(t) for c in contexts for t in c])
         # metrics.json holds only what the model and data decide (no timings, no paths): the same command with
         # the same seed gives the same bytes. Timings go to the manifest.
-        metrics.update(model=source.label, model_fingerprint=source.fingerprint, decoding=cfg.decoding,
+        metrics.update(model=source.label, model_fingerprint=source.fingerprint, decoding=decoding_label(cfg),
                        split="input" if cfg.input is not None else cfg.split,
                        decode_config={k: v for k, v in fingerprint_config(cfg).items() if k not in ("model", "input")})
         speed = round(n / max(decode_s, 1e-9), 1)
@@ -174,6 +196,7 @@ def evaluation_config(cfg: Config, common: CommonOptions, source: EvalModel) -> 
     """What the evaluation's fingerprint covers: 'reference' and the same reference's directory are one evaluation
     (the input fingerprint tells models apart), and an --input file counts by its content, not its name."""
     config = fingerprint_config(cfg) | {"seed": common.seed, "model": source.label}
+    config |= {"contrastive_alpha": cfg.contrastive_alpha} if cfg.contrastive_alpha else {}
     if "model" not in source.inputs:  # a bare hf: directory: its content, as an input's fingerprint would
         config["model_sha256"] = source.fingerprint
     if cfg.input is not None:
