@@ -188,3 +188,32 @@ def test_the_example_comparison_config_plans_every_objective_on_the_hf_model(tmp
     assert "evaluate (reference)" in labels and "evaluate (contrastive)" in labels and "kto-train" not in labels
     betas = {step.table: step.cfg.beta for step in plan.steps if hasattr(step.cfg, "beta")}
     assert betas == {"contrastive_train": 1.0, "dpo_train": 1.0, "bco_train": 1.0}
+
+
+def test_an_interrupted_hf_pretrain_resumes_to_the_same_weights(prepared_workdir, tiny_gpt2, tmp_path):
+    """The trainer's checkpoints hold GPT-2's tied embedding and output weights (as copies: safetensors refuses
+    shared memory), and a run stopped by Ctrl-C at step 3 resumes to the uninterrupted run's weights."""
+    from cldg.config import CommonOptions
+    from cldg.models import load_model
+    from cldg.stages import pretrain
+    from cldg.training.recipes.pairs import PairsRecipe
+
+    cfg = pretrain.Config(model=f"hf:{tiny_gpt2}", prepare_dir=prepared_workdir[1].path, max_steps=5, batch_size=8,
+                          max_valid_pairs=8)
+    straight = pretrain.run(cfg, CommonOptions(workdir=tmp_path / "a", seed=3, device="cpu"))
+    loss = PairsRecipe.loss
+
+    def ctrl_c_at_step_3(self, model, batch, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return loss(self, model, batch, step)
+
+    PairsRecipe.loss = ctrl_c_at_step_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain.run(cfg, CommonOptions(workdir=tmp_path / "b", seed=3, device="cpu"))
+    finally:
+        PairsRecipe.loss = loss
+    resumed = pretrain.run(cfg, CommonOptions(workdir=tmp_path / "b", seed=3, device="cpu"))
+    a, b = load_model(straight.path).hf.state_dict(), load_model(resumed.path).hf.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
