@@ -140,6 +140,98 @@ def test_rollout_rewards_score_each_prefix_completed_and_the_whole_response_once
     assert torch.equal(first_token, tokens[:, :1].float().expand_as(tokens) * tokens.ne(PAD))
 
 
+def test_rollouts_continue_from_the_prefix_state_and_keep_the_whole_prefix(monkeypatch):
+    """Each rollout from prefix y_1..y_t starts from the decoder state that has read BOS y_1..y_t: its first logits
+    equal the teacher-forced logits at position t+1 (a rollout that fed y_t twice, or skipped it, would not), and
+    the completed response's first t+1 tokens are the sampled prefix."""
+    from cldg.training import policy_gradient as pg
+
+    batch = context_batch(rows=6)
+    torch.manual_seed(2)
+    policy = tiny_policy()
+    tokens = pg.sample_responses(policy, batch, max_len=6)
+    with torch.no_grad():
+        teacher = policy.eval()(pg.with_responses(batch, tokens))  # [B, L, V]
+    starts, scored = [], []
+    real_continue = pg.continue_sampling
+
+    def spy(model, state, prev, max_len, first_step=False, greedy=False):
+        starts.append(model.decode_step(state, prev)[0])  # decode_step is functional: the state is unchanged
+        return real_continue(model, state, prev, max_len, first_step, greedy)
+
+    def score(rows, responses):
+        scored.append((rows.clone(), responses.clone()))
+        return torch.zeros(len(rows))
+
+    monkeypatch.setattr(pg, "continue_sampling", spy)
+    pg.rollout_rewards(policy, batch, tokens, 2, 6, score)
+    prefixes = scored[1:]  # the first call scores the whole responses
+    assert len(prefixes) == len(starts) >= 3
+    for t, (logits, (rows, completed)) in enumerate(zip(starts, prefixes)):
+        assert torch.allclose(logits, teacher[rows, t + 1], atol=1e-5), t
+        assert torch.equal(completed[:, :t + 1], tokens[rows, :t + 1]), t
+
+
+def test_policy_logprobs_score_the_sampled_tokens_in_eval_mode_with_gradients():
+    """With dropout, the policy-gradient log-probs are those of the policy that sampled (eval mode), gradients flow,
+    and the policy's train mode is restored."""
+    from cldg.models import build_model
+    from cldg.training.policy_gradient import constrained_logits, policy_logprobs, sample_responses, with_responses
+
+    batch = context_batch(rows=8)
+    torch.manual_seed(0)
+    policy = build_model("seq2seq", 12, embedding_dim=8, hidden_size=8, num_layers=1, dropout=0.5).train()
+    tokens = sample_responses(policy, batch, max_len=5)
+    logp = policy_logprobs(policy, batch, tokens)
+    assert policy.training and all(m.training for m in policy.modules()) and logp.requires_grad
+    with torch.no_grad():
+        logits = policy.eval()(with_responses(batch, tokens))
+        first = torch.zeros(logits.shape[:2], dtype=torch.bool)
+        first[:, 0] = True
+        expected = torch.log_softmax(constrained_logits(logits, first), -1).gather(-1, tokens.unsqueeze(-1))
+        expected = expected.squeeze(-1).masked_fill(tokens.eq(0), 0.0)
+    policy.train()
+    assert torch.allclose(logp, expected, atol=1e-6)
+    logp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+
+
+def test_teacher_forcing_is_reinforce_with_reward_one_per_sequence():
+    from cldg.data.batching import Limits, collate_ids
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import nll_loss, sequence_logprob
+    from cldg.training.policy_gradient import teacher_forcing_loss
+
+    batch = collate_ids([([6, 7], [[6, 7]]), ([8], [[8]])], [[5, 6, 7, 8, 9, 10], [5]], Limits())
+    logits = tiny_policy()(batch)
+    loss, nll, n = teacher_forcing_loss(logits, batch.response_out)
+    per_sequence = -sequence_logprob(logits, batch.response_out, PAD).sum() / 2  # summed over tokens, mean over B
+    per_token, tokens = nll_loss(logits, batch.response_out, PAD)
+    assert loss.item() == pytest.approx(per_sequence.item()) and n == tokens == 9
+    assert nll == pytest.approx(per_token.item()) and loss.item() == pytest.approx(per_token.item() * 9 / 2)
+
+
+def test_rollout_rewards_are_scored_in_float32_under_autocast():
+    """The Trainer's bf16 autocast is off while rewards are scored (CPU autocast stands in for CUDA's here)."""
+    from cldg.models.discriminator import DiscriminatorConfig, HierarchicalDiscriminator
+    from cldg.text.tokenizer import PAD
+    from cldg.training.policy_gradient import rollout_rewards, sample_responses
+
+    batch = context_batch(rows=6)
+    torch.manual_seed(4)
+    policy, d = tiny_policy(), HierarchicalDiscriminator(12, DiscriminatorConfig(8, 8))
+    tokens = sample_responses(policy, batch, max_len=5)
+
+    def human_probability(rows, responses):
+        return torch.sigmoid(d(batch.context_turns.index_select(0, rows), responses))
+
+    plain = rollout_rewards(policy, batch, tokens, 1, 5, human_probability)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = rollout_rewards(policy, batch, tokens, 1, 5, human_probability)
+    last = (tokens.ne(PAD).sum(1) - 1).unsqueeze(1)  # the whole responses' scores (the rollouts' draws may differ)
+    assert torch.equal(plain.gather(1, last), autocast.gather(1, last))
+
+
 def test_the_baseline_is_a_running_mean_that_starts_at_the_first_batch_and_survives_a_checkpoint():
     from cldg.training.policy_gradient import PolicyTrainee
 
@@ -292,9 +384,10 @@ def test_deeprl_rewards_equal_their_definitions(reference_workdir):
     store = ArtifactStore(reference_workdir)
     ref = store.latest("reference")
     prepare = ref.manifest["inputs"]["prepare"]["path"]
-    cfg = DeepRLOptions(max_valid_pairs=4, valid_dialogues=2, backward_model=str(ref.path))
+    cfg = DeepRLOptions(max_valid_pairs=4, valid_dialogues=2)
     _, recipe = DeepRLRecipe.setup(cfg, TrainInputs(__import__("pathlib").Path(prepare), {"reference": ref.path},
                                                     {"reference": ref.config}), 1, torch.device("cpu"))
+    recipe.backward = recipe.reference  # the reference stands in for p(q|a) (--backward-model takes mmi artifacts)
     model, lim = recipe.reference, recipe.limits
     history = [[5, 6, 7], [8, 9], [10, 11, 12]]
     answer = [5, 13, 7]
@@ -315,6 +408,9 @@ def test_deeprl_rewards_equal_their_definitions(reference_workdir):
     assert got["flow"].item() == pytest.approx(flow, rel=1e-4)
     assert got["coherence"].item() == pytest.approx(coherence, rel=1e-4)
     assert got["reward"].item() == pytest.approx(0.25 * ease + 0.25 * flow + 0.5 * coherence, rel=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the Trainer's bf16 autocast is off while rewards are scored
+        again = recipe.rewards(ctx, tokens, [answer], [history])
+    assert all(torch.equal(again[name], got[name]) for name in got)
     # the first turn of a one-turn context has no earlier turn of its own agent: no information-flow term
     assert recipe.rewards(ctx, tokens, [answer], [history[-1:]])["flow"].item() == 0.0
 
@@ -353,7 +449,7 @@ def test_adversarial_steps_alternate_after_the_discriminator_pretraining():
 @pytest.mark.parametrize("command,args,message", [
     ("adversarial-train", ["--rollouts", "0"], "--rollouts must be at least 1"),
     ("deeprl-train", ["--baseline-momentum", "1"], "--baseline-momentum must be in [0, 1)"),
-    ("deeprl-train", ["--backward-model", "/nowhere"], "--backward-model /nowhere: no model.json"),
+    ("deeprl-train", ["--backward-model", "/nowhere"], "--backward-model /nowhere: no manifest.json"),
     ("deeprl-train", ["--dull-responses", " | "], "--dull-responses"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, command, args, message):

@@ -23,17 +23,25 @@ class DeepRLOptions(options_like(TrainOptions, omit=("eval_every",), lr=1e-4, ep
                                  batch_size=(32, "Simulated dialogues per batch, each from a train context."))):
     turns: int = option(5, "Simulated turns per dialogue at most (Li et al.: 5).")
     curriculum_steps: int = option(500, "Curriculum (Li et al.): simulations start at 2 turns and get one more every "
-                                   "this many steps, up to --turns (0: --turns from the start).")
+                                   "this many steps, up to --turns (0: --turns from the start). The step count is "
+                                   "cldg's choice (Li et al. give none).")
     dull_responses: str = option(DULL_RESPONSES, "Ease of answering: the dull responses, separated by '|'.")
     ease_weight: float = option(0.25, "Weight of the ease-of-answering reward (Li et al.: 0.25).")
-    flow_weight: float = option(0.25, "Weight of the information-flow reward (Li et al.: 0.25).")
+    flow_weight: float = option(0.25, "Weight of the information-flow reward (Li et al.: 0.25), -log cos of the "
+                                "turn and the agent's previous turn, each the mean of its reference word embeddings "
+                                "(cldg's choice: Li et al. use the encoder's representations), cos floored at 0.01.")
     coherence_weight: float = option(0.5, "Weight of the semantic-coherence reward (Li et al.: 0.5).")
     backward_model: str = option("", "An mmi artifact directory (cldg mmi-train) whose backward model p(q|a) gives "
-                                 "semantic coherence its backward term (empty: the forward term alone).")
+                                 "semantic coherence its backward term, made from the reference's prepare artifact "
+                                 "(empty: the forward term alone).")
     mle_weight: float = option(1.0, "Weight of the MLE loss on the batch's human responses added to the policy "
-                               "gradient (0: policy gradient alone).")
-    baseline_momentum: float = option(0.9, "The reward baseline: a running mean with this momentum.")
-    max_len: int = option(20, "Tokens per simulated turn at most.")
+                               "gradient, per sequence as it is (summed over tokens, averaged over the batch). cldg's "
+                               "addition, not in Li et al.'s objective: it keeps the policy near the MLE model, as Li "
+                               "et al. 2017's teacher forcing does (0: policy gradient alone, the paper's objective).")
+    baseline_momentum: float = option(0.9, "The reward baseline: a running mean of the returns with this momentum "
+                                      "(cldg's choice: Li et al. name a baseline, not how it is estimated).")
+    max_len: int = option(20, "Tokens per simulated turn at most (cldg's choice; at most the reference's response "
+                          "limit).")
     valid_dialogues: int = option(64, "Valid contexts whose greedy simulations give the validation reward.")
     max_train_pairs: int = option(0, "Start simulations from only this many train contexts (seeded; 0 = all).")
     max_valid_pairs: int = option(500, "Validate the NLL on at most this many valid pairs (0 = all).")
@@ -48,8 +56,8 @@ class DeepRLOptions(options_like(TrainOptions, omit=("eval_every",), lr=1e-4, ep
             found.append("--baseline-momentum must be in [0, 1)")
         if not parse_dull(self.dull_responses):
             found.append("--dull-responses: give at least one response ('|' between them)")
-        if self.backward_model and not (Path(self.backward_model) / "model.json").is_file():
-            found.append(f"--backward-model {self.backward_model}: no model.json there (expected an mmi artifact "
+        if self.backward_model and not (Path(self.backward_model) / "manifest.json").is_file():
+            found.append(f"--backward-model {self.backward_model}: no manifest.json there (expected an mmi artifact "
                          "directory, WORKDIR/mmi/<fingerprint>)")
         return found
 

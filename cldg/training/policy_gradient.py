@@ -10,10 +10,19 @@ batch (DEEPRL, Li et al. 2016b). With a return per token, R_t (REGS, Li et al. 2
 every prefix), the sum is sum_t (R_t - b) log p(y_t | ...).
 
 Sampling bans what decoding bans (PAD, BOS, SEP, UNK; EOS at the first step, evaluate's --min-len 1), and
-`policy_logprobs` scores the tokens under the same constrained distribution, so the estimate is that of the policy
-that actually samples.
+`policy_logprobs` scores the tokens under the same constrained distribution and in the same mode (eval: no dropout;
+gradients flow), so the estimate is that of the policy that actually samples. Dropout stays for the MLE / teacher
+forcing term, `teacher_forcing_loss`: REINFORCE with reward 1 on the human responses (Li et al. 2017's teacher
+forcing), so it is a per-sequence sum over tokens averaged over the batch, the scale of `reinforce_loss`, not the
+per-token mean of `losses.nll_loss`.
+
+Rewards are scored in float32 (`rollout_rewards` and the recipes turn the Trainer's bf16 autocast off for them).
 """
 from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -51,6 +60,46 @@ class PolicyTrainee(nn.Module):
         return rewards - b.to(rewards.dtype)
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """`model` and its submodules in eval mode (no dropout) for the duration; each module's own mode is restored
+    after. Gradients are untouched: what runs inside still backpropagates unless under no_grad."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def float32_scoring(device) -> torch.autocast:
+    """Autocast off on `device`'s type: rewards scored in float32 under the Trainer's bf16 autocast."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def load_cldg_reference(directory, command: str, device):
+    """The reference model of `directory` as a cldg DialogueModel (eval mode); anything else (an hf: model, whose
+    artifact has no cldg limits or decoding state) is one CldgError line."""
+    from cldg.errors import CldgError
+    from cldg.models import load_model
+    from cldg.models.base import DialogueModel
+
+    meta_path = Path(directory) / "model.json"
+    try:
+        name = json.loads(meta_path.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    refused = (f"{command}: the reference {directory} is {{}}; DEEPRL and ADVERSARIAL fine-tune a cldg dialogue model "
+               "(seq2seq, hred, hran, transformer: cldg pretrain without --model hf:...)")
+    if name == "hf":
+        raise CldgError(refused.format("an hf: model"))
+    model = load_model(directory, device)
+    if not isinstance(model, DialogueModel):
+        raise CldgError(refused.format(f"a {getattr(model, 'name', type(model).__name__)} model"))
+    return model
+
+
 def constrained_logits(logits: torch.Tensor, first_step: torch.Tensor | bool) -> torch.Tensor:
     """logits [..., V] with the banned tokens at -inf; EOS too where `first_step` (no empty response)."""
     logits = logits.float().clone()
@@ -82,13 +131,9 @@ def continue_sampling(model, state: dict, prev: torch.Tensor, max_len: int, firs
 
 def sample_responses(model, batch: DialogueBatch, max_len: int, greedy: bool = False) -> torch.Tensor:
     """One sampled (or greedy) response per context: [B, L] with EOS, PAD after it. Eval mode (no dropout)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         prev = torch.full((batch.size,), BOS, dtype=torch.long, device=batch.context.device)
         return continue_sampling(model, model.init_decoding(batch), prev, max_len, first_step=True, greedy=greedy)
-    finally:
-        model.train(was_training)
 
 
 def with_responses(batch: DialogueBatch, tokens: torch.Tensor) -> DialogueBatch:
@@ -99,8 +144,12 @@ def with_responses(batch: DialogueBatch, tokens: torch.Tensor) -> DialogueBatch:
 
 
 def policy_logprobs(model, batch: DialogueBatch, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t, context) [B, L] under the sampling distribution, 0 at PAD; with grad."""
-    logits = model(with_responses(batch, tokens))
+    """log p(token_t | tokens_<t, context) [B, L] under the sampling distribution, 0 at PAD; with grad.
+
+    In eval mode, as `sample_responses` samples (dropout would score another policy than the one that sampled);
+    the modes are restored after."""
+    with eval_mode(model):
+        logits = model(with_responses(batch, tokens))
     first_step = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
     first_step[:, 0] = True
     logp = torch.log_softmax(constrained_logits(logits, first_step), -1)
@@ -119,6 +168,20 @@ def reinforce_loss(token_logp: torch.Tensor, advantage: torch.Tensor) -> torch.T
     return -(adv * token_logp).sum() / max(token_logp.size(0), 1)
 
 
+def teacher_forcing_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """The MLE / teacher-forcing term of a policy-gradient step: -sum_t log p(y_t | y_<t, c) of the human responses,
+    summed over each response's tokens and averaged over the batch, i.e. `reinforce_loss` with reward 1 (Li et al.
+    2017's teacher forcing: the same per-sequence update as the generator's, reward 1). Not `losses.nll_loss`'s
+    per-token mean, whose weight against the policy-gradient sum would shrink as 1/|y|.
+    Returns (loss, the per-token mean NLL as a float for the log and perplexity, the token count)."""
+    from cldg.training.losses import token_logprobs
+
+    token_logp = token_logprobs(logits.float(), targets, PAD)
+    n = int(targets.ne(PAD).sum())
+    loss = reinforce_loss(token_logp, torch.ones(token_logp.size(0), device=token_logp.device))
+    return loss, loss.item() * token_logp.size(0) / max(n, 1), n
+
+
 @torch.no_grad()
 def rollout_rewards(model, batch: DialogueBatch, tokens: torch.Tensor, n_rollouts: int, max_len: int,
                     score) -> torch.Tensor:
@@ -126,13 +189,14 @@ def rollout_rewards(model, batch: DialogueBatch, tokens: torch.Tensor, n_rollout
     `n_rollouts` completions sampled from `model` and the mean of their scores; the whole response is scored once.
 
     tokens [B, T] as `sample_responses` gives them; score(rows [M], responses [M, L]) -> [M] (e.g. the
-    discriminator's probability of human; rows index the batch's contexts). Returns [B, T], 0 at padding."""
-    was_training = model.training
-    model.eval()
-    try:
-        return _rollout_rewards(model, batch, tokens, n_rollouts, max_len, score)
-    finally:
-        model.train(was_training)
+    discriminator's probability of human; rows index the batch's contexts), called with autocast off (float32
+    scores). Returns [B, T], 0 at padding."""
+    def scored(rows, responses):
+        with float32_scoring(responses.device):
+            return score(rows, responses).float()
+
+    with eval_mode(model):
+        return _rollout_rewards(model, batch, tokens, n_rollouts, max_len, scored)
 
 
 def _rollout_rewards(model, batch, tokens, n_rollouts, max_len, score):
@@ -141,7 +205,7 @@ def _rollout_rewards(model, batch, tokens, n_rollouts, max_len, score):
     rewards = torch.zeros(B, T, device=tokens.device)
     rows = torch.arange(B, device=tokens.device)
     has = lengths > 0
-    rewards[rows[has], lengths[has] - 1] = score(rows[has], tokens[has]).float()  # whole responses: D itself
+    rewards[rows[has], lengths[has] - 1] = score(rows[has], tokens[has])  # whole responses: D itself
     state, prev = model.init_decoding(batch), torch.full((B,), BOS, dtype=torch.long, device=tokens.device)
     for t in range(T - 1):
         _, state = model.decode_step(state, prev)  # state has read BOS y_1 .. y_t-1; y_t comes next
@@ -153,7 +217,7 @@ def _rollout_rewards(model, batch, tokens, n_rollouts, max_len, score):
         tails = continue_sampling(model, model.reorder_state(state, index), prev.index_select(0, index),
                                   max(max_len - t - 1, 0))
         completed = torch.cat([tokens.index_select(0, index)[:, :t + 1], tails], 1)
-        scores = score(index, completed).float().view(-1, n_rollouts).mean(1)
+        scores = score(index, completed).view(-1, n_rollouts).mean(1)
         rewards[open_rows, t] = scores
     return rewards
 

@@ -8,7 +8,16 @@ Each step trains one of the two (Algorithm 1, with the discriminator pretrained 
     the other g_steps:
         generator step: sample y ~ G(.|c); reward of each token y_t = the mean D(human | c, y_1..y_t + rollout) over
         `rollouts` Monte Carlo completions (the whole response: D(c, y) itself); loss = REINFORCE with per-token
-        advantages (reward - running-mean baseline) + teacher_forcing_weight * NLL of the human responses
+        advantages (reward - running-mean baseline) + teacher_forcing_weight * teacher forcing on the human
+        responses, REINFORCE with reward 1 (`policy_gradient.teacher_forcing_loss`: summed over each response's
+        tokens, averaged over the batch, the scale of the policy-gradient term)
+
+D sees the human responses cut to `max_len` tokens, the limit of the sampled ones (and no EOS), so that length is no
+cue. Sampling, the policy-gradient log-probabilities and the rollouts run the generator in eval mode (no dropout);
+teacher forcing keeps dropout. Rewards are scored in float32 (autocast off).
+Each step's log record holds that step's own figures: a D-step its d_loss, d_acc (on this batch, before the update)
+and reward (D's mean probability of human for this batch's sampled responses); a G-step its reward, pg, baseline,
+nll and d_acc (D on this batch's human and sampled responses).
 
 Both networks sit in one `PolicyTrainee` (one optimizer: a step updates only the network that has gradients), so
 checkpoints and resume carry the generator, the discriminator, their Adam states and the baseline.
@@ -25,9 +34,9 @@ from cldg.data.batching import EncodedPairs, Limits
 from cldg.text.tokenizer import PAD
 from cldg.training import distributed
 from cldg.training.evaluation import mean_nll
-from cldg.training.losses import nll_loss
-from cldg.training.policy_gradient import (PolicyTrainee, discriminator_loss, policy_logprobs, reinforce_loss,
-                                           rollout_rewards, sample_responses)
+from cldg.training.policy_gradient import (PolicyTrainee, discriminator_loss, eval_mode, load_cldg_reference,
+                                           policy_logprobs, reinforce_loss, rollout_rewards, sample_responses,
+                                           teacher_forcing_loss)
 from cldg.training.recipes.mle import MLERecipe
 from cldg.training.recipes.mmi import read_split
 
@@ -44,21 +53,19 @@ class AdversarialRecipe(MLERecipe):
     def __init__(self, train, valid, batch_size, seed, device, max_len: int, cfg):
         super().__init__(train, valid, batch_size, seed, device)
         self.max_len, self.cfg = max_len, cfg
-        self.last: dict[str, float] = {}  # each network's latest figure (reward, d_acc), shown on every step
 
     @classmethod
     def setup(cls, cfg, inputs, seed: int, device):
         from cldg.errors import CldgError
-        from cldg.models import load_model
         from cldg.models.discriminator import DiscriminatorConfig, HierarchicalDiscriminator
         from cldg.text.tokenizer import DialogueTokenizer
 
         if distributed.current().enabled:  # a step trains one network: DDP would see the other's weights unused
             raise CldgError("adversarial-train: not under torchrun/DDP (each step trains only one of its two networks)")
+        generator = load_cldg_reference(inputs.dirs["reference"], "adversarial-train", device).train()
         rc = inputs.configs["reference"]
         limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
         tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
-        generator = load_model(inputs.dirs["reference"], device).train()
         discriminator = HierarchicalDiscriminator(generator.vocab_size,
                                                   DiscriminatorConfig(cfg.d_embedding_dim, cfg.d_hidden_size))
         train = EncodedPairs(tok, *read_split(inputs.prepare, "train", cfg.max_train_pairs, seed), limits)
@@ -84,30 +91,45 @@ class AdversarialRecipe(MLERecipe):
             return self.discriminator_step(trainee.discriminator, batch, generated)
         return self.generator_step(model, trainee, batch, generated)
 
+    def human_responses(self, batch) -> torch.Tensor:
+        """The batch's human responses as D sees them: cut to `max_len` tokens, the sampled responses' limit (D drops
+        EOS), so that no human response is longer than any generated one can be."""
+        return batch.response_out[:, :self.max_len]
+
+    def discriminator_logits(self, discriminator, batch, generated) -> torch.Tensor:
+        """D's logits [2B]: the batch's human responses (cut to `max_len`), then the generated ones."""
+        return discriminator(batch.context_turns.repeat(2, 1, 1), padded_pair(self.human_responses(batch), generated))
+
     def discriminator_step(self, discriminator, batch, generated):
-        logits = discriminator(batch.context_turns.repeat(2, 1, 1), padded_pair(batch.response_out, generated))
+        logits = self.discriminator_logits(discriminator, batch, generated)
         loss, accuracy = discriminator_loss(logits[:batch.size], logits[batch.size:])
-        self.last["d_acc"] = accuracy
-        return loss, {**self.last, "d_loss": loss.item(), "tokens": int(generated.ne(PAD).sum())}
+        # this step's figures only: D's accuracy and its mean probability of human for the sampled responses (the
+        # whole responses' reward), both on this batch before the update
+        reward = float(torch.sigmoid(logits[batch.size:].detach().float()).mean())
+        return loss, {"d_loss": loss.item(), "d_acc": accuracy, "reward": reward,
+                      "tokens": int(generated.ne(PAD).sum())}
 
     def generator_step(self, model, trainee, batch, generated):
         def human_probability(rows, responses):
             return torch.sigmoid(trainee.discriminator(batch.context_turns.index_select(0, rows), responses))
 
-        trainee.discriminator.eval()
-        rewards = rollout_rewards(trainee.policy, batch, generated, self.cfg.rollouts, self.max_len, human_probability)
-        trainee.discriminator.train()
+        with torch.no_grad(), eval_mode(trainee.discriminator):
+            rewards = rollout_rewards(trainee.policy, batch, generated, self.cfg.rollouts, self.max_len,
+                                      human_probability)
+            logits = self.discriminator_logits(trainee.discriminator, batch, generated)
+        _, d_acc = discriminator_loss(logits[:batch.size], logits[batch.size:])  # D on this batch, as it stands
         real = generated.ne(PAD)
         advantage = trainee.advantage(rewards, real, self.cfg.baseline_momentum) * real
         pg = reinforce_loss(policy_logprobs(model, batch, generated), advantage)
         # the whole response's reward: D's probability of human, at its last token
-        self.last["reward"] = float(rewards.gather(1, (real.sum(1) - 1).clamp_min(0).unsqueeze(1)).mean())
-        info = {**self.last, "pg": pg.item(), "baseline": float(trainee.baseline),
+        reward = float(rewards.gather(1, (real.sum(1) - 1).clamp_min(0).unsqueeze(1)).mean())
+        info = {"reward": reward, "d_acc": d_acc, "pg": pg.item(), "baseline": float(trainee.baseline),
                 "tokens": int(real.sum())}
         if not self.cfg.teacher_forcing_weight:
             return pg, info
-        nll, n = nll_loss(model(batch), batch.response_out, PAD)  # teacher forcing: MLE on the human responses
-        return pg + self.cfg.teacher_forcing_weight * nll, info | {"nll": nll.item(), "tokens": info["tokens"] + n}
+        # teacher forcing: REINFORCE with reward 1 on the human responses (per sequence, as pg), with dropout
+        tf, nll, n = teacher_forcing_loss(model(batch), batch.response_out)
+        return pg + self.cfg.teacher_forcing_weight * tf, info | {"nll": nll, "tokens": info["tokens"] + n}
 
     @torch.no_grad()
     def validate(self, model) -> dict[str, float]:
@@ -116,8 +138,7 @@ class AdversarialRecipe(MLERecipe):
         for batch in self.valid.iter_batches(self.batch_size, 0, 0, shuffle=False):
             batch = batch.to(self.device)
             generated = sample_responses(trainee.policy, batch, self.max_len, greedy=True)
-            pair = padded_pair(batch.response_out, generated)
-            logits = trainee.discriminator(batch.context_turns.repeat(2, 1, 1), pair)
+            logits = self.discriminator_logits(trainee.discriminator, batch, generated)
             _, accuracy = discriminator_loss(logits[:batch.size], logits[batch.size:])
             correct += accuracy * 2 * batch.size
             human_prob += float(torch.sigmoid(logits[batch.size:]).sum())

@@ -11,13 +11,18 @@ models (the MLE reference, and the backward model of an mmi artifact when one is
 
 A dialogue's return is the sum of its turns' rewards (Li et al.'s eq. 7), here divided by the number of turns (the
 mean: a scale, so that the running-mean baseline stays comparable as the curriculum adds turns); every turn's
-log-probability is weighted by return - baseline, and the MLE loss on the batch's human responses is added
-(`mle_weight`).
+log-probability (the policy in eval mode, as it samples) is weighted by return - baseline, and `mle_weight` times the
+MLE loss on the batch's human responses is added (cldg's addition, not Li et al.'s objective: an anchor to the MLE
+model, as Li et al. 2017's teacher forcing; with dropout), per sequence as the policy-gradient term is
+(`policy_gradient.teacher_forcing_loss`: summed over each response's tokens, averaged over the batch). Rewards are
+scored in float32 (autocast off). --backward-model must be an mmi artifact made from the reference's prepare
+artifact; the reference must be a cldg dialogue model (not hf:).
 Validation: the mean reward per turn of greedy simulations from fixed valid contexts (frozen scorers: a stationary
 criterion, higher is better) and the valid NLL.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -28,9 +33,9 @@ from cldg.data.batching import EncodedPairs, Limits, collate_ids
 from cldg.text.tokenizer import EOS, PAD, SEP
 from cldg.training import distributed
 from cldg.training.evaluation import mean_nll
-from cldg.training.losses import nll_loss, sequence_logprob
-from cldg.training.policy_gradient import (PolicyTrainee, policy_logprobs, reinforce_loss, sample_responses,
-                                           with_responses)
+from cldg.training.losses import sequence_logprob
+from cldg.training.policy_gradient import (PolicyTrainee, float32_scoring, load_cldg_reference, policy_logprobs,
+                                           reinforce_loss, sample_responses, teacher_forcing_loss, with_responses)
 from cldg.training.recipes.mle import MLERecipe
 from cldg.training.recipes.mmi import read_split
 
@@ -49,6 +54,34 @@ def encode_turn_ids(turns: list[list[int]], limits: Limits) -> tuple[list[int], 
 def response_ids(tokens: torch.Tensor) -> list[list[int]]:
     """Rows of sampled tokens [B, L] as turns: the tokens before EOS."""
     return [[t for t in row if t not in (EOS, PAD)] for row in tokens.tolist()]
+
+
+def _manifest(directory) -> dict:
+    try:
+        manifest = json.loads((Path(directory) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def check_backward_artifact(path, reference_dir, prepare_dir) -> None:
+    """--backward-model must be a complete mmi artifact made from the reference's prepare artifact (the same
+    tokenizer and pairs): its manifest.json says so (stage, inputs.prepare.fingerprint). One CldgError line if not."""
+    from cldg.errors import CldgError
+
+    manifest = _manifest(path)
+    if not manifest:
+        raise CldgError(f"--backward-model {path}: no readable manifest.json (expected an mmi artifact directory, "
+                        "WORKDIR/mmi/<fingerprint>)")
+    if manifest.get("stage") != "mmi":
+        raise CldgError(f"--backward-model {path}: a {manifest.get('stage')!r} artifact, not an mmi one "
+                        "(cldg mmi-train)")
+    made_from = ((manifest.get("inputs") or {}).get("prepare") or {}).get("fingerprint")
+    ref_inputs = _manifest(reference_dir).get("inputs") or {}
+    wanted = (ref_inputs.get("prepare") or {}).get("fingerprint") or _manifest(prepare_dir).get("fingerprint")
+    if not made_from or made_from != wanted:
+        raise CldgError(f"--backward-model {path}: made from prepare artifact {str(made_from)[:12]}, the reference "
+                        f"from {str(wanted)[:12]}: pass an mmi artifact trained on the reference's prepare artifact")
 
 
 def load_backward(path, vocab_size: int, device):
@@ -84,12 +117,16 @@ class DeepRLRecipe(MLERecipe):
         if distributed.current().enabled:  # a step runs the policy once per simulated turn before one backward
             raise CldgError("deeprl-train: not under torchrun/DDP (a step runs several forward passes of the policy "
                             "before its backward)")
+        # the frozen scorer; the policy starts there
+        reference = load_cldg_reference(inputs.dirs["reference"], "deeprl-train", device).requires_grad_(False)
+        policy = load_model(inputs.dirs["reference"], device).train()
         rc = inputs.configs["reference"]
         limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
         tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
-        reference = load_model(inputs.dirs["reference"], device).requires_grad_(False)  # the frozen scorer
-        policy = load_model(inputs.dirs["reference"], device).train()                 # the policy starts there
-        backward = load_backward(cfg.backward_model, reference.vocab_size, device) if cfg.backward_model else None
+        backward = None
+        if cfg.backward_model:
+            check_backward_artifact(cfg.backward_model, inputs.dirs["reference"], inputs.prepare)
+            backward = load_backward(cfg.backward_model, reference.vocab_size, device)
         train = EncodedPairs(tok, *read_split(inputs.prepare, "train", cfg.max_train_pairs, seed), limits)
         valid = EncodedPairs(tok, *read_split(inputs.prepare, "valid", cfg.max_valid_pairs, seed), limits)
         dull = [ids[:limits.max_response_len - 1] for ids in tok.encode_batch(parse_dull(cfg.dull_responses))]
@@ -115,7 +152,8 @@ class DeepRLRecipe(MLERecipe):
         # when the curriculum lengthens the dialogues
         returns = sum(r["reward"] for _, _, r in turns) / len(turns)
         advantage = trainee.advantage(returns, momentum=self.cfg.baseline_momentum)
-        # every turn's log-probability weighted by the dialogue's advantage; the mean over turns keeps the scale
+        # every turn's log-probability (eval mode, as sampled) weighted by the dialogue's advantage; the mean over
+        # turns keeps the scale
         pg = sum(reinforce_loss(policy_logprobs(model, ctx, tokens), advantage) for ctx, tokens, _ in turns)
         pg = pg / len(turns)
         info = {name: torch.stack([r[name] for _, _, r in turns]).mean().item()
@@ -124,8 +162,9 @@ class DeepRLRecipe(MLERecipe):
                  "tokens": sum(int(tokens.ne(PAD).sum()) for _, tokens, _ in turns)}
         if not self.cfg.mle_weight:
             return pg, info
-        nll, n = nll_loss(model(batch), batch.response_out, PAD)
-        return pg + self.cfg.mle_weight * nll, info | {"nll": nll.item(), "tokens": info["tokens"] + n}
+        # MLE on the human responses, per sequence as pg (REINFORCE with reward 1), with dropout
+        tf, nll, n = teacher_forcing_loss(model(batch), batch.response_out)
+        return pg + self.cfg.mle_weight * tf, info | {"nll": nll, "tokens": info["tokens"] + n}
 
     @torch.no_grad()
     def simulate(self, policy, batch, n_turns: int, greedy: bool):
@@ -142,7 +181,12 @@ class DeepRLRecipe(MLERecipe):
         return out
 
     def rewards(self, ctx, tokens, answers, histories) -> dict[str, torch.Tensor]:
-        """The three rewards of each sampled turn a (`answers`, [B] each) and their weighted sum."""
+        """The three rewards of each sampled turn a (`answers`, [B] each) and their weighted sum, in float32 (the
+        Trainer's bf16 autocast off)."""
+        with float32_scoring(self.device):
+            return self._rewards(ctx, tokens, answers, histories)
+
+    def _rewards(self, ctx, tokens, answers, histories) -> dict[str, torch.Tensor]:
         lim, B = self.limits, len(answers)
         alone = [encode_turn_ids([a], lim) for a in answers]  # a as a one-turn context
         # ease of answering: the mean length-normalised log-likelihood of the dull responses given a, negated
