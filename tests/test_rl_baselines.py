@@ -368,6 +368,22 @@ def test_deeprl_trains_resumes_and_evaluates(reference_workdir, monkeypatch):
                                  "--max-len", "6", "--device", "cpu"])
     assert result.exit_code == 0, result.output
 
+    # --backward-model: an mmi artifact made from the reference's prepare artifact, else one line, exit 2
+    import shutil
+
+    other = work.parent / f"{work.name}-other-mmi"
+    shutil.copytree(backward, other, dirs_exist_ok=True)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["inputs"]["prepare"]["fingerprint"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    reference = ArtifactStore(work).latest("reference").path
+    for wrong, message in ((reference, "a 'reference' artifact, not an mmi one"),
+                           (other, "made from prepare artifact 000000000000")):
+        result = runner.invoke(app, ["deeprl-train", "--workdir", str(work), "--max-steps", "1", "--device", "cpu",
+                                     "--backward-model", str(wrong)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
 
 def test_deeprl_rewards_equal_their_definitions(reference_workdir):
     """Ease of answering, information flow and semantic coherence of one simulated turn, recomputed here."""
@@ -418,6 +434,15 @@ def test_deeprl_rewards_equal_their_definitions(reference_workdir):
 def test_adversarial_trains_resumes_and_evaluates(reference_workdir, monkeypatch):
     from cldg.training.recipes.adversarial import AdversarialRecipe
 
+    from cldg.models.discriminator import HierarchicalDiscriminator
+
+    longest, forward = [], HierarchicalDiscriminator.forward
+
+    def recording(self, context_turns, response):  # D-steps, rollouts and validation alike
+        longest.append(int(words_seen(response).max()))
+        return forward(self, context_turns, response)
+
+    monkeypatch.setattr(HierarchicalDiscriminator, "forward", recording)
     work = reference_workdir
     args = ["adversarial-train", "--workdir", str(work), "--batch-size", "8", "--max-steps", "7",
             "--d-pretrain-steps", "3", "--d-steps", "1", "--g-steps", "1", "--rollouts", "2", "--max-len", "5",
@@ -432,6 +457,7 @@ def test_adversarial_trains_resumes_and_evaluates(reference_workdir, monkeypatch
     valid = [r for r in log if r["type"] == "valid"]
     assert valid[-1]["improved"] and metrics["best_step"] == 7  # the last weights are kept
     assert changed_from_reference(work, art)
+    assert max(longest) == 5  # human responses cut to --max-len 5, as the sampled ones are
     result = runner.invoke(app, ["evaluate", "--workdir", str(work), "--model", "adversarial", "--limit", "4",
                                  "--max-len", "6", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -446,6 +472,103 @@ def test_adversarial_steps_alternate_after_the_discriminator_pretraining():
     assert "".join("D" if recipe.discriminator_turn(s) else "G" for s in range(9)) == "DDDDDGDDG"
 
 
+class RecordingDiscriminator(torch.nn.Module):
+    """A HierarchicalDiscriminator that keeps the responses it is shown."""
+
+    def __init__(self, vocab: int = 12):
+        from cldg.models.discriminator import DiscriminatorConfig, HierarchicalDiscriminator
+
+        super().__init__()
+        self.d, self.seen = HierarchicalDiscriminator(vocab, DiscriminatorConfig(8, 8)), []
+
+    def forward(self, context_turns, response):
+        self.seen.append(response.detach().clone())
+        return self.d(context_turns, response)
+
+
+def words_seen(responses):
+    """Words per row as the discriminator reads them (EOS and PAD dropped)."""
+    from cldg.text.tokenizer import EOS, PAD
+
+    return (responses.ne(PAD) & responses.ne(EOS)).sum(1)
+
+
+def long_response_batch(rows: int = 8):
+    from cldg.data.batching import Limits, collate_ids
+
+    contexts = [([6 + i % 3, 7, 8], [[6 + i % 3, 7, 8]]) for i in range(rows)]
+    return collate_ids(contexts, [[5 + (i + k) % 7 for k in range(10 + i % 3)] for i in range(rows)], Limits())
+
+
+def adversarial_recipe(trainee, **options):
+    from cldg.approaches.adversarial import AdversarialOptions
+    from cldg.training.recipes.adversarial import AdversarialRecipe
+
+    recipe = AdversarialRecipe.__new__(AdversarialRecipe)
+    recipe.cfg = AdversarialOptions(**options)
+    recipe.max_len, recipe.device = recipe.cfg.max_len, torch.device("cpu")
+    return recipe
+
+
+def test_adversarial_steps_show_d_responses_of_one_length_limit_and_log_only_their_own_figures():
+    """Human responses (10-12 words) reach D cut to --max-len, the sampled ones' limit; a D-step's record holds its
+    own accuracy and D's probability of human for its sampled responses, a G-step's its reward and D's accuracy on
+    its batch (no figure carried over from the other network's last step); teacher forcing is per sequence."""
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import sequence_logprob
+    from cldg.training.policy_gradient import PolicyTrainee, discriminator_loss, sample_responses
+
+    batch = long_response_batch()
+    torch.manual_seed(0)
+    d = RecordingDiscriminator()
+    trainee = PolicyTrainee(tiny_policy(), d)
+    recipe = adversarial_recipe(trainee, d_pretrain_steps=1, d_steps=1, g_steps=1, rollouts=2, max_len=4)
+    generated = sample_responses(trainee.policy, batch, recipe.max_len)
+    loss, info = recipe.discriminator_step(d, batch, generated)
+    human, sampled = d.seen[0][:batch.size], d.seen[0][batch.size:]
+    assert int(words_seen(human).max()) == 4 and int(words_seen(sampled).max()) <= 4
+    with torch.no_grad():
+        logits = d.d(batch.context_turns.repeat(2, 1, 1), d.seen[0])
+    assert set(info) == {"d_loss", "d_acc", "reward", "tokens"}
+    assert info["reward"] == pytest.approx(torch.sigmoid(logits[batch.size:]).mean().item(), abs=1e-6)
+    assert info["d_acc"] == discriminator_loss(logits[:batch.size], logits[batch.size:])[1]
+
+    d.seen.clear()
+    loss, info = recipe.generator_step(trainee, trainee, batch, generated)
+    assert "d_loss" not in info and {"reward", "d_acc", "pg", "baseline", "nll"} <= set(info)
+    whole = d.seen[-1]  # after the rollouts: D on this batch's human and sampled responses
+    assert torch.equal(whole[batch.size:], torch.nn.functional.pad(generated, (0, whole.size(1) - generated.size(1))))
+    assert int(words_seen(whole[:batch.size]).max()) == 4 and int(words_seen(torch.cat(d.seen)).max()) <= 4
+    with torch.no_grad():
+        logits = d.d(batch.context_turns.repeat(2, 1, 1), whole)
+    assert info["d_acc"] == discriminator_loss(logits[:batch.size], logits[batch.size:])[1]
+    with torch.no_grad():  # teacher forcing: the human responses' summed NLL over the batch (dropout 0: the same)
+        per_sequence = -sequence_logprob(trainee.policy(batch), batch.response_out, PAD).sum().item() / batch.size
+    assert loss.item() - info["pg"] == pytest.approx(per_sequence, rel=1e-5)
+
+
+def test_deeprl_adds_the_mle_term_per_sequence():
+    from cldg.approaches.deeprl import DeepRLOptions
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import sequence_logprob
+    from cldg.training.policy_gradient import PolicyTrainee, sample_responses
+    from cldg.training.recipes.deeprl import DeepRLRecipe
+
+    batch = long_response_batch()
+    torch.manual_seed(0)
+    trainee = PolicyTrainee(tiny_policy())
+    tokens = sample_responses(trainee.policy, batch, 5)
+    recipe = DeepRLRecipe.__new__(DeepRLRecipe)
+    recipe.cfg = DeepRLOptions(turns=1, curriculum_steps=0, mle_weight=0.5)
+    reward = torch.linspace(0, 1, batch.size)
+    recipe.simulate = lambda policy, b, n, greedy: [(b, tokens, dict.fromkeys(("reward", "ease", "flow",
+                                                                                 "coherence"), reward))]
+    loss, info = recipe.loss(trainee, batch, 0)
+    with torch.no_grad():
+        per_sequence = -sequence_logprob(trainee.policy(batch), batch.response_out, PAD).sum().item() / batch.size
+    assert loss.item() - info["pg"] == pytest.approx(0.5 * per_sequence, rel=1e-5)
+
+
 @pytest.mark.parametrize("command,args,message", [
     ("adversarial-train", ["--rollouts", "0"], "--rollouts must be at least 1"),
     ("deeprl-train", ["--baseline-momentum", "1"], "--baseline-momentum must be in [0, 1)"),
@@ -456,6 +579,20 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, command, args, message):
     result = runner.invoke(app, [command, "--workdir", str(tmp_path), *args])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+@pytest.mark.parametrize("command", ["deeprl-train", "adversarial-train"])
+def test_both_refuse_an_hf_reference_in_one_line(prepared_workdir, tmp_path, command):
+    """A reference artifact that holds an hf: model (its model.json names "hf", its config has no cldg limits)."""
+    from cldg.artifacts import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    with store.begin("reference", 1, {"model": "hf:tiny"}, {"prepare": prepared_workdir[1]}, force=False) as run:
+        (run.dir / "model.json").write_text(json.dumps({"name": "hf", "config": {}, "vocab_size": 0}))
+        run.commit()
+    result = runner.invoke(app, [command, "--workdir", str(tmp_path), "--device", "cpu"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "is an hf: model" in lines[0], result.output
 
 
 @pytest.mark.parametrize("command", ["deeprl-train", "adversarial-train"])
