@@ -33,7 +33,8 @@ def test_the_approach_registry_lists_mle_and_contrastive_first_then_the_baseline
     names, torch_loaded = out.rsplit(" ", 1)
     names = ast.literal_eval(names)
     # the pipeline's two first, then the baselines (several engineers add them at once: the set grows) by name
-    assert names[:2] == ["mle", "contrastive"] and names[2:] == sorted(names[2:]) and {"cvae", "mmi"} <= set(names)
+    assert names[:2] == ["mle", "contrastive"] and names[2:] == sorted(names[2:])
+    assert {"adversarial", "cvae", "deeprl", "mmi"} <= set(names)
     assert torch_loaded == "False"
 
     from cldg import pipeline
@@ -48,7 +49,8 @@ def test_the_approach_registry_lists_mle_and_contrastive_first_then_the_baseline
         assert all(callable(getattr(recipe, m)) for m in ("batches", "loss", "validate"))
         if a.generic:  # the generic stage's hooks
             assert all(callable(getattr(recipe, m)) for m in ("setup", "finish", "describe"))
-    assert model_stages()[:2] == ("reference", "contrastive") and {"cvae", "mmi"} <= set(model_stages())
+    assert model_stages()[:2] == ("reference", "contrastive")
+    assert {"adversarial", "cvae", "deeprl", "mmi"} <= set(model_stages())
     # a config without a baseline's table trains and evaluates what it did before the baselines
     steps = pipeline.plan_steps({}, "test")
     assert [label for _, _, label, _ in steps if label.startswith("evaluate")] == [

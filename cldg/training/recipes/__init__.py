@@ -18,7 +18,8 @@ A recipe is an object with (torchtune's recipes, made small):
 The losses themselves live in cldg/training/losses.py (never in a model); a recipe only applies them.
 Recipes: `mle.MLERecipe` (pretrain), `contrastive.ContrastiveRecipe` (contrastive-train),
 `matcher.MatcherRecipe` (train-matcher), and the recipes of the approaches the generic stage trains
-(cldg/stages/train.py: `mmi.MMIRecipe`, `cvae.CVAERecipe`), which also have
+(cldg/stages/train.py: `mmi.MMIRecipe`, `cvae.CVAERecipe`, `deeprl.DeepRLRecipe`,
+`adversarial.AdversarialRecipe`), which also have
 
     setup(cfg, inputs: TrainInputs, seed, device) -> (model, recipe)   classmethod: the model to fit and
                                                   the recipe, from the approach's options and its inputs
