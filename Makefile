@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -r requirements-bench.txt
 	for b in bench/bench_*.py; do $(PY) $$b; done
 
 clean:

@@ -1,5 +1,6 @@
 """BM25 backends side by side: Lucene (pyserini), cldg's numpy backend and bm25s, same queries, k = 50.
 
+    .venv/bin/pip install -c constraints.txt -r requirements-bench.txt    # bm25s, PyStemmer, numba (once)
     .venv/bin/python bench/bench_bm25.py [--workdir /tmp/cldg-bench-retrieval] [--queries 1000] [--repeats 3]
         [--engines lucene-1t,lucene-2t,numpy,bm25s-numpy,bm25s-numba,bm25s-numba-2t,bm25s-numba-lucene-terms]
 
