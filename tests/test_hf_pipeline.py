@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from test_hf_approaches import mined_workdir  # noqa: E402,F401  (the module fixture: reference + mined samples)
+from test_hf_approaches import mined_workdir, setup_recipe  # noqa: E402,F401  (the fixture: reference + samples)
 from typer.testing import CliRunner  # noqa: E402
 
 from cldg.cli import app  # noqa: E402
@@ -121,6 +122,11 @@ def test_dpo_with_lora_from_an_hf_reference_and_a_bare_directory_evaluated(mined
     invoke("pretrain", "--workdir", work, "--prepare-dir", prepared.path, "--model", f"hf:{model_dir}", "--max-steps", 2, "--batch-size", 16,
            "--max-valid-pairs", 8, *CPU)
     reference_art = store.latest("reference")
+    # before a step the target is the reference: DPO's valid loss is log 2 (the hf: scorer's batches of chosen and
+    # rejected score as the reference pass did, one sequence at a time)
+    model, recipe = setup_recipe(work, "dpo", max_valid_pairs=6, beta=2.0)
+    with torch.no_grad():
+        assert recipe.validate(model.eval())["criterion"] == pytest.approx(math.log(2), abs=1e-5)
     invoke("dpo-train", "--workdir", work, "--reference-dir", reference_art.path, "--lora-r", 2, "--lr", "1e-2",
            "--max-steps", 2, "--batch-size", 4, "--max-valid-pairs", 4, *CPU)
     dpo = load_model(store.latest("dpo").path)
