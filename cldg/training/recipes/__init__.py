@@ -15,11 +15,13 @@ A recipe is an object with (torchtune's recipes, made small):
     progress_keys: tuple[str, ...]               optional: `info` entries the progress bar shows beside
                                                   the loss (e.g. ("kl", "bow"))
 
-The losses themselves live in cldg/training/losses.py (never in a model); a recipe only applies them.
-Recipes: `mle.MLERecipe` (pretrain), `contrastive.ContrastiveRecipe` (contrastive-train),
+The losses themselves live in cldg/training/losses.py and cldg/training/objectives.py (never in a model); a recipe
+only applies them. Recipes: `mle.MLERecipe` (pretrain; `pairs.PairsRecipe` for an hf: model),
+`contrastive.ContrastiveRecipe` (contrastive-train; `hf_contrastive.HFContrastiveRecipe` for an hf: reference),
 `matcher.MatcherRecipe` (train-matcher), and the recipes of the approaches the generic stage trains
 (cldg/stages/train.py: `mmi.MMIRecipe`, `cvae.CVAERecipe`, `deeprl.DeepRLRecipe`,
-`adversarial.AdversarialRecipe`), which also have
+`adversarial.AdversarialRecipe`; issue 16's `unlikelihood`, `ct`, `simctg` on `pairs.PairsRecipe` and `dpo`,
+`bco`, `kto` on `pairs.PreferenceRecipe`), which also have
 
     setup(cfg, inputs: TrainInputs, seed, device) -> (model, recipe)   classmethod: the model to fit and
                                                   the recipe, from the approach's options and its inputs
