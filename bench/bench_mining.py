@@ -12,7 +12,7 @@ of `--chunk-size` with the demo's options (k 3, 20 BM25 + 10 random candidates p
 - `old_1thread`: the same with torch at 1 thread (separates the thread count's effect from the overlap's);
 - `overlap_lucene`: the same searches in a producer thread that retrieves, builds candidates and tokenizes
   chunk i+1 while chunk i is scored at `--threads` - 1 torch threads (cldg.retrieval.mining.mine_pipelined,
-  as `cldg mine-samples` now runs by default);
+  as `cldg mine-samples --overlap` runs it);
 - `overlap_numpy`: the same, with the numpy BM25 backend (cldg.retrieval.sparse) instead of Lucene;
 - `sequential_numpy`: the numpy backend without the overlap.
 Also timed apart on the same chunks: retrieval + candidates alone per backend, and scoring alone, which

@@ -54,8 +54,11 @@ class Config:
     retrieval: str = option("lucene", "BM25 search: lucene (anserini), or numpy (the same BM25 and analysis over "
                             "postings in memory; same hits, faster on long queries; see cldg/retrieval/sparse.py).",
                             choices=RETRIEVAL_BACKENDS, fingerprint=False)
-    overlap: bool = option(True, "Retrieve the next chunk in a second thread while the matcher scores this one "
-                           "(same rows).", fingerprint=False)
+    # off by default: measured on 2 quiet cores (bench/bench_mining.py), MSN scoring on one thread beside the
+    # retrieval thread lost more (4,161 -> 2,479 pairs/s) than the overlap saved (retrieval is ~15% of the work)
+    overlap: bool = option(False, "Retrieve the next chunk in a second thread while the matcher scores this one on "
+                           "one thread fewer (same rows; pays off only where retrieval is a large share).",
+                           fingerprint=False)
     score_batch_size: int = option(512, "Matcher batch size.", fingerprint=False)
     java_heap: str = option("2g", "JVM heap cap (searching needs little heap; a larger cap only raises peak memory).",
                            fingerprint=False)
