@@ -128,7 +128,8 @@ class SparseBM25:
         doc_count = int((lengths > 0).sum())
         avgdl = np.float32(lengths.sum() / doc_count) if doc_count else np.float32(1.0)
         k1_, b_ = np.float32(k1), np.float32(b)
-        cache = np.float32(1) / (k1_ * ((np.float32(1) - b_) + b_ * LENGTH_TABLE / avgdl))
+        with np.errstate(divide="ignore"):  # b = 1: the empty length's entry is inf, as Java's float division gives
+            cache = np.float32(1) / (k1_ * ((np.float32(1) - b_) + b_ * LENGTH_TABLE / avgdl))
         norm_of = {int(x): int_to_byte4(int(x)) for x in np.unique(lengths)}
         norms = np.array([norm_of[int(x)] for x in lengths], dtype=np.uint8) if n else np.zeros(0, np.uint8)
         self.idf = np.log(1 + (doc_count - df + 0.5) / (df + 0.5)).astype(np.float32) if len(df) else np.zeros(0, np.float32)
