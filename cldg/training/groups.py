@@ -185,7 +185,7 @@ def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weig
     (the warm-up of a target trained from scratch) returns that NLL alone. `anneal` = w mixes as the
     released code does: (1 - w) * NLL + w * contrastive (mle_weight still adds on top). Returns (loss, what to log)."""
     from cldg.text.tokenizer import PAD
-    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
+    from cldg.training.losses import nll_loss, sequence_logprob
 
     logits = model(gb.seqs)
     targets = gb.seqs.response_out
@@ -194,11 +194,20 @@ def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weig
     nll, n_own = nll_loss(logits[own], targets[own], PAD)
     if mle_only:
         return nll, {"tokens": n_own, "nll": nll.item()}
+    return combine_group_loss(d, nll, gb, int(targets.ne(PAD).sum()), variant, mle_weight, beta, anneal)
+
+
+def combine_group_loss(d: torch.Tensor, nll: torch.Tensor, gb: GroupBatch, tokens: int, variant: str,
+                       mle_weight: float, beta: float, anneal: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The contrastive loss on beta * D of the batch's groups, mixed with the pairs' NLL as the options say, and
+    what to log: shared by cldg models (contrastive_group_loss) and hf: models (recipes.hf_contrastive)."""
+    from cldg.training.losses import contrastive_loss
+
     # beta is a temperature on D (the paper: 1), as DPO's and BCO's beta, so the objectives compare at one scale
     loss = contrastive_loss(beta * d[gb.pos_index], beta * d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask,
                             gb.neg_mask, variant)
     dd = d.detach()
-    info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(targets.ne(PAD).sum()),
+    info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": tokens,
             "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
             "d_neg": float(dd[gb.neg_index][gb.neg_mask].mean()) if gb.neg_mask.any() else 0.0}
     if anneal is not None:

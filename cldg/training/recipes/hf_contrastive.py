@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from cldg.training import distributed
-from cldg.training.losses import contrastive_loss
+from cldg.training.groups import combine_group_loss
 from cldg.training.recipes.contrastive import ContrastiveRecipe
 
 
@@ -60,18 +60,7 @@ def hf_group_loss(model, gb, variant: str = "eq4", mle_weight: float = 0.0, mle_
     nll = -token_logps[own].sum() / max(n_own, 1)
     if mle_only:
         return nll, {"tokens": n_own, "nll": nll.item()}
-    loss = contrastive_loss(beta * d[gb.pos_index], beta * d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask,
-                            gb.neg_mask, variant)
-    dd = d.detach()
-    info = {"contrastive": loss.item(), "nll": nll.item(), "tokens": int(out.mask.sum()),
-            "d_pos": float(dd[gb.pos_index][gb.pos_mask].mean()) if gb.pos_mask.any() else 0.0,
-            "d_neg": float(dd[gb.neg_index][gb.neg_mask].mean()) if gb.neg_mask.any() else 0.0}
-    if anneal is not None:
-        loss = (1.0 - anneal) * nll + anneal * loss
-        info["anneal_w"] = anneal
-    if mle_weight:
-        loss = loss + mle_weight * nll
-    return loss, info
+    return combine_group_loss(d, nll, gb, int(out.mask.sum()), variant, mle_weight, beta, anneal)
 
 
 class HFContrastiveRecipe(ContrastiveRecipe):
