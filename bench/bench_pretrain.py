@@ -39,6 +39,14 @@ def load_pairs(prepare_dir: str | None, n: int, seed: int = 0):
         return EncodedPairs(tok, [t.context[i] for i in idx], [t.response[i] for i in idx], limits), tok.vocab_size
 
     vocab = 20000
+    return synthetic_pairs(n, vocab, seed), vocab
+
+
+def synthetic_pairs(n: int, vocab: int, seed: int):
+    """An EncodedPairs of n random-word pairs with chitchat-like lengths (1-3 context turns)."""
+    import random
+
+    from cldg.data.batching import EncodedPairs, Limits
 
     class RandomWords:  # "w123 w7 ..." -> ids: a tokenizer for synthetic text
         def encode_batch(self, texts):
@@ -50,7 +58,7 @@ def load_pairs(prepare_dir: str | None, n: int, seed: int = 0):
         return " ".join(f"w{rng.randrange(5, vocab)}" for _ in range(max(1, int(rng.lognormvariate(2.2, 0.6)))))
 
     contexts = [[sentence() for _ in range(rng.randint(1, 3))] for _ in range(n)]
-    return EncodedPairs(RandomWords(), contexts, [sentence() for _ in range(n)], limits), vocab
+    return EncodedPairs(RandomWords(), contexts, [sentence() for _ in range(n)], Limits())
 
 
 def padding_stats(pairs, batch_size: int) -> dict:

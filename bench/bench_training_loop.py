@@ -40,25 +40,6 @@ SIZES = {
 }
 
 
-def synthetic_pairs(n: int, vocab: int, seed: int):
-    """An EncodedPairs of n random-word pairs with chitchat-like lengths."""
-    import random
-
-    from cldg.data.batching import EncodedPairs, Limits
-
-    class RandomWords:  # "w123 w7 ..." -> ids
-        def encode_batch(self, texts):
-            return [[int(w[1:]) for w in s.split()] for s in texts]
-
-    rng = random.Random(seed)
-
-    def sentence():
-        return " ".join(f"w{rng.randrange(5, vocab)}" for _ in range(max(1, int(rng.lognormvariate(2.2, 0.6)))))
-
-    contexts = [[sentence() for _ in range(rng.randint(1, 3))] for _ in range(n)]
-    return EncodedPairs(RandomWords(), contexts, [sentence() for _ in range(n)], Limits())
-
-
 def load_data(args, size: dict, n_train: int):
     """(train pairs, valid pairs, vocab size): a prepare artifact's, else synthetic."""
     if args.prepare_dir:
@@ -73,6 +54,8 @@ def load_data(args, size: dict, n_train: int):
         v = read_pairs(os.path.join(args.prepare_dir, "pairs-valid.parquet"))
         n = min(args.valid_pairs, len(v))
         return train, EncodedPairs(tok, list(v.context[:n]), list(v.response[:n]), Limits()), vocab
+    from bench_pretrain import synthetic_pairs  # bench/ is on sys.path when a bench runs as a script
+
     vocab = size["vocab"]
     return synthetic_pairs(n_train, vocab, 0), synthetic_pairs(args.valid_pairs, vocab, 1), vocab
 
