@@ -10,6 +10,8 @@ The config has the common keys at top level (`workdir`, `seed`, `device`, ...), 
     skip = []                                         # stage tables to leave out, e.g. ["train_matcher"]
     seeds = [13, 14, 15]                              # rerun the seed-dependent stages once per seed
     seed_stages = ["pretrain", "contrastive_train", "evaluate"]   # which stages those are
+    human_eval = 100                                  # blind A/B sheets of that many test contexts for the first
+                                                      # model against each other one (WORKDIR/human-eval/; 0: none)
 
     [ablate]
     ks = [1, 2, 3, 4, 5]                              # the group-size study (mining keeps max(ks))
@@ -41,7 +43,7 @@ from cldg.stages import BY_TABLE, STAGES, stage_module
 # (TOML table, stage module, label), in pipeline order, from the one stage registry
 PIPELINE: list[tuple[str, str, str]] = [(s.table, s.module, s.command) for s in STAGES]
 KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run", "ablate"}
-RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages"}
+RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages", "human_eval"}
 ABLATE_KEYS = {"ks", "variants"}
 # the baselines trained by the generic stage run only when the config has their table ([mmi_train], ...):
 # a config written before them trains what it always trained
@@ -87,6 +89,7 @@ class Plan:
     seed_stages: set[str]
     doc: dict[str, Any]
     where: str
+    human_eval: int = 0  # [run] human_eval: items per A/B sheet (0: no sheets)
 
 
 def _check_doc(doc: dict[str, Any], where: str) -> None:
@@ -166,13 +169,16 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
     if not isinstance(seed_stages, list) or not set(seed_stages) <= {t for t, _, _ in PIPELINE}:
         raise CldgError(f"{where} [run] seed_stages: expected stage tables among "
                         f"{', '.join(t for t, _, _ in PIPELINE)}, got {seed_stages!r}")
+    human_eval = run_table.get("human_eval", 0)
+    if not isinstance(human_eval, int) or isinstance(human_eval, bool) or human_eval < 0:
+        raise CldgError(f"{where} [run] human_eval: expected a number of test contexts >= 0, got {human_eval!r}")
     steps = []
     for table, module_name, label, extra in plan_steps(doc, where):
         module = stage_module(BY_TABLE[table])
         values = {**extra, **(table_overrides or {}).get(table, {})}
         steps.append(Step(table, module, label, config_from_table(module.Config, doc.get(table, {}),
                                                                   f"{where} [{table}]", values)))
-    return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where)
+    return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where, human_eval)
 
 
 def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], cfg: Any = None) -> Artifact:
@@ -234,6 +240,8 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
                 out = common.workdir / "compare" / (f"seed-{seed}" if several else "")
                 comparisons[seed] = compare_runs([a.path for a in evals], common.workdir, out_dir=out,
                                                  as_json=False)
+                if plan.human_eval:
+                    export_human_eval_sheets(evals, plan.human_eval, common.workdir / "human-eval", seed, several)
         progress.update(overall, status="done")
 
     _print_summary(results, time.time() - t_start)
@@ -247,6 +255,19 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
                           "seconds": round(r.seconds, 1)} for r in results]}
     (common.workdir / "run-summary.json").write_text(json.dumps(summary, indent=2))
     return results
+
+
+def export_human_eval_sheets(evals: list[Artifact], n: int, out: Path, seed: int, several: bool) -> None:
+    """The paper's Table 4 protocol: a blind A/B sheet of n test contexts for the first evaluated model against
+    each other one, in out/<first>-vs-<other>[/seed-S]/ (score them with `cldg human-eval score`)."""
+    from cldg.tools.human_eval import export_sheets
+
+    def model(a: Artifact) -> str:
+        return str(a.manifest.get("config", {}).get("model", a.fingerprint)).replace("/", "_")
+
+    for other in evals[1:]:
+        sub = out / f"{model(evals[0])}-vs-{model(other)}" / (f"seed-{seed}" if several else "")
+        export_sheets(evals[0].path, other.path, n, sub, seed)
 
 
 def _print_summary(results: list[StepResult], total: float) -> None:

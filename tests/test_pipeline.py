@@ -77,3 +77,22 @@ def test_chat_cli_reads_turns_until_an_empty_line(tiny_pipeline):
     assert "model:" in result.output
     bad = runner.invoke(app, ["chat", "contrastive", "--workdir", str(workdir), "--decoding", "sideways"])
     assert bad.exit_code == 2 and "--decoding 'sideways'" in bad.output
+
+
+def test_run_writes_blind_sheets_of_the_first_model_against_each_other(tiny_pipeline, tmp_path):
+    import csv
+
+    workdir, config, _ = tiny_pipeline
+    with_sheets = tmp_path / "sheets.toml"
+    with_sheets.write_text(config.read_text() + "\n[run]\nhuman_eval = 5\n")
+    result = runner.invoke(app, ["run", str(with_sheets)])
+    assert result.exit_code == 0, result.output
+    sheet_dir = workdir / "human-eval" / "reference-vs-contrastive"
+    rows = list(csv.DictReader(open(sheet_dir / "sheet.csv", encoding="utf-8")))
+    key = json.loads((sheet_dir / "key.json").read_text())
+    assert len(rows) == 5 and set(key["items"]) == {r["item"] for r in rows}
+    assert key["system_a"].endswith(tuple(str(d.name) for d in (workdir / "eval").iterdir()))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text() + "\n[run]\nhuman_eval = -1\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2 and "human_eval" in result.output and "Traceback" not in result.output
