@@ -245,14 +245,15 @@ def approaches_command(as_json: JsonOpt = False) -> None:
 
         print(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
+    # one block per approach, not a five-column table: an 80-column terminal left the description a dozen
+    # characters a line
+    from rich.padding import Padding
 
-    table = Table(title="Learning approaches (cldg/approaches/)")
-    for col in ("approach", "trained by", "needs", "makes", "description"):
-        table.add_column(col)
+    console.print("[bold]Learning approaches[/bold] (cldg/approaches/)")
     for r in rows:
-        table.add_row(r["name"], r["command"], ", ".join(r["needs"]), r["makes"], r["description"])
-    console.print(table)
+        console.print(f"\n[bold]{r['name']}[/bold]  {r['command']}  [dim](needs {', '.join(r['needs'])}; "
+                      f"makes {r['makes']})[/dim]")
+        console.print(Padding(r["description"], (0, 0, 0, 2)))
 
 
 @app.command("inspect-samples")

@@ -96,3 +96,18 @@ def test_only_stages_make_artifacts_the_library_never_imports_the_store():
     assert [f"{path.relative_to(PACKAGE)} imports {name}" for sub in LIBRARY for path in (PACKAGE / sub).rglob("*.py")
             for name in _cldg_modules(path) if name.startswith(store)] == []
     assert not (PACKAGE / "models" / "resolve.py").exists()
+
+
+def test_approaches_command_shows_every_approach_whole_at_80_columns():
+    from typer.testing import CliRunner
+
+    from cldg.approaches import approaches
+    from cldg.cli import app
+
+    result = CliRunner().invoke(app, ["approaches"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for a in approaches():
+        assert f"{a.name} cldg {a.command}" in text
+        assert " ".join(a.description.split()) in text  # not cut to fit a column
+    assert max(len(line) for line in result.output.splitlines()) <= 80

@@ -29,7 +29,8 @@ class MLEOptions(options_like(TrainOptions, omit=("eval_every",), batch_size=(12
 
 @register_approach("mle")
 class MLE:
-    """Maximum likelihood: the token NLL of each response given its context (seq2seq, HRED, HRAN, transformer)."""
+    """Maximum likelihood: the token NLL of each response given its context (seq2seq, HRED, HRAN, transformer, or
+    a pretrained hf:PATH model fine-tuned)."""
 
     options = MLEOptions
     recipe = "cldg.training.recipes.mle:MLERecipe"
