@@ -175,18 +175,21 @@ def test_dialogwae_trains_resumes_exactly_and_evaluates_with_samples_from_the_pr
     result = runner.invoke(app, [*args, "--workdir", str(straight)])
     assert result.exit_code == 0, result.output
 
-    loss = DialogWAERecipe.loss
+    critic_step = DialogWAERecipe.critic_step
+    calls = []
 
-    def ctrl_c_at_step_3(self, model, batch, step):
-        if step == 2:
+    def ctrl_c_in_step_3s_second_critic_update(self, training, batch):
+        calls.append(1)
+        if len(calls) == 2 * self.critic_steps + 2:  # step 3 (step index 2): its first critic update is done
             raise KeyboardInterrupt
-        return loss(self, model, batch, step)
+        return critic_step(self, training, batch)
 
-    monkeypatch.setattr(DialogWAERecipe, "loss", ctrl_c_at_step_3)
+    # Ctrl-C halfway through a step, after it has changed the critic: the trainer puts the step's start back
+    monkeypatch.setattr(DialogWAERecipe, "critic_step", ctrl_c_in_step_3s_second_critic_update)
     assert runner.invoke(app, [*args, "--workdir", str(resumed)]).exit_code != 0
     saved = json.loads(next((resumed / "dialogwae").glob("*.partial/resume/last.json")).read_text())
     assert saved["step"] == 2
-    monkeypatch.setattr(DialogWAERecipe, "loss", loss)
+    monkeypatch.setattr(DialogWAERecipe, "critic_step", critic_step)
     result = runner.invoke(app, [*args, "--workdir", str(resumed)])
     assert result.exit_code == 0, result.output
 

@@ -154,6 +154,7 @@ class Trainer:
             try:
                 stop = self._epochs(progress, task, stop, t_start)
             except KeyboardInterrupt:
+                self._undo_half_step()
                 self._save("last")  # Ctrl-C: the rerun continues from this very step
                 raise
             if self.state.get("checked_step") != self.state["step"] and self.state["stopped"] is None:
@@ -167,10 +168,29 @@ class Trainer:
                 "last_valid": self.last_valid, "train_seconds": round(time.time() - t_start, 2),
                 "config": self.cfg.loop_settings()}
 
+    def _before_step(self) -> None:
+        """For a recipe whose loss changes state itself (recipes/__init__.py, updates_in_loss): a copy of the
+        weights, buffers and RNG from before this step, which _undo_half_step puts back."""
+        if getattr(self.recipe, "updates_in_loss", False):
+            self._step_start = ({k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                                torch.get_rng_state(),
+                                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    def _undo_half_step(self) -> None:
+        if getattr(self, "_step_start", None) is None:
+            return
+        weights, rng, cuda_rng = self._step_start
+        self.model.load_state_dict(weights)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        self._step_start = None
+
     def _epochs(self, progress, task, stop: bool, t_start: float) -> bool:
         self._window, self._tokens_seen, self._t_start = [], 0, t_start
         while not stop:
             for batch in self.recipe.batches(self.state["epoch"], self.state["batch_in_epoch"]):
+                self._before_step()
                 batch = batch.to(self.device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                     loss, info = self.recipe.loss(self.ddp_model, batch, self.state["step"])
@@ -181,6 +201,7 @@ class Trainer:
                 self.optimizer.step()
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
+                self._step_start = None  # the step is whole: Ctrl-C from here on keeps it
                 self._record(loss, info, grad_norm, progress, task)
                 if self._check_due():
                     if self._check():

@@ -14,6 +14,13 @@ A recipe is an object with (torchtune's recipes, made small):
 
     progress_keys: tuple[str, ...]               optional: `info` entries the progress bar shows beside
                                                   the loss (e.g. ("kl", "bow"))
+    updates_in_loss: bool                        optional, default False: True when `loss` itself changes
+                                                  the model's weights or buffers or draws from the RNG
+                                                  before the trainer's optimizer step (critic or generator
+                                                  updates, baselines, sampling); the trainer then keeps a
+                                                  copy of them from before each step and puts it back when
+                                                  Ctrl-C stops a step halfway, so the rerun replays the
+                                                  step once, not on top of its half
 
 The losses themselves live in cldg/training/losses.py and cldg/training/objectives.py (never in a model); a recipe
 only applies them. Recipes: `mle.MLERecipe` (pretrain; `pairs.PairsRecipe` for an hf: model),

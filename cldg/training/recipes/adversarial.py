@@ -49,6 +49,7 @@ def padded_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class AdversarialRecipe(MLERecipe):
     progress_keys = ("reward", "d_acc", "baseline")
+    updates_in_loss = True  # sampling, rollouts, the baseline and the discriminator's turn happen inside loss()
 
     def __init__(self, train, valid, batch_size, seed, device, max_len: int, cfg):
         super().__init__(train, valid, batch_size, seed, device)

@@ -102,6 +102,7 @@ def load_backward(path, vocab_size: int, device):
 
 class DeepRLRecipe(MLERecipe):
     progress_keys = ("reward", "ease", "flow", "coherence", "turns")
+    updates_in_loss = True  # sampled dialogues (the RNG) and the baseline move inside loss()
 
     def __init__(self, train, valid, batch_size, seed, device, reference, backward, dull, limits, cfg):
         super().__init__(train, valid, batch_size, seed, device)

@@ -70,6 +70,7 @@ class DialogWAETraining(nn.Module):
 
 class DialogWAERecipe(MLERecipe):
     progress_keys = ("critic", "gp")
+    updates_in_loss = True  # the critic and generator updates happen inside loss()
 
     def __init__(self, train, valid, batch_size, seed, device, critic_steps: int, gp_weight: float,
                  generator_lr: float, critic_lr: float):
