@@ -250,3 +250,31 @@ def test_a_missing_or_unreadable_directory_is_one_clean_error(tmp_path):
         assert str(bad) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(CldgError, match="no directory named"):
         load_hf_model("hf:")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bart"])
+def test_the_directorys_generation_config_does_not_change_decoding(kind, gpt2_dir, bart_dir, tmp_path):
+    """generate() fills every argument left out from generation_config.json: n-gram blocking, a repetition
+    penalty, sampling or a minimum length saved with the model must not reach cldg's greedy decoding."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from cldg.decoding.search import DecodeConfig
+    from cldg.models.hf import load_hf_model
+
+    path = gpt2_dir if kind == "gpt2" else bart_dir
+    leaky = tmp_path / "leaky"
+    shutil.copytree(path, leaky)
+    GenerationConfig(no_repeat_ngram_size=1, encoder_no_repeat_ngram_size=1, repetition_penalty=5.0, min_length=5,
+                     do_sample=True, top_k=2, bad_words_ids=[[5]], suppress_tokens=[6], bos_token_id=BOS,
+                     eos_token_id=EOS, pad_token_id=PAD,
+                     decoder_start_token_id=EOS if kind == "bart" else None).save_pretrained(leaky)
+    cfg = DecodeConfig(method="greedy", max_len=8, min_len=0)
+    want = load_hf_model(f"hf:{path}").generate_ids(CONTEXTS, cfg)
+    model = load_hf_model(f"hf:{leaky}")
+    assert model.hf.generation_config.repetition_penalty == 5.0  # the file is read, and kept for saving
+    assert model.generate_ids(CONTEXTS, cfg) == want
+    assert model.hf.generation_config.repetition_penalty == 5.0
+    assert kind == "bart" or any(len(r) != len(set(r)) for r in want)  # a repeat: 1-gram blocking would show
+

@@ -16,7 +16,8 @@ from cldg.config import option
 class DecodingOptions:
     decoding: str = option("greedy", "Decoding method.", choices=DECODING_METHODS)
     beam_size: int = option(5, "Beam size (beam).")
-    length_penalty: float = option(1.0, "GNMT length penalty alpha (beam).")
+    length_penalty: float = option(1.0, "Length penalty alpha (beam): GNMT ((5+len)/6)**alpha for cldg models, "
+                                        "transformers' length**alpha for hf: models.")
     top_k: int = option(10, "k (topk).")
     top_p: float = option(0.9, "p (nucleus).")
     temperature: float = option(1.0, "Sampling temperature (topk, nucleus).")

@@ -300,9 +300,20 @@ class HFDialogueModel(nn.Module):
 
     # -- generation ------------------------------------------------------------------------------------------
     def generation_kwargs(self, cfg) -> dict[str, Any]:
-        """transformers `generate` arguments for a cldg DecodeConfig (greedy, beam, topk, nucleus)."""
-        kw: dict[str, Any] = {"max_new_tokens": cfg.max_len, "min_new_tokens": cfg.min_len, "use_cache": True,
-                              "pad_token_id": self.pad_id, "eos_token_id": self.eos_id}
+        """transformers `generate` arguments for a cldg DecodeConfig (greedy, beam, topk, nucleus).
+
+        Every argument that changes decoding is given, the ones cldg has no option for at their neutral value:
+        `generate` fills each one left out from the directory's generation_config.json (BART's 3-gram blocking,
+        a chat model's repetition penalty or sampling), and `generate_ids` hides that file's decoding settings
+        anyway (`clean_generation_config`). length_penalty is transformers' own (beam score / length**alpha), not
+        the GNMT penalty of cldg's models."""
+        kw: dict[str, Any] = {"max_new_tokens": cfg.max_len, "min_new_tokens": cfg.min_len,
+                              "use_cache": True, "pad_token_id": self.pad_id, "eos_token_id": self.eos_id,
+                              "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+                              "no_repeat_ngram_size": cfg.no_repeat_ngram, "num_return_sequences": 1,
+                              "length_penalty": 1.0, "early_stopping": False, "renormalize_logits": False,
+                              "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
+                              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
         if cfg.method in ("greedy", "beam"):
             kw.update(do_sample=False, num_beams=cfg.beam_size if cfg.method == "beam" else 1)
             if cfg.method == "beam":
@@ -312,13 +323,22 @@ class HFDialogueModel(nn.Module):
                       top_k=cfg.top_k if cfg.method == "topk" else 0, top_p=cfg.top_p if cfg.method == "nucleus" else 1.0)
         else:
             raise CldgError(f"decoding {cfg.method!r}: not available for {self.name} (greedy, beam, topk, nucleus)")
-        if cfg.no_repeat_ngram:
-            kw["no_repeat_ngram_size"] = cfg.no_repeat_ngram
-        if cfg.block_context_ngram:
-            if not self.is_encoder_decoder:
-                raise CldgError(f"--block-context-ngram: not available for the causal LM {self.name} (set it to 0)")
+        if cfg.block_context_ngram and not self.is_encoder_decoder:
+            raise CldgError(f"--block-context-ngram: not available for the causal LM {self.name} (set it to 0)")
+        if self.is_encoder_decoder:
             kw["encoder_no_repeat_ngram_size"] = cfg.block_context_ngram
         return kw
+
+    def clean_generation_config(self):
+        """The directory's generation config with only what describes the model's format (start, forced BOS/EOS,
+        special ids) kept: no decoding setting of the file (sampling, penalties, n-gram blocking, bad words,
+        suppressed tokens, lengths) can reach `generate` unasked."""
+        from transformers import GenerationConfig
+
+        saved = getattr(self.hf, "generation_config", None)
+        keep = ("decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id", "bos_token_id",
+                "eos_token_id", "pad_token_id")
+        return GenerationConfig(**{k: getattr(saved, k) for k in keep if getattr(saved, k, None) is not None})
 
     @torch.no_grad()
     def generate_ids(self, contexts: list[list[str]], cfg=None) -> list[list[int]]:
@@ -330,8 +350,13 @@ class HFDialogueModel(nn.Module):
         prompts = [self.encode_context(c) for c in contexts]
         ids, mask = _pad_rows(prompts, self.pad_id, left=not self.is_encoder_decoder)
         ids, mask = ids.to(self.device), mask.long().to(self.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.hf.generate(input_ids=ids, attention_mask=mask, **self.generation_kwargs(cfg))
+        kw, saved = self.generation_kwargs(cfg), self.hf.generation_config
+        self.hf.generation_config = self.clean_generation_config()  # generate fills what kw leaves out from it
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out = self.hf.generate(input_ids=ids, attention_mask=mask, **kw)
+        finally:
+            self.hf.generation_config = saved
         out = out[:, 1:] if self.is_encoder_decoder else out[:, ids.size(1):]
         result = []
         for row in out.tolist():
