@@ -106,3 +106,14 @@ def test_bad_options_are_one_line_and_exit_2(mined_workdir, args, expected):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_dpos_first_training_step_is_log_2_with_dropout_disabled(mined_workdir, disable):
+    """The reference's log-probs are computed in eval mode; the policy trains in train mode, so with dropout on
+    (the reference was pretrained with dropout 0.1) the first step's loss is not log 2 unless dropout is off."""
+    model, recipe = setup_recipe(mined_workdir, "dpo", max_train_pairs=8, beta=0.7, disable_dropout=disable)
+    assert model.training and any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    torch.manual_seed(0)
+    loss, _ = recipe.loss(model, next(iter(recipe.batches(0, 0))).to(torch.device("cpu")), 0)
+    assert (loss.item() == pytest.approx(math.log(2), abs=1e-5)) == disable

@@ -278,3 +278,19 @@ def test_the_directorys_generation_config_does_not_change_decoding(kind, gpt2_di
     assert model.hf.generation_config.repetition_penalty == 5.0
     assert kind == "bart" or any(len(r) != len(set(r)) for r in want)  # a repeat: 1-gram blocking would show
 
+
+@pytest.mark.parametrize("kind", ["gpt2", "bart"])
+def test_disable_dropout_makes_training_mode_compute_what_eval_mode_does(kind, gpt2_dir, bart_dir):
+    """DPO/BCO/KTO's policy trains as the reference was scored: GPT-2's nn.Dropout modules and BART's float
+    dropout rates (applied through F.dropout) all off, so train-mode log-probs equal eval-mode ones."""
+    from cldg.models.hf import load_hf_model
+    from cldg.training.recipes.pairs import disable_dropout
+
+    model = load_hf_model(f"hf:{gpt2_dir if kind == 'gpt2' else bart_dir}")
+    batch = model.make_batch(CONTEXTS, RESPONSES)
+    with torch.no_grad():
+        want = model.eval().sequence_logprobs(batch)
+        torch.manual_seed(0)
+        assert not torch.allclose(model.train().sequence_logprobs(batch), want, atol=1e-4)  # dropout 0.1 shows
+        disable_dropout(model)
+        assert torch.allclose(model.train().sequence_logprobs(batch), want, atol=1e-5)

@@ -31,6 +31,9 @@ class FineTuneOptions(options_like(TrainOptions, omit=("eval_every",), batch_siz
 class PreferenceOptions(FineTuneOptions):
     beta: float = option(0.1, "beta: the temperature on log p_target - log p_reference (TRL's default 0.1; the "
                          "paper's group-wise loss uses 1).")
+    disable_dropout: bool = option(True, "Train the policy without dropout (TRL's disable_dropout), as the "
+                                   "reference's log-probs are computed: the first step's loss is then exactly its "
+                                   "value at zero log-ratio (DPO log 2).")
 
     def problems(self) -> list[str]:
         return super().problems() + (["--beta must be > 0"] if not self.beta > 0 else [])

@@ -84,6 +84,18 @@ class HFScorer:
         return distributed.unwrap(model).generate(contexts, DecodeConfig(method="greedy", max_len=max_len))
 
 
+def disable_dropout(model) -> None:
+    """Dropout off in `model` in training mode too (TRL's disable_dropout_in_model, and more): every nn.Dropout's
+    p and every float `*dropout*` attribute (nn.GRU/LSTM's between layers, nn.MultiheadAttention's, the float
+    rates transformers' BART-like layers apply through F.dropout) set to 0. Weights are untouched."""
+    for module in distributed.unwrap(model).modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
 def token_nll(out: ResponseOutput) -> tuple[torch.Tensor, int]:
     """(mean NLL per real response token, number of real tokens)."""
     n = int(out.mask.sum())
@@ -299,6 +311,8 @@ class PreferenceRecipe:
         for triples in (recipe.train, recipe.valid):  # the MLE reference's log-probs, before any step changes it
             triples.ref = torch.stack([sequence_logprobs(scorer, model, triples.contexts, responses, 64, device)
                                        for responses in (triples.chosen, triples.rejected, triples.mismatched)], 1)
+        if getattr(cfg, "disable_dropout", False):  # the policy as the reference was scored: eval mode's forward
+            disable_dropout(model)
         return model.train(), recipe
 
     def describe(self) -> str:
