@@ -170,6 +170,16 @@ def test_lora_and_contrastive_search_on_a_cldg_model_are_one_line(mined_workdir)
     assert result.exit_code == 2 and "contrastive search is for hf: models" in result.output, result.output
 
 
+@pytest.mark.parametrize("option", ["--no-repeat-ngram", "--block-context-ngram"])
+def test_contrastive_search_refuses_the_ngram_blocking_it_does_not_apply(mined_workdir, tmp_path, option):
+    """metrics.json's decode_config would record a blocking that contrastive search never applied: one line."""
+    result = runner.invoke(app, ["evaluate", "--workdir", str(mined_workdir), "--model", f"hf:{tmp_path}",
+                                 "--contrastive-alpha", "0.6", option, "3", "--limit", "2", "--device", "cpu"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{option} and" in result.output or f"and {option}" in result.output
+    assert "not applied by contrastive search" in result.output
+
+
 @pytest.mark.parametrize("command", [["pretrain"], ["evaluate"], ["chat"]])
 def test_a_missing_hf_directory_is_one_line_naming_it(tmp_path, command):
     missing = tmp_path / "no-such-model"

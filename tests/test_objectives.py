@@ -238,3 +238,8 @@ def test_contrastive_search_with_alpha_0_is_greedy_and_otherwise_follows_the_sco
     assert contrastive_search(model, CONTEXTS, k=3, alpha=0.0, max_len=6) == greedy
     penalised = contrastive_search(model, CONTEXTS, k=3, alpha=0.9, max_len=6)
     assert all(len(r) <= 6 for r in penalised) and penalised != greedy
+    # --min-len: EOS cannot end a shorter response (evaluate passes it); with alpha 0 it is greedy's min_new_tokens
+    assert min(len(r) for r in contrastive_search(model, CONTEXTS, k=3, alpha=0.0, max_len=6)) < 4
+    at_least_4 = contrastive_search(model, CONTEXTS, k=3, alpha=0.0, max_len=6, min_len=4)
+    assert all(len(r) >= 4 for r in at_least_4)
+    assert at_least_4 == model.generate_ids(CONTEXTS, DecodeConfig(method="greedy", max_len=6, min_len=4))

@@ -24,8 +24,9 @@ def contrastive_scores(cand_probs: torch.Tensor, cand_hidden: torch.Tensor, prev
 
 @torch.no_grad()
 def contrastive_search(model, contexts: list[list[str]], k: int = 4, alpha: float = 0.6,
-                       max_len: int = 30) -> list[list[int]]:
-    """Response token ids per context (EOS stripped) for an HFDialogueModel."""
+                       max_len: int = 30, min_len: int = 0) -> list[list[int]]:
+    """Response token ids per context (EOS stripped) for an HFDialogueModel; EOS cannot end a response shorter
+    than `min_len` tokens (its probability 0 before the top k are taken, as transformers' min_new_tokens)."""
     from cldg.models.hf import _pad_rows
 
     model.eval()
@@ -61,7 +62,9 @@ def contrastive_search(model, contexts: list[list[str]], k: int = 4, alpha: floa
     logits, hidden = run(seq, seq_mask, rows)
     generated = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_len):
+    for step in range(max_len):
+        if step < min_len:
+            logits[:, model.eos_id] = float("-inf")
         top_p, top_v = F.softmax(logits, -1).topk(k, dim=-1)                           # [B, k]
         cand = torch.cat([seq.repeat_interleave(k, 0), top_v.reshape(-1, 1)], 1)
         cand_mask = torch.cat([seq_mask.repeat_interleave(k, 0), torch.ones_like(top_v.reshape(-1, 1), dtype=torch.bool)], 1)

@@ -44,7 +44,12 @@ def check_config(cfg: Config) -> None:
     problems = cfg.problems() + [msg for bad, msg in ((cfg.limit < 0, "--limit must be >= 0 (0 = all)"),
                                                       (cfg.batch_size < 1, "--batch-size must be at least 1"),
                                                       (not 0 <= cfg.contrastive_alpha <= 1,
-                                                       "--contrastive-alpha must be in [0, 1]")) if bad]
+                                                       "--contrastive-alpha must be in [0, 1]"),
+                                                      (cfg.contrastive_alpha > 0 and bool(cfg.no_repeat_ngram
+                                                                                          or cfg.block_context_ngram),
+                                                       "--no-repeat-ngram and --block-context-ngram are not applied by "
+                                                       "contrastive search (--contrastive-alpha): set them to 0"))
+                if bad]
     if problems:
         raise CldgError(f"evaluate: {problems[0]}")
 
@@ -85,7 +90,8 @@ def hf_generate(model, contexts: list[list[str]], dcfg, contrastive_alpha: float
         return model.generate(contexts, dcfg)
     from cldg.decoding.contrastive_search import contrastive_search
 
-    ids = contrastive_search(model, contexts, k=dcfg.top_k, alpha=contrastive_alpha, max_len=dcfg.max_len)
+    ids = contrastive_search(model, contexts, k=dcfg.top_k, alpha=contrastive_alpha, max_len=dcfg.max_len,
+                             min_len=dcfg.min_len)
     return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
