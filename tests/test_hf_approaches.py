@@ -117,3 +117,31 @@ def test_dpos_first_training_step_is_log_2_with_dropout_disabled(mined_workdir, 
     torch.manual_seed(0)
     loss, _ = recipe.loss(model, next(iter(recipe.batches(0, 0))).to(torch.device("cpu")), 0)
     assert (loss.item() == pytest.approx(math.log(2), abs=1e-5)) == disable
+
+
+def test_a_mined_negative_with_the_pairs_own_text_is_dropped(mined_workdir, prepared_workdir, monkeypatch):
+    """A duplicate response mined as the pair's negative would make chosen == rejected (a zero DPO margin)."""
+    import cldg.data.pairs
+    from cldg.artifacts import ArtifactStore
+    from cldg.training.recipes.pairs import mined_triples
+
+    prepare, samples = prepared_workdir[1].path, ArtifactStore(mined_workdir).latest("samples").path
+    before = mined_triples(prepare, samples, "train", 0, 1, 3)
+    read = cldg.data.pairs.read_pairs
+
+    def half_the_same(path):  # every even pair answers "same": their negatives among them repeat the pair's text
+        t = read(path)
+        t.response = ["same" if p % 2 == 0 else r for p, r in zip(t.pair_id, t.response)]
+        return t
+
+    monkeypatch.setattr(cldg.data.pairs, "read_pairs", half_the_same)
+    after = mined_triples(prepare, samples, "train", 0, 1, 3)
+    assert all(c != r for c, r in zip(after.chosen, after.rejected))
+    assert 0 < len(after) < len(before)
+
+
+def test_kto_on_a_single_pair_is_one_clean_error(mined_workdir):
+    from cldg.errors import CldgError
+
+    with pytest.raises(CldgError, match=r"^KTO: 1 train pair .* need at least 2$"):
+        setup_recipe(mined_workdir, "kto", max_train_pairs=1)

@@ -261,7 +261,7 @@ class Triples:
 
 def mined_triples(prepare_dir, samples_dir, split: str, max_pairs: int, seed: int, max_context_turns: int) -> Triples:
     """The pairs of `split` that have a response-side negative (the worst matched, rank 0: same context, so a DPO
-    pair), each with the response of a seeded random other pair as its mismatched response."""
+    pair) whose text is not the pair's own response (a duplicate response elsewhere in the data), each with the response of a seeded random other pair as its mismatched response."""
     from pathlib import Path
 
     from cldg.data.pairs import read_pairs
@@ -275,9 +275,11 @@ def mined_triples(prepare_dir, samples_dir, split: str, max_pairs: int, seed: in
         contexts.update(zip(t.pair_id, t.context))
         responses.update(zip(t.pair_id, t.response))
     groups = build_groups(read_samples(Path(samples_dir)), split, GroupOptions(k=1, response_side_only=True))
-    rows = [g for g in range(len(groups)) if groups.neg_resp[g, 0] >= 0]
+    rows = [g for g in range(len(groups)) if groups.neg_resp[g, 0] >= 0
+            and responses[int(groups.neg_resp[g, 0])] != responses[int(groups.pair_ids[g])]]  # not its own text
     if not rows:
-        raise CldgError(f"{samples_dir}: no {split} pair has a mined response-side negative")
+        raise CldgError(f"{samples_dir}: no {split} pair has a mined response-side negative (other than its own "
+                        f"response's text)")
     rng = random.Random(seed)
     if max_pairs and len(rows) > max_pairs:
         rows = sorted(rng.sample(rows, max_pairs))
@@ -308,6 +310,12 @@ class PreferenceRecipe:
                                                limits.max_context_turns))
         recipe = cls(scorer, split("train", cfg.max_train_pairs), split("valid", cfg.max_valid_pairs),
                      cfg.batch_size, seed, device, cfg)
+        for name, triples in (("train", recipe.train), ("valid", recipe.valid)):
+            if cls.uses_mismatched and len(triples) < 2:
+                from cldg.errors import CldgError
+
+                raise CldgError(f"{cls.__name__.removesuffix('Recipe')}: {len(triples)} {name} pair with a mined "
+                                f"negative; its mismatched pairs (another pair's response) need at least 2")
         for triples in (recipe.train, recipe.valid):  # the MLE reference's log-probs, before any step changes it
             triples.ref = torch.stack([sequence_logprobs(scorer, model, triples.contexts, responses, 64, device)
                                        for responses in (triples.chosen, triples.rejected, triples.mismatched)], 1)
