@@ -70,6 +70,25 @@ def test_simctg_states_are_the_input_of_the_output_layer(mined_workdir):
         assert torch.allclose(model.out(out.hidden), out.logits, atol=1e-5)
 
 
+def test_simctg_states_in_training_are_taken_before_the_output_dropout(mined_workdir):
+    """seq2seq/HRED/HRAN apply dropout to the state that feeds `out`: in training SimCTG's margin must see the
+    state, not dropout's zeros (and the logits must stay what the model computes)."""
+    model, recipe = setup_recipe(mined_workdir, "simctg")
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    batch = next(iter(recipe.batches(0, 0)))
+    with torch.no_grad():
+        torch.manual_seed(3)
+        out = recipe.scorer.output(model, batch.inputs, hidden=True)
+        torch.manual_seed(3)
+        plain = recipe.scorer.output(model, batch.inputs)
+        assert torch.equal(out.logits, plain.logits)  # the hooks change nothing the model computes
+        states = out.hidden[out.mask]
+        assert states.numel() and int((states == 0).sum()) == 0  # tanh states: dropout's zeros would show
+
+
 def test_every_objective_trains_from_the_reference_and_evaluate_takes_it(mined_workdir):
     from cldg.artifacts import ArtifactStore
     from cldg.models import load_model

@@ -42,15 +42,31 @@ class NativeScorer:
         from cldg.text.tokenizer import PAD
 
         states: list[torch.Tensor] = []
-        out_layer = distributed.unwrap(model).out  # every cldg model ends in `out`: its input is the last state
-        hook = out_layer.register_forward_hook(lambda m, args, out: states.append(args[0])) if hidden else None
+        hooks = self.state_hooks(distributed.unwrap(model), states) if hidden else []
         try:
             logits = model(batch)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         targets = batch.response_out
         return ResponseOutput(logits, targets, targets.ne(PAD), states[-1] if states else None)
+
+    @staticmethod
+    def state_hooks(model, states: list[torch.Tensor]) -> list:
+        """Hooks that put the last layer's states into `states`: the input of the output layer `out` (every cldg
+        model ends in it), or, when that input is a dropout's output (seq2seq, HRED, HRAN), the dropout's input,
+        so that SimCTG's margin never sees the zeros of dropout in training. Outputs and weights are unchanged."""
+        last: list[tuple[torch.Tensor, torch.Tensor]] = []  # (output, input) of the latest dropout call
+
+        def on_dropout(module, args, out):
+            last[:] = [(out, args[0])]
+
+        def on_out(module, args, out):
+            x = args[0]
+            states.append(last[0][1] if last and last[0][0] is x else x)
+
+        drops = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+        return [m.register_forward_hook(on_dropout) for m in drops] + [model.out.register_forward_hook(on_out)]
 
     @torch.no_grad()
     def generate(self, model, contexts: list[list[str]], max_len: int) -> list[str]:
