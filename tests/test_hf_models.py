@@ -294,3 +294,49 @@ def test_disable_dropout_makes_training_mode_compute_what_eval_mode_does(kind, g
         assert not torch.allclose(model.train().sequence_logprobs(batch), want, atol=1e-4)  # dropout 0.1 shows
         disable_dropout(model)
         assert torch.allclose(model.train().sequence_logprobs(batch), want, atol=1e-5)
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config(gpt2_dir, tmp_path):
+    """A chat model's generation_config.json lists several EOS ids: any of them ends the response."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from cldg.decoding.search import DecodeConfig
+    from cldg.models.hf import load_hf_model
+
+    cfg = DecodeConfig(method="greedy", max_len=6, min_len=0)
+    plain = load_hf_model(f"hf:{gpt2_dir}").generate_ids(CONTEXTS, cfg)
+    row = next(r for r in plain if len(r) > 1)
+    stop = row[1]  # a token greedy decoding emits second
+    path = tmp_path / "two-eos"
+    shutil.copytree(gpt2_dir, path)
+    GenerationConfig(bos_token_id=BOS, eos_token_id=[EOS, stop], pad_token_id=PAD).save_pretrained(path)
+    model = load_hf_model(f"hf:{path}")
+    assert model.eos_ids == [EOS, stop]
+    assert model.generate_ids(CONTEXTS, cfg) == [r[:r.index(stop)] if stop in r else r for r in plain]
+
+
+def test_a_chat_templates_end_of_turn_ends_generation_and_a_leading_assistant_turn_is_dropped(gpt2_dir, tmp_path):
+    """The template's end of turn (here <unk>, after each message) is a stop id; a template that refuses a first
+    assistant turn (Mistral's, Gemma's: roles must alternate from the user) gets the context without it."""
+    import shutil
+
+    from cldg.models.hf import load_hf_model
+
+    path = tmp_path / "chat"
+    shutil.copytree(gpt2_dir, path)
+    tok = make_tokenizer(template=False)
+    tok.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must "
+                         "alternate user/assistant/user/assistant/...') }}{% endif %}"
+                         "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} <unk> {% endfor %}"
+                         "{% if add_generation_prompt %}<s> assistant {% endif %}")
+    tok.save_pretrained(path)
+    model = load_hf_model(f"hf:{path}")
+    assert model.eos_ids == [EOS, 3]  # </s>, then <unk>: the template's end of turn
+    ctx = ["hello there", "i am fine thanks and you"]  # even: the first turn is the assistant's
+    assert model.tokenizer.convert_ids_to_tokens(model.encode_context(ctx)) == [
+        "<s>", "user", "i", "am", "fine", "thanks", "and", "you", "<unk>", "<s>", "assistant"]
+    assert model.tokenizer.convert_ids_to_tokens(model.encode_response(ctx, "see you later")) == [
+        "see", "you", "later", "<unk>"]
+    assert all(3 not in r and EOS not in r for r in model.generate_ids(CONTEXTS, None))

@@ -59,12 +59,13 @@ def contrastive_search(model, contexts: list[list[str]], k: int = 4, alpha: floa
             return out.logits[:, -1].float(), out.hidden_states[-1].float()
 
     rows = torch.arange(B, device=device)
+    stops = list(getattr(model, "eos_ids", [model.eos_id]))  # EOS, the generation config's, the end of turn
     logits, hidden = run(seq, seq_mask, rows)
     generated = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_len):
         if step < min_len:
-            logits[:, model.eos_id] = float("-inf")
+            logits[:, stops] = float("-inf")
         top_p, top_v = F.softmax(logits, -1).topk(k, dim=-1)                           # [B, k]
         cand = torch.cat([seq.repeat_interleave(k, 0), top_v.reshape(-1, 1)], 1)
         cand_mask = torch.cat([seq_mask.repeat_interleave(k, 0), torch.ones_like(top_v.reshape(-1, 1), dtype=torch.bool)], 1)
@@ -74,7 +75,7 @@ def contrastive_search(model, contexts: list[list[str]], k: int = 4, alpha: floa
         seq, seq_mask, logits, hidden = cand[pick], cand_mask[pick], c_logits[pick], c_hidden[pick]
         for b, token in enumerate(seq[:, -1].tolist()):
             if not done[b]:
-                if token == model.eos_id:
+                if token in stops:
                     done[b] = True
                 else:
                     generated[b].append(token)

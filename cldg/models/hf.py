@@ -138,6 +138,23 @@ class HFDialogueModel(nn.Module):
             raise CldgError(f"{path}: the tokenizer has no EOS token (cldg ends every response with it)")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.chat_template = getattr(tokenizer, "chat_template", None) if not self.is_encoder_decoder else None
+        self.eos_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        """The ids that end a response: EOS, the generation config's EOS ids (a chat model's several) and the chat
+        template's end of turn (what follows the assistant's content: <|im_end|>, <|eot_id|>, <end_of_turn>)."""
+        saved = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
+        ids = [self.eos_id] + ([saved] if isinstance(saved, int) else list(saved or []))
+        if self.chat_template:
+            try:
+                messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+                prompt = self._render(messages[:1], True)
+                full = self._render(messages, False)
+                after = full[len(prompt):].split("hello", 1)[1] if full.startswith(prompt) else ""
+                ids += [i for i in self._ids(after) if self.tokenizer.decode([i]).strip()][:1]
+            except Exception:  # a template that cannot render this: EOS and the generation config's only
+                pass
+        return list(dict.fromkeys(int(i) for i in ids))
 
     @property
     def device(self) -> torch.device:
@@ -188,6 +205,16 @@ class HFDialogueModel(nn.Module):
         n = len(turns)
         return [{"role": "user" if (n - 1 - i) % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
 
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        """The chat template's text; a context whose first turn is the assistant's (an even number of turns) that
+        the template refuses (Mistral's, Gemma's: roles must alternate from the user) loses that first turn."""
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as err:
+            if messages and messages[0]["role"] == "assistant":
+                return self._render(messages[1:], generation_prompt)
+            raise CldgError(f"{self.name}: its chat template refuses the context: {_one_line(err)}") from None
+
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -196,8 +223,7 @@ class HFDialogueModel(nn.Module):
         if self.is_encoder_decoder:
             ids = self.tokenizer(self.tokenizer.eos_token.join(turns))["input_ids"]
         elif self.chat_template:
-            ids = self._ids(self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False,
-                                                                add_generation_prompt=True))
+            ids = self._ids(self._render(self._messages(turns), True))
         else:
             ids = [i for t in turns for i in self._ids(t) + [self.eos_id]]
         ids = ids[-self.max_context_tokens:]
@@ -210,9 +236,8 @@ class HFDialogueModel(nn.Module):
             ids = ids if ids and ids[-1] == self.eos_id else ids + [self.eos_id]
         elif self.chat_template:
             messages = self._messages(turns)
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
-                                                      tokenize=False)
+            prompt = self._render(messages, True)
+            full = self._render(messages + [{"role": "assistant", "content": response}], False)
             ids = self._ids(full[len(prompt):]) if full.startswith(prompt) else self._ids(response) + [self.eos_id]
         else:
             ids = self._ids(response) + [self.eos_id]
@@ -308,7 +333,7 @@ class HFDialogueModel(nn.Module):
         anyway (`clean_generation_config`). length_penalty is transformers' own (beam score / length**alpha), not
         the GNMT penalty of cldg's models."""
         kw: dict[str, Any] = {"max_new_tokens": cfg.max_len, "min_new_tokens": cfg.min_len,
-                              "use_cache": True, "pad_token_id": self.pad_id, "eos_token_id": self.eos_id,
+                              "use_cache": True, "pad_token_id": self.pad_id, "eos_token_id": self.eos_ids,
                               "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
                               "no_repeat_ngram_size": cfg.no_repeat_ngram, "num_return_sequences": 1,
                               "length_penalty": 1.0, "early_stopping": False, "renormalize_logits": False,
@@ -360,8 +385,8 @@ class HFDialogueModel(nn.Module):
         out = out[:, 1:] if self.is_encoder_decoder else out[:, ids.size(1):]
         result = []
         for row in out.tolist():
-            row = row[:row.index(self.eos_id)] if self.eos_id in row else row
-            result.append(row)
+            ends = [k for k, token in enumerate(row) if token in self.eos_ids]
+            result.append(row[:ends[0]] if ends else row)
         return result
 
     def generate(self, contexts: list[list[str]], cfg=None) -> list[str]:
