@@ -336,16 +336,15 @@ class HFDialogueModel(nn.Module):
                               "use_cache": True, "pad_token_id": self.pad_id, "eos_token_id": self.eos_ids,
                               "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
                               "no_repeat_ngram_size": cfg.no_repeat_ngram, "num_return_sequences": 1,
-                              "length_penalty": 1.0, "early_stopping": False, "renormalize_logits": False,
-                              "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
-                              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
-        if cfg.method in ("greedy", "beam"):
+                              "length_penalty": 1.0, "early_stopping": False, "renormalize_logits": False}
+        if cfg.method in ("greedy", "beam"):  # no sampling argument: transformers flags them with do_sample off
             kw.update(do_sample=False, num_beams=cfg.beam_size if cfg.method == "beam" else 1)
             if cfg.method == "beam":
                 kw["length_penalty"] = cfg.length_penalty
         elif cfg.method in ("topk", "nucleus"):
-            kw.update(do_sample=True, temperature=cfg.temperature, num_beams=1,
-                      top_k=cfg.top_k if cfg.method == "topk" else 0, top_p=cfg.top_p if cfg.method == "nucleus" else 1.0)
+            kw.update(do_sample=True, temperature=cfg.temperature, num_beams=1, typical_p=1.0, epsilon_cutoff=0.0,
+                      eta_cutoff=0.0, top_k=cfg.top_k if cfg.method == "topk" else 0,
+                      top_p=cfg.top_p if cfg.method == "nucleus" else 1.0)
         else:
             raise CldgError(f"decoding {cfg.method!r}: not available for {self.name} (greedy, beam, topk, nucleus)")
         if cfg.block_context_ngram and not self.is_encoder_decoder:
