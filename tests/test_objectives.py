@@ -9,8 +9,12 @@ import math
 import pytest
 import torch
 
-from cldg.training.objectives import (bco_pair_loss, ct_loss, dpo_loss, kto_loss, repeated_ngram_mask, simctg_loss,
-                                      unlikelihood_sequence_loss, unlikelihood_token_loss)
+import torch.nn.functional as F
+
+from cldg.training import objectives
+from cldg.training.objectives import (bco_pair_loss, ct_loss, dpo_loss, earlier_candidates, kto_loss,
+                                      repeated_ngram_mask, simctg_loss, unlikelihood_sequence_loss,
+                                      unlikelihood_token_loss)
 
 
 def sig(x: float) -> float:
@@ -115,6 +119,64 @@ def test_ct_equals_its_transcription(window):
     for seed in range(3):
         case = random_case(seed)
         assert ct_loss(*case, window=window).item() == pytest.approx(transcribe_ct(*case, window), rel=1e-6)
+
+
+def seen_before_onehot(targets, mask, vocab, window=None):
+    """The one-hot implementation the candidate sets replaced (issue 16 review): [B, T, V] bool."""
+    onehot = F.one_hot(targets, vocab).to(torch.float32) * mask.unsqueeze(-1)
+    counts = onehot.cumsum(1) - onehot
+    if window is not None:
+        shifted = torch.zeros_like(counts)
+        if window + 1 < counts.size(1):
+            shifted[:, window + 1:] = onehot.cumsum(1)[:, :-(window + 1)]
+        counts = counts - shifted
+    return (counts > 0.5) & ~F.one_hot(targets, vocab).bool()
+
+
+def ul_onehot(lprobs, targets, mask):
+    cands = seen_before_onehot(targets, mask, lprobs.size(-1))
+    per_token = -torch.where(cands, objectives.log_one_minus_exp(lprobs.float()), torch.zeros(())).sum(-1)
+    return torch.where(mask, per_token, torch.zeros(())).sum() / mask.sum()
+
+
+def ct_onehot(lprobs, targets, mask, window=None):
+    lprobs = lprobs.float()
+    diff = (lprobs - lprobs.gather(-1, targets.unsqueeze(-1))).masked_fill(
+        ~seen_before_onehot(targets, mask, lprobs.size(-1), window), float("-inf"))
+    per_token = torch.logsumexp(torch.cat([torch.zeros_like(diff[..., :1]), diff], -1), -1)
+    return torch.where(mask, per_token, torch.zeros(())).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("window", [None, 0, 1, 3, 20])
+def test_candidate_sets_and_losses_equal_the_one_hot_implementation(window):
+    # random targets with many repeats (V = 4), padding in the middle of rows too, and a wider vocabulary row
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        B, T, V = 4, 11, 4 + 40 * (seed % 2)
+        lprobs = torch.log_softmax(torch.randn(B, T, V, generator=g) * 3, -1)
+        targets = torch.randint(0, min(V, 4 + seed), (B, T), generator=g)
+        mask = torch.rand(B, T, generator=g) > 0.25
+        cands = earlier_candidates(targets, mask, window)
+        as_vocab = torch.zeros(B, T, V, dtype=torch.long).scatter_add_(
+            -1, targets.unsqueeze(1).expand(-1, T, -1), cands.long()) > 0
+        assert torch.equal(as_vocab, seen_before_onehot(targets, mask, V, window))
+        assert int(cands.sum()) == int(seen_before_onehot(targets, mask, V, window).sum())  # each id once
+        torch.testing.assert_close(ct_loss(lprobs, targets, mask, window), ct_onehot(lprobs, targets, mask, window),
+                                   rtol=1e-6, atol=1e-7)
+        if window is None:
+            torch.testing.assert_close(unlikelihood_token_loss(lprobs, targets, mask),
+                                       ul_onehot(lprobs, targets, mask), rtol=1e-6, atol=1e-7)
+
+
+def test_unlikelihood_and_ct_build_no_vocabulary_one_hots(monkeypatch):
+    # GPT-2's vocabulary at B = 32, T = 64 made the [B, T, V] int64/float32 one-hots and cumsums several GB
+    def refuse(*args, **kwargs):
+        raise AssertionError("a [B, T, V] one-hot")
+    monkeypatch.setattr(objectives.F, "one_hot", refuse)
+    monkeypatch.setattr(torch.Tensor, "cumsum", refuse)
+    case = random_case(0)
+    assert unlikelihood_token_loss(*case).item() == pytest.approx(transcribe_token_ul(*case), rel=1e-6)
+    assert ct_loss(*case, window=2).item() == pytest.approx(transcribe_ct(*case, 2), rel=1e-6)
 
 
 # -- SimCTG ----------------------------------------------------------------------------------------------------

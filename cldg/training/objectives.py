@@ -32,16 +32,25 @@ import torch.nn.functional as F
 # -- token level --------------------------------------------------------------------------------------------
 
 
-def _seen_before(targets: torch.Tensor, mask: torch.Tensor, vocab: int, window: int | None = None) -> torch.Tensor:
-    """[B, T, V] bool: token v occurs at a real position j with t - window <= j < t (any j < t when window is None)."""
-    onehot = F.one_hot(targets, vocab).to(torch.float32) * mask.unsqueeze(-1)
-    counts = onehot.cumsum(1) - onehot          # occurrences at positions < t
+def earlier_candidates(targets: torch.Tensor, mask: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """[B, T, T] bool, True at (b, t, j) when targets[b, j] is a candidate of step t: j a real position with
+    t - window <= j < t (any j < t when window is None), targets[b, j] != targets[b, t], and j the last such
+    position holding its id (each distinct id counted once). Indices, not one-hots: no [B, T, V] tensor."""
+    T = targets.size(1)
+    pos = torch.arange(T, device=targets.device)
+    same = targets.unsqueeze(2) == targets.unsqueeze(1)                        # [B, j, k]
+    later = same & mask.unsqueeze(1) & (pos.view(1, 1, T) > pos.view(1, T, 1))  # k > j real with the same id
+    next_same = torch.where(later, pos.view(1, 1, T), pos.new_tensor(T)).amin(-1)  # [B, j]
+    step, j = pos.view(1, T, 1), pos.view(1, 1, T)
+    cands = (j < step) & (next_same.unsqueeze(1) >= step) & mask.unsqueeze(1)  # last occurrence before t
     if window is not None:
-        shifted = torch.zeros_like(counts)
-        if window + 1 < counts.size(1):  # occurrences at positions < t - window
-            shifted[:, window + 1:] = onehot.cumsum(1)[:, :-(window + 1)]
-        counts = counts - shifted
-    return counts > 0.5
+        cands &= j >= step - window
+    return cands & ~same                                                       # same[b, t, j]: y_j == y_t
+
+
+def _candidate_lprobs(lprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, T, T]: lprobs[b, t, targets[b, j]]."""
+    return lprobs.gather(-1, targets.unsqueeze(1).expand(-1, targets.size(1), -1))
 
 
 def _per_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,9 +66,9 @@ def unlikelihood_token_loss(lprobs: torch.Tensor, targets: torch.Tensor, mask: t
     """Token-level unlikelihood: mean over real tokens of -sum_{c in C_t} log(1 - p(c | y_<t))."""
     mask = mask.bool()
     lprobs = lprobs.float()
-    cands = _seen_before(targets, mask, lprobs.size(-1))
-    cands &= ~F.one_hot(targets, lprobs.size(-1)).bool()
-    per_token = -torch.where(cands, log_one_minus_exp(lprobs), torch.zeros_like(lprobs)).sum(-1)
+    cands = earlier_candidates(targets, mask)
+    cand_lp = _candidate_lprobs(lprobs, targets)
+    per_token = -torch.where(cands, log_one_minus_exp(cand_lp), torch.zeros_like(cand_lp)).sum(-1)
     return _per_token_mean(per_token, mask)
 
 
@@ -91,8 +100,8 @@ def ct_loss(lprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, win
     """Contrastive token loss: mean over real tokens of log(1 + sum_{v in S_t} exp(z_v - z_{y_t}))."""
     mask = mask.bool()
     lprobs = lprobs.float()
-    negs = _seen_before(targets, mask, lprobs.size(-1), window) & ~F.one_hot(targets, lprobs.size(-1)).bool()
-    diff = lprobs - lprobs.gather(-1, targets.unsqueeze(-1))                     # z_v - z_{y_t}
+    negs = earlier_candidates(targets, mask, window)
+    diff = _candidate_lprobs(lprobs, targets) - lprobs.gather(-1, targets.unsqueeze(-1))  # z_v - z_{y_t}
     diff = diff.masked_fill(~negs, float("-inf"))
     zero = torch.zeros_like(diff[..., :1])
     per_token = torch.logsumexp(torch.cat([zero, diff], -1), -1)               # log(1 + sum exp), stable
