@@ -133,6 +133,25 @@ def test_sequence_logprobs_carry_the_gradient(gpt2_dir):
     assert model.hf.transformer.wte.weight.grad is not None and model.hf.transformer.wte.weight.grad.abs().sum() > 0
 
 
+def test_a_causal_model_computes_the_logits_of_the_response_window_only(gpt2_dir):
+    # logits_to_keep = T + 1: the prompt's logits ([B, P + T, V] before) are never computed; same numbers
+    from cldg.models.hf import load_hf_model
+
+    model = load_hf_model(f"hf:{gpt2_dir}").eval()
+    batch = model.make_batch(CONTEXTS, RESPONSES)
+    shapes = []
+    model.hf.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.logits.shape)))
+    with torch.no_grad():
+        got = model.sequence_logprobs(batch)
+        full = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
+                        position_ids=batch.position_ids, use_cache=False).logits
+    T = batch.targets.size(1)
+    assert shapes[0][1] == T + 1 < batch.input_ids.size(1)
+    logp = torch.log_softmax(full[:, batch.prompt_len - 1:batch.prompt_len - 1 + T].float(), -1)
+    want = (logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1) * batch.target_mask).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def greedy_by_hand(raw, tok, context, steps: int, seq2seq: bool) -> list[int]:
     """Argmax one token at a time, the whole sequence re-run each step (no cache, no padding)."""
     if seq2seq:

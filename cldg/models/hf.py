@@ -26,6 +26,7 @@ with its adapters disabled is the reference: `reference_logprobs` needs no secon
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,12 +273,19 @@ class HFDialogueModel(nn.Module):
                 logits = out.logits
                 states = out.decoder_hidden_states[-1] if hidden else None
             else:
+                keep = {"logits_to_keep": batch.targets.size(1) + 1} if self._keeps_logits() else {}
                 out = self.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
-                              position_ids=batch.position_ids, output_hidden_states=hidden, use_cache=False)
+                              position_ids=batch.position_ids, output_hidden_states=hidden, use_cache=False, **keep)
                 window = slice(batch.prompt_len - 1, batch.prompt_len - 1 + batch.targets.size(1))
-                logits = out.logits[:, window]
+                logits = out.logits[:, :-1] if keep else out.logits[:, window]  # the last T + 1 positions
                 states = out.hidden_states[-1][:, window] if hidden else None
         return ResponseOutput(logits, batch.targets, batch.target_mask, states)
+
+    def _keeps_logits(self) -> bool:
+        """Whether the causal model's forward takes logits_to_keep (transformers >= 4.50's LMs): the logits of the
+        response window only, not of the whole prompt + response ([B, P + T, V] then sliced)."""
+        base = self.hf.get_base_model() if hasattr(self.hf, "get_base_model") else self.hf
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def forward(self, batch: HFBatch) -> torch.Tensor:
         """Logits [B, T, V] at the response positions (teacher forcing), as DialogueModel.forward."""
