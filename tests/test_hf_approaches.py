@@ -61,6 +61,36 @@ def test_before_any_step_the_preference_losses_take_their_value_at_zero_log_rati
     assert len(triples) and triples.ref.shape == (len(triples), 3)
 
 
+@pytest.mark.parametrize("name, options", [("unlikelihood", {"alpha": 2.5}), ("ct", {"alpha": 0.7, "window": 3}),
+                                           ("simctg", {"margin": 0.9})])
+def test_ul_ct_simctgs_valid_criterion_is_their_objective_not_the_nll(mined_workdir, name, options):
+    # NLL alone favoured the checkpoint closest to the MLE reference (issue 16 review 3)
+    import torch.nn.functional as F
+
+    from cldg.training import objectives
+    from cldg.training.recipes.pairs import token_nll
+
+    model, recipe = setup_recipe(mined_workdir, name, max_valid_pairs=12, batch_size=5, **options)
+    model.eval()
+    nll_sum, term_sum, tokens = 0.0, 0.0, 0
+    with torch.no_grad():
+        figures = recipe.validate(model)
+        contexts, responses = recipe.valid
+        for i in range(0, len(contexts), 5):
+            out = recipe.scorer.output(model, recipe.scorer.batch(contexts[i:i + 5], responses[i:i + 5]), hidden=True)
+            nll, n = token_nll(out)
+            lprobs = F.log_softmax(out.logits.float(), -1)
+            term = {"unlikelihood": lambda: objectives.unlikelihood_token_loss(lprobs, out.targets, out.mask),
+                    "ct": lambda: objectives.ct_loss(lprobs, out.targets, out.mask, 3),
+                    "simctg": lambda: objectives.simctg_loss(out.hidden, out.mask, 0.9)}[name]()
+            nll_sum, term_sum, tokens = nll_sum + nll.item() * n, term_sum + term.item() * n, tokens + n
+    weight = options.get("alpha", 1.0)
+    assert len(contexts) == 12 and term_sum > 0
+    assert figures["nll"] == pytest.approx(nll_sum / tokens, rel=1e-5)
+    assert figures["criterion"] == pytest.approx((nll_sum + weight * term_sum) / tokens, rel=1e-5)
+    assert figures["criterion"] > figures["nll"] + 1e-3
+
+
 def test_simctg_states_are_the_input_of_the_output_layer(mined_workdir):
     model, recipe = setup_recipe(mined_workdir, "simctg")
     model.eval()

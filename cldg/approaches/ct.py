@@ -10,7 +10,8 @@ from cldg.config import option
 
 @dataclass
 class CTOptions(FineTuneOptions):
-    alpha: float = option(1.0, "Weight of the contrastive token term (Jiang et al.: 1).")
+    alpha: float = option(1.0, "Weight of the contrastive token term (Jiang et al.: 1); the best checkpoint "
+                           "has the lowest NLL + alpha x term on the valid pairs.")
     window: int = option(0, "Negatives: the distinct tokens among this many preceding ones (0: all of them).")
 
     def problems(self) -> list[str]:

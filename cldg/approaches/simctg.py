@@ -11,7 +11,8 @@ from cldg.config import option
 @dataclass
 class SimCTGOptions(FineTuneOptions):
     margin: float = option(0.5, "rho, the margin between a state's similarity to itself and to the other states "
-                           "(Su et al.: 0.5).")
+                           "(Su et al.: 0.5). The best checkpoint has the lowest NLL + margin loss on the valid "
+                           "pairs.")
 
     def problems(self) -> list[str]:
         return super().problems() + (["--margin must be in [0, 2]"] if not 0 <= self.margin <= 2 else [])

@@ -10,7 +10,8 @@ from cldg.config import option
 
 @dataclass
 class UnlikelihoodOptions(FineTuneOptions):
-    alpha: float = option(1.0, "Weight of the token-level unlikelihood term (Welleck et al.: 1).")
+    alpha: float = option(1.0, "Weight of the token-level unlikelihood term (Welleck et al.: 1); the best "
+                           "checkpoint has the lowest NLL + alpha x term on the valid pairs.")
     sequence_level_rate: float = option(0.0, "Share of steps that apply the sequence-level loss instead, on the "
                                         "model's own greedy responses (Welleck et al. fine-tune with 0.5; 0: token "
                                         "level only).")

@@ -6,8 +6,9 @@ tokenizer and the reference's limits for cldg models, the model's own tokenizer 
 `output(model, batch, hidden)` gives a `ResponseOutput` (logits, targets, mask and, for SimCTG, the last layer's
 states at the response positions). The recipes apply the functions of cldg/training/objectives.py to it.
 
-- `PairsRecipe`: MLE on pairs (pretrain of an `hf:` model; the base of unlikelihood, CT and SimCTG, whose `loss`
-  adds their term). Validation: the mean token NLL of the valid pairs.
+- `PairsRecipe`: MLE on pairs (pretrain of an `hf:` model; the base of unlikelihood, CT and SimCTG, which define
+  `term`, added to the NLL with `term_weight`). Validation: the mean token NLL of the valid pairs; with a term, the
+  criterion is the objective NLL + weight x term on them (the NLL logged beside it).
 - `PreferenceRecipe`: batches of (pair, mined negative[, mismatched pair]) with the frozen reference's log p(r|c),
   computed once in `setup` (the MLE reference is the model before training starts; no second copy is kept).
   DPO, BCO and KTO define `objective`. Validation: the objective on the valid triples.
@@ -208,24 +209,48 @@ class PairsRecipe:
             batch_contexts = [contexts[r] for r in rows]
             yield PairBatch(self.scorer.batch(batch_contexts, [responses[r] for r in rows]), batch_contexts)
 
+    term_name: str | None = None  # the objective's term added to the NLL (UL, CT, SimCTG); None: MLE alone
+    term_hidden = False           # whether the term needs the last layer's states
+
+    def term(self, out: ResponseOutput) -> torch.Tensor:
+        """The unweighted term the objective adds to the NLL, on one batch's output."""
+        raise NotImplementedError
+
+    def term_weight(self) -> float:
+        return 1.0
+
     def loss(self, model, batch: PairBatch, step: int):
-        nll, n = token_nll(self.scorer.output(model, batch.inputs))
-        return nll, {"tokens": n, "nll": nll.item()}
+        out = self.scorer.output(model, batch.inputs, hidden=self.term_hidden)
+        nll, n = token_nll(out)
+        if self.term_name is None:
+            return nll, {"tokens": n, "nll": nll.item()}
+        term = self.term(out)
+        return nll + self.term_weight() * term, {"tokens": n, "nll": nll.item(), self.term_name: term.item()}
 
     def validate(self, model) -> dict[str, float]:
+        """The mean token NLL of the valid pairs and, for UL, CT and SimCTG, their term (each batch's weighted by its
+        tokens); the criterion is the training objective, NLL + weight x term (NLL alone would favour the
+        checkpoint closest to the MLE reference)."""
         from cldg.training.evaluation import perplexity
 
-        total, tokens = 0.0, 0
+        total, term_total, tokens = 0.0, 0.0, 0
         contexts, responses = self.valid
         for i in range(0, len(contexts), self.batch_size):
             batch = self.scorer.batch(contexts[i:i + self.batch_size], responses[i:i + self.batch_size]).to(self.device)
-            nll, n = token_nll(self.scorer.output(model, batch))
+            out = self.scorer.output(model, batch, hidden=self.term_hidden)
+            nll, n = token_nll(out)
             total, tokens = total + nll.item() * n, tokens + n
+            if self.term_name is not None:
+                term_total += self.term(out).item() * n
         nll = total / max(tokens, 1)
-        return {"criterion": nll, "nll": nll, "ppl": perplexity(nll)}
+        if self.term_name is None:
+            return {"criterion": nll, "nll": nll, "ppl": perplexity(nll)}
+        term = term_total / max(tokens, 1)
+        return {"criterion": nll + self.term_weight() * term, "nll": nll, "ppl": perplexity(nll), self.term_name: term}
 
     def finish(self, model, summary: dict):
-        return distributed.unwrap(model), {"best_valid_nll": summary["best_criterion"]}
+        key = "best_valid_nll" if self.term_name is None else "best_valid_objective"
+        return distributed.unwrap(model), {key: summary["best_criterion"]}
 
 
 # -- (pair, mined negative) with the reference's log-probs ----------------------------------------------------------

@@ -3,7 +3,8 @@
 Token level (every step): NLL + alpha x the unlikelihood of the earlier tokens of the same response
 (objectives.unlikelihood_token_loss). Sequence level (--sequence-level-rate p: a seeded share p of the steps, Welleck
 et al.'s 0.5 mix): the model answers the batch's contexts greedily, and the tokens of its repeated n-grams are made
-unlikely (objectives.unlikelihood_sequence_loss).
+unlikely (objectives.unlikelihood_sequence_loss). The best checkpoint is the one with the lowest token-level
+objective, NLL + alpha x unlikelihood, on the valid pairs (PairsRecipe.validate).
 """
 from __future__ import annotations
 
@@ -11,20 +12,25 @@ import random
 
 import torch.nn.functional as F
 
+from cldg.models.hf import ResponseOutput
 from cldg.training.objectives import unlikelihood_sequence_loss, unlikelihood_token_loss
-from cldg.training.recipes.pairs import PairBatch, PairsRecipe, token_nll
+from cldg.training.recipes.pairs import PairBatch, PairsRecipe
 
 
 class UnlikelihoodRecipe(PairsRecipe):
     progress_keys = ("ul",)
+    term_name = "ul"
+
+    def term(self, out: ResponseOutput):
+        return unlikelihood_token_loss(F.log_softmax(out.logits.float(), -1), out.targets, out.mask)
+
+    def term_weight(self) -> float:
+        return self.cfg.alpha
 
     def loss(self, model, batch: PairBatch, step: int):
         if self.sequence_level_step(step):
             return self.sequence_level_loss(model, batch)
-        out = self.scorer.output(model, batch.inputs)
-        nll, n = token_nll(out)
-        ul = unlikelihood_token_loss(F.log_softmax(out.logits.float(), -1), out.targets, out.mask)
-        return nll + self.cfg.alpha * ul, {"tokens": n, "nll": nll.item(), "ul": ul.item()}
+        return super().loss(model, batch, step)
 
     def sequence_level_step(self, step: int) -> bool:
         """Whether step `step` applies the sequence-level loss (a function of (seed, step): a resume repeats it)."""
