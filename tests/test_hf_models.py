@@ -152,6 +152,34 @@ def test_a_causal_model_computes_the_logits_of_the_response_window_only(gpt2_dir
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_sequence_level_unlikelihood_penalises_the_generated_ids_themselves(gpt2_dir):
+    # before: the greedy ids were decoded, tokenized again and given an EOS even where max_len cut them
+    from types import SimpleNamespace
+
+    from cldg.decoding.search import DecodeConfig
+    from cldg.models.hf import load_hf_model
+    from cldg.training.recipes.pairs import HFScorer, PairBatch
+    from cldg.training.recipes.unlikelihood import UnlikelihoodRecipe
+
+    model = load_hf_model(f"hf:{gpt2_dir}")
+    scorer = HFScorer(model)
+    cfg = SimpleNamespace(max_decode_len=4, ngram=1, sequence_level_rate=1.0, alpha=1.0)
+    recipe = UnlikelihoodRecipe(scorer, (CONTEXTS, RESPONSES), (CONTEXTS, RESPONSES), 3, 1, model.device, cfg)
+    seen = []
+    output = scorer.output
+    scorer.output = lambda m, batch, hidden=False: seen.append(batch) or output(m, batch, hidden)
+    loss, figures = recipe.loss(model, PairBatch(None, CONTEXTS), 0)
+    assert loss.requires_grad and model.training
+    emitted = model.generate_ids(CONTEXTS, DecodeConfig(method="greedy", max_len=4))  # stop ids stripped
+    want = [row + [model.eos_id] if len(row) < 4 else row for row in emitted]  # the stop id where one was emitted
+    got = [row[m].tolist() for row, m in zip(seen[0].targets, seen[0].target_mask)]
+    assert got == want and figures["tokens"] == sum(map(len, want))
+    for row in want:  # EOS only where generated: a row the limit cut has 4 tokens and no stop id
+        assert (row[-1] in model.eos_ids) or (len(row) == 4 and not set(row) & set(model.eos_ids))
+    assert any(len(row) == 4 and row[-1] not in model.eos_ids for row in want)  # the case the old path got wrong
+    assert want == model.generate_ids(CONTEXTS, DecodeConfig(method="greedy", max_len=4), keep_stop=True)
+
+
 def greedy_by_hand(raw, tok, context, steps: int, seq2seq: bool) -> list[int]:
     """Argmax one token at a time, the whole sequence re-run each step (no cache, no padding)."""
     if seq2seq:

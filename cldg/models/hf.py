@@ -246,8 +246,11 @@ class HFDialogueModel(nn.Module):
 
     def make_batch(self, contexts: list[list[str]], responses: list[str]) -> HFBatch:
         """One batch of (context, response) pairs, on the model's device."""
+        return self.batch_from_ids(contexts, [self.encode_response(c, r) for c, r in zip(contexts, responses)])
+
+    def batch_from_ids(self, contexts: list[list[str]], resp: list[list[int]]) -> HFBatch:
+        """One batch of contexts and response token ids taken as they are (e.g. generated ones), on the device."""
         prompts = [self.encode_context(c) for c in contexts]
-        resp = [self.encode_response(c, r) for c, r in zip(contexts, responses)]
         targets, target_mask = _pad_rows(resp, self.pad_id, left=False)
         if self.is_encoder_decoder:
             input_ids, attention_mask = _pad_rows(prompts, self.pad_id, left=False)
@@ -373,8 +376,10 @@ class HFDialogueModel(nn.Module):
         return GenerationConfig(**{k: getattr(saved, k) for k in keep if getattr(saved, k, None) is not None})
 
     @torch.no_grad()
-    def generate_ids(self, contexts: list[list[str]], cfg=None) -> list[list[int]]:
-        """Response token ids per context (EOS and what follows stripped), through `generate` with the KV cache."""
+    def generate_ids(self, contexts: list[list[str]], cfg=None, keep_stop: bool = False) -> list[list[int]]:
+        """Response token ids per context (EOS and what follows stripped; with keep_stop, the stop id that ended
+        the response kept, and nothing added where the length limit ended it), through `generate` with the KV
+        cache."""
         from cldg.decoding.search import DecodeConfig
 
         cfg = cfg or DecodeConfig()
@@ -393,7 +398,7 @@ class HFDialogueModel(nn.Module):
         result = []
         for row in out.tolist():
             ends = [k for k, token in enumerate(row) if token in self.eos_ids]
-            result.append(row[:ends[0]] if ends else row)
+            result.append(row[:ends[0] + int(keep_stop)] if ends else row)
         return result
 
     def generate(self, contexts: list[list[str]], cfg=None) -> list[str]:

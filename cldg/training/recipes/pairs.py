@@ -81,6 +81,10 @@ class NativeScorer:
         ids = generate(model, batch, DecodeConfig(method="greedy", max_len=max_len))
         return [self.tokenizer.decode(row) for row in ids]
 
+    def generated_batch(self, model, contexts: list[list[str]], max_len: int):
+        """The batch of the contexts and their greedy responses (decoded to text and tokenized again)."""
+        return self.batch(contexts, self.generate(model, contexts, max_len))
+
 
 class HFScorer:
     """`hf:` models (cldg/models/hf.py): the model's own tokenizer and limits."""
@@ -99,6 +103,16 @@ class HFScorer:
         from cldg.decoding.search import DecodeConfig
 
         return distributed.unwrap(model).generate(contexts, DecodeConfig(method="greedy", max_len=max_len))
+
+    @torch.no_grad()
+    def generated_batch(self, model, contexts: list[list[str]], max_len: int):
+        """The batch of the contexts and the greedy responses' own token ids: the tokens the model emitted, its stop
+        id only where it generated one (none added where max_len ended the response); no text round trip."""
+        from cldg.decoding.search import DecodeConfig
+
+        model = distributed.unwrap(model)
+        ids = model.generate_ids(contexts, DecodeConfig(method="greedy", max_len=max_len), keep_stop=True)
+        return model.batch_from_ids(contexts, ids)
 
 
 def disable_dropout(model) -> None:

@@ -3,7 +3,8 @@
 Token level (every step): NLL + alpha x the unlikelihood of the earlier tokens of the same response
 (objectives.unlikelihood_token_loss). Sequence level (--sequence-level-rate p: a seeded share p of the steps, Welleck
 et al.'s 0.5 mix): the model answers the batch's contexts greedily, and the tokens of its repeated n-grams are made
-unlikely (objectives.unlikelihood_sequence_loss). The best checkpoint is the one with the lowest token-level
+unlikely (objectives.unlikelihood_sequence_loss): for hf: models the very ids it generated, its stop id only where
+it emitted one (cldg models' responses are decoded and tokenized again). The best checkpoint is the one with the lowest token-level
 objective, NLL + alpha x unlikelihood, on the valid pairs (PairsRecipe.validate).
 """
 from __future__ import annotations
@@ -38,9 +39,9 @@ class UnlikelihoodRecipe(PairsRecipe):
 
     def sequence_level_loss(self, model, batch: PairBatch):
         """The model's own greedy responses to the batch's contexts, the tokens of their repeated n-grams unlikely."""
-        responses = self.scorer.generate(model, batch.contexts, self.cfg.max_decode_len)
+        generated = self.scorer.generated_batch(model, batch.contexts, self.cfg.max_decode_len)
         model.train()  # generating switched it to eval mode
-        out = self.scorer.output(model, self.scorer.batch(batch.contexts, responses).to(self.device))
+        out = self.scorer.output(model, generated.to(self.device))
         ul = unlikelihood_sequence_loss(out.token_logprobs(), out.targets, out.mask, self.cfg.ngram)
         return ul, {"tokens": int(out.mask.sum()), "ul": ul.item()}
 
