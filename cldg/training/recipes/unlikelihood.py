@@ -4,8 +4,8 @@ Token level (every step): NLL + alpha x the unlikelihood of the earlier tokens o
 (objectives.unlikelihood_token_loss). Sequence level (--sequence-level-rate p: a seeded share p of the steps, Welleck
 et al.'s 0.5 mix): the model answers the batch's contexts greedily, and the tokens of its repeated n-grams are made
 unlikely (objectives.unlikelihood_sequence_loss): for hf: models the very ids it generated, its stop id only where
-it emitted one (cldg models' responses are decoded and tokenized again). The best checkpoint is the one with the lowest token-level
-objective, NLL + alpha x unlikelihood, on the valid pairs (PairsRecipe.validate).
+it emitted one (cldg models' responses are decoded and tokenized again). The best checkpoint is the one with the
+lowest token-level objective, NLL + alpha x unlikelihood, on the valid pairs (PairsRecipe.validate).
 """
 from __future__ import annotations
 
