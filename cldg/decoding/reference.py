@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cldg.decoding.search import METHODS, DecodeConfig, _sample
+from cldg.decoding.search import METHODS, DecodeConfig, _sample, init_state, row_generators
 from cldg.text.tokenizer import BOS, EOS, PAD, SEP, UNK
 
 
@@ -61,19 +61,15 @@ def generate_reference(model, batch, cfg: DecodeConfig, generator: torch.Generat
         raise ValueError(f"unknown decoding method {cfg.method!r}")
     model.eval()
     if cfg.method == "beam":
-        return _beam_reference(model, batch, cfg)
+        return _beam_reference(model, batch, cfg, row_seeds)
     B = batch.size
     device = batch.context.device
     ctxs = _context_tokens(batch) if cfg.block_context_ngram else None
-    state = model.init_decoding(batch)
+    row_gens = row_generators(row_seeds, B)
+    state = init_state(model, batch, row_gens)  # a latent model draws its z from the row generators
     prev = torch.full((B,), BOS, dtype=torch.long, device=device)
     hyps: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    row_gens = None
-    if row_seeds is not None:
-        if len(row_seeds) != B:
-            raise ValueError(f"{len(row_seeds)} row seeds for a batch of {B}")
-        row_gens = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
         logp = _constrain(torch.log_softmax(logits.float(), -1), hyps, ctxs, step, cfg)
@@ -95,7 +91,7 @@ def _length_normalised(score: float, length: int, alpha: float) -> float:
     return score / (((5 + length) / 6) ** alpha)
 
 
-def _beam_reference(model, batch, cfg: DecodeConfig) -> list[list[int]]:
+def _beam_reference(model, batch, cfg: DecodeConfig, row_seeds: list[int] | None = None) -> list[list[int]]:
     """Batched beam search (fairseq-style bookkeeping).
 
     Each step ranks the K * V continuations of an item's K live hypotheses and looks at the best 2K:
@@ -107,7 +103,7 @@ def _beam_reference(model, batch, cfg: DecodeConfig) -> list[list[int]]:
     if K < 1:
         raise ValueError("beam_size must be at least 1")
     device = batch.context.device
-    state = model.init_decoding(batch)
+    state = init_state(model, batch, row_generators(row_seeds, B))
     state = model.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))
     ctxs = None
     if cfg.block_context_ngram:

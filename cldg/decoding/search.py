@@ -8,6 +8,7 @@ for the batch, or one per context (`row_seeds`) so that a context's sample does 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,24 @@ def _sample(logp: torch.Tensor, cfg: DecodeConfig, gen: torch.Generator | None,
     return idx.clamp_max(probs.size(-1) - 1).to(logp.device)
 
 
+def row_generators(row_seeds: list[int] | None, B: int) -> list[torch.Generator] | None:
+    """A CPU generator per context, seeded by its row seed (None without row seeds)."""
+    if row_seeds is None:
+        return None
+    if len(row_seeds) != B:
+        raise ValueError(f"{len(row_seeds)} row seeds for a batch of {B}")
+    return [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+
+
+def init_state(model, batch, row_gens: list[torch.Generator] | None = None):
+    """model.init_decoding(batch); a model whose init_decoding takes `row_generators` (a latent model: CVAE,
+    DialogWAE, which sample z there) gets each row's generator, so a context's z does not depend on its batch.
+    Other models are called as before (their init_decoding draws nothing)."""
+    if row_gens is not None and "row_generators" in inspect.signature(model.init_decoding).parameters:
+        return model.init_decoding(batch, row_generators=row_gens)
+    return model.init_decoding(batch)
+
+
 @torch.inference_mode()
 def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None = None,
              row_seeds: list[int] | None = None) -> list[list[int]]:
@@ -126,7 +145,9 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
 
     Sampling (topk, nucleus) draws from `generator`, or, given `row_seeds` (one per context), from a
     generator per context: then a context's response is the same in any batch (evaluate uses this,
-    keyed by pair id, so its output does not depend on --batch-size).
+    keyed by pair id, so its output does not depend on --batch-size). A latent model (CVAE, DialogWAE) draws
+    its z from the same per-context generators before the first step, whatever the method (greedy and beam
+    too); without row seeds it draws from the global torch RNG.
 
     The bookkeeping is tensor operations (no Python loop over rows); `cldg.decoding.reference` is the
     step-by-step specification it matches token for token.
@@ -139,20 +160,16 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
 
         return generate_reranked(model, batch, cfg)
     if cfg.method == "beam":
-        return _beam(model, batch, cfg)
+        return _beam(model, batch, cfg, row_seeds)
     B = batch.size
     device = batch.context.device
     ctx = _context_tensor(batch) if cfg.block_context_ngram else None
-    state = model.init_decoding(batch)
+    row_gens = row_generators(row_seeds, B)
+    state = init_state(model, batch, row_gens)
     prev = torch.full((B,), BOS, dtype=torch.long, device=device)
     # every row's tokens, also past its EOS (bans on a finished row change nothing that is returned)
     hist = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    row_gens = None
-    if row_seeds is not None:
-        if len(row_seeds) != B:
-            raise ValueError(f"{len(row_seeds)} row seeds for a batch of {B}")
-        row_gens = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
         logp = _constrain(torch.log_softmax(logits.float(), -1), hist, ctx, step, cfg)
@@ -201,13 +218,14 @@ def _length_normalised(score: float, length: int, alpha: float) -> float:
     return score / (((5 + length) / 6) ** alpha)
 
 
-def _beam(model, batch, cfg: DecodeConfig) -> list[list[int]]:
+def _beam(model, batch, cfg: DecodeConfig, row_seeds: list[int] | None = None) -> list[list[int]]:
     """The best hypothesis of each item's beam (`beam_nbest`)."""
-    return [max(pool, key=lambda x: x[0])[1] if pool else [] for pool in beam_nbest(model, batch, cfg)]
+    return [max(pool, key=lambda x: x[0])[1] if pool else [] for pool in beam_nbest(model, batch, cfg, row_seeds)]
 
 
 @torch.inference_mode()  # never differentiated; and topk(out=...) refuses tensors that need grad
-def beam_nbest(model, batch, cfg: DecodeConfig) -> list[list[tuple[float, list[int]]]]:
+def beam_nbest(model, batch, cfg: DecodeConfig,
+               row_seeds: list[int] | None = None) -> list[list[tuple[float, list[int]]]]:
     """Each item's N-best list, N = cfg.beam_size: (length-normalised score, token ids without EOS), the finished
     hypotheses in the order they ended, then (when fewer than N ended) the live ones.
 
@@ -222,12 +240,14 @@ def beam_nbest(model, batch, cfg: DecodeConfig) -> list[list[tuple[float, list[i
     The state entries a model lists in `beam_static_keys` (the encoded context: the same for all K
     rows of an item) are expanded once and never reordered, since hypotheses only move inside their
     item's block of K rows.
+
+    `row_seeds` (one per item) only matter to a latent model, whose z is drawn per item (`init_state`).
     """
     B, K = batch.size, cfg.beam_size
     if K < 1:
         raise ValueError("beam_size must be at least 1")
     device = batch.context.device
-    state = model.init_decoding(batch)
+    state = init_state(model, batch, row_generators(row_seeds, B))
     state = model.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))
     static_keys = set(getattr(model, "beam_static_keys", ()))
     ctx = _context_tensor(batch, K) if cfg.block_context_ngram else None

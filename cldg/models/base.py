@@ -3,6 +3,8 @@
 Teacher forcing:  forward(batch) -> logits [B, T, V] for batch.response_in.
 Decoding:         state = init_decoding(batch); logits, state = decode_step(state, prev_tokens [B]);
                   state = reorder_state(state, index) selects / repeats batch rows (beam search).
+                  A model that samples in init_decoding (a latent z) may take `row_generators` (one
+                  torch.Generator per row): the decoder passes them when it has row seeds.
 Models never compute a loss (that lives in cldg.training.losses).
 """
 from __future__ import annotations
@@ -74,6 +76,13 @@ class DialogueModel(nn.Module, metaclass=abc.ABCMeta):
             scale = emb.std() / vec[rows].std().clamp_min(1e-6) if rows.any() else 1.0
             emb[rows] = (vec[rows] * scale).to(emb.dtype)
         return int(rows.sum())
+
+
+def row_randn(row_generators: list[torch.Generator], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """[B, *shape] standard normal noise, row b drawn from row_generators[b] (CPU, float32), on like's device and
+    dtype: a row's noise depends on its own generator only, not on its batch."""
+    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in row_generators])
+    return noise.to(device=like.device, dtype=like.dtype)
 
 
 def attention_mask_scores(scores: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
