@@ -9,8 +9,9 @@ of c, both to the mean and log-variance of a diagonal Gaussian z; the decoder GR
 The model exposes its parts (`encode_context`, `encode_response`, `recognition`, `prior`, `decode_logits`,
 `bow_logits`); the ELBO, the KL and the bag-of-words loss are computed by the recipe (cldg.training.recipes.cvae)
 with cldg.training.losses. Teacher forcing (`forward`) uses the prior's mean (evaluate's reference perplexity);
-decoding samples z from the prior once per context (`init_decoding`, the global torch RNG that evaluate seeds)
-and then decodes with the chosen method.
+decoding samples z from the prior once per context (`init_decoding`: from the context's own generator when the
+decoder has row seeds, as evaluate's has, so a context's z does not depend on its batch; else the global torch
+RNG) and then decodes with the chosen method.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel
+from cldg.models.base import DialogueModel, row_randn
 from cldg.text.tokenizer import PAD
 
 
@@ -95,10 +96,12 @@ class CVAE(DialogueModel):
         c = self.encode_context(batch)
         return self.decode_logits(batch, c, self.prior(c)[0])
 
-    def init_decoding(self, batch) -> dict[str, Any]:
+    def init_decoding(self, batch, row_generators: list[torch.Generator] | None = None) -> dict[str, Any]:
+        """z ~ p(z|c): row b's noise from row_generators[b] when given, else from the global torch RNG."""
         c = self.encode_context(batch)
         mu, logvar = self.prior(c)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        noise = torch.randn_like(mu) if row_generators is None else row_randn(row_generators, mu.shape[1:], mu)
+        z = mu + noise * torch.exp(0.5 * logvar)
         return {"hidden": self.init_state(torch.cat([c, z], -1)).unsqueeze(0)}
 
     def decode_step(self, state, prev_tokens):

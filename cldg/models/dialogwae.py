@@ -17,8 +17,9 @@ in RecNet/PriNet and the generators (a batch of one, e.g. decoding a single cont
 and no normalisation in the critic (Gulrajani et al., 2017: batch norm breaks the per-sample gradient penalty).
 
 Teacher forcing (`forward`, evaluate's reference perplexity) uses the deterministic prior code: the mean of the
-most probable component through G. Decoding samples z from the prior once per context (`init_decoding`; the
-global torch RNG, which evaluate seeds).
+most probable component through G. Decoding samples z from the prior once per context (`init_decoding`: from the
+context's own generator when the decoder has row seeds, as evaluate's has, so a context's z does not depend on its
+batch; else the global torch RNG).
 """
 from __future__ import annotations
 
@@ -47,13 +48,37 @@ class DialogWAEConfig:
     dropout: float = 0.5
 
 
+def _row_noise(row_generators: list[torch.Generator], pi_logits: torch.Tensor,
+               mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Gumbel noise [B, K] float32, standard normal noise [B, K, Z] mu's dtype), row b drawn from row_generators[b]
+    on the CPU in a fixed order (its K Gumbel numbers, then its K x Z normal ones): a row's noise depends on its
+    own generator only."""
+    K, shape = pi_logits.size(-1), tuple(mu.shape[1:])
+    gumbels, normals = [], []
+    for g in row_generators:
+        gumbels.append(-torch.empty(K, dtype=torch.float32).exponential_(generator=g).log())  # as F.gumbel_softmax
+        normals.append(torch.randn(shape, generator=g, dtype=torch.float32))
+    return (torch.stack(gumbels).to(pi_logits.device),
+            torch.stack(normals).to(device=mu.device, dtype=mu.dtype))
+
+
 def mixture_sample(pi_logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, temperature: float,
-                   sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   sample: bool = True, row_generators: list[torch.Generator] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(e [B, Z], one-hot component [B, K]) from a Gaussian mixture: mu, logvar [B, K, Z], pi_logits [B, K].
 
     sample: the component by hard Gumbel-softmax (a draw from softmax(pi_logits); the gradient passes through the
-    soft relaxation at `temperature`) and e from its Gaussian; else the most probable component's mean."""
-    if sample:
+    soft relaxation at `temperature`) and e from its Gaussian; else the most probable component's mean.
+    row_generators (one per row): the Gumbel and Gaussian noise of row b come from row_generators[b] (`_row_noise`),
+    not from the global torch RNG."""
+    if sample and row_generators is not None:
+        gumbels, normals = _row_noise(row_generators, pi_logits, mu)
+        # F.gumbel_softmax(hard=True) with these Gumbel numbers: the straight-through one-hot
+        soft = ((pi_logits.float() + gumbels) / temperature).softmax(-1)
+        hard = F.one_hot(soft.argmax(-1), soft.size(-1)).to(soft.dtype)
+        choice = (hard - soft.detach() + soft).to(mu.dtype)
+        e = mu + normals * torch.exp(0.5 * logvar)
+    elif sample:
         choice = F.gumbel_softmax(pi_logits.float(), tau=temperature, hard=True).to(mu.dtype)
         e = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
     else:
@@ -118,8 +143,9 @@ class DialogWAE(DialogueModel):
     def sample_posterior(self, x: torch.Tensor, c: torch.Tensor, sample: bool = True) -> torch.Tensor:
         return self.posterior_generator(self.posterior_noise(x, c, sample))
 
-    def sample_prior(self, c: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        e, _ = mixture_sample(*self.prior_mixture(c), self.config.gumbel_temperature, sample)
+    def sample_prior(self, c: torch.Tensor, sample: bool = True,
+                     row_generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        e, _ = mixture_sample(*self.prior_mixture(c), self.config.gumbel_temperature, sample, row_generators)
         return self.prior_generator(e)
 
     def critic_score(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -142,9 +168,11 @@ class DialogWAE(DialogueModel):
         c = self.encode_context(batch)
         return self.decode_logits(batch, c, self.sample_prior(c, sample=False))
 
-    def init_decoding(self, batch) -> dict[str, Any]:
+    def init_decoding(self, batch, row_generators: list[torch.Generator] | None = None) -> dict[str, Any]:
+        """z~ from the prior: row b's Gumbel and Gaussian noise from row_generators[b] when given, else from the
+        global torch RNG."""
         c = self.encode_context(batch)
-        return {"hidden": torch.cat([self.sample_prior(c), c], -1).unsqueeze(0)}
+        return {"hidden": torch.cat([self.sample_prior(c, row_generators=row_generators), c], -1).unsqueeze(0)}
 
     def decode_step(self, state, prev_tokens):
         out, h = self.decoder(self.embedding(prev_tokens).unsqueeze(1), state["hidden"])
