@@ -121,3 +121,32 @@ def test_row_seeded_mixture_samples_pick_components_at_softmax_frequencies_and_r
         e1, c1 = mixture_sample(pi[b:b + 1].detach(), mu[b:b + 1], logvar[b:b + 1], 0.1,
                                 row_generators=[torch.Generator().manual_seed(b)])
         assert torch.equal(c1[0], choice[b].detach()) and torch.allclose(e1[0], e[b].detach())
+
+
+def mixed_contexts(n: int = 8) -> list[tuple[list[int], list[list[int]]]]:
+    """n contexts of one to three turns of different lengths."""
+    g = torch.Generator().manual_seed(11)
+    out = []
+    for i in range(n):
+        turns = [torch.randint(5, V, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(1 + i % 3)]
+        flat = [t for turn in turns for t in turn + [3]][:-1]
+        out.append((flat, turns))
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_context_code_skips_the_turn_slots_that_pad_the_batch(name):
+    """Turn slots are left-padded to the batch's most turns: c must not see them (they made a one-turn context's
+    response depend on whether its batch held a three-turn one)."""
+    model = MODELS[name]().eval()
+    ctxs = mixed_contexts()
+    with torch.inference_mode():
+        together = model.encode_context(collate_ids(ctxs, None, Limits()))
+        alone = torch.cat([model.encode_context(collate_ids([c], None, Limits())) for c in ctxs])
+    assert torch.allclose(together, alone, atol=1e-6)
+    cfg = DecodeConfig(method="greedy", max_len=8)
+    seeds = [50 + i for i in range(len(ctxs))]
+    whole = decode(model, ctxs, seeds, cfg)
+    assert [decode(model, [c], [s], cfg)[0] for c, s in zip(ctxs, seeds)] == whole
+    assert decode(model, ctxs[:4], seeds[:4], cfg) + decode(model, ctxs[4:], seeds[4:], cfg) == whole

@@ -67,11 +67,19 @@ class CVAE(DialogueModel):
         return torch.cat([h[0], h[1]], -1) * lengths.gt(0).unsqueeze(1).to(h.dtype)
 
     def encode_context(self, batch) -> torch.Tensor:
-        """c [B, context_size]: the context GRU's state after the last turn (turn slots are left-padded)."""
+        """c [B, context_size]: the context GRU's state after the last turn, run over the context's own turns only.
+
+        Turn slots are left-padded to the batch's most turns; the padding slots (those before a row's first
+        non-empty turn) are skipped (a packed sequence), so c does not depend on the other contexts of the batch."""
         B, U, L = batch.context_turns.shape
         turns = self.encode_utterances(batch.context_turns.reshape(B * U, L)).view(B, U, -1)
-        out, _ = self.context(turns)
-        return out[:, -1]
+        real = batch.context_turns.ne(PAD).any(-1)                                        # [B, U]
+        first = torch.where(real.any(1), real.int().argmax(1), torch.full_like(real[:, 0], U - 1, dtype=torch.long))
+        slots = (torch.arange(U, device=turns.device).unsqueeze(0) + first.unsqueeze(1)) % U  # own turns first
+        own = turns.gather(1, slots.unsqueeze(-1).expand(-1, -1, turns.size(-1)))
+        packed = nn.utils.rnn.pack_padded_sequence(own, (U - first).cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.context(packed)
+        return h[-1]
 
     def encode_response(self, batch) -> torch.Tensor:
         return self.encode_utterances(batch.response_out)
