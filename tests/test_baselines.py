@@ -325,6 +325,12 @@ def test_cvae_trains_resumes_and_evaluates_with_samples_from_the_prior(tmp_path,
     other = [json.loads(line)["generated"] for line in
              ArtifactStore(tmp_path).latest("eval").file("generations.jsonl").read_text().splitlines()]
     assert other != [g["generated"] for g in gens]
+    # each context draws its z from its own row seed: --batch-size (not in the fingerprint) changes no response
+    small = runner.invoke(app, [*ev, "--batch-size", "2", "--force"])
+    assert small.exit_code == 0, small.output
+    batched = [json.loads(line)["generated"] for line in
+               ArtifactStore(tmp_path).latest("eval").file("generations.jsonl").read_text().splitlines()]
+    assert batched == [g["generated"] for g in gens]
 
 
 def test_bad_cvae_options_are_one_line_and_exit_2(tmp_path):
