@@ -218,6 +218,11 @@ def test_dialogwae_trains_resumes_exactly_and_evaluates_with_samples_from_the_pr
     other = [json.loads(line)["generated"] for line in store.latest("eval").file("generations.jsonl").read_text()
              .splitlines()]
     assert other != gens  # z comes from the prior: another seed, other responses
+    # each context draws its Gumbel and Gaussian noise from its own row seed: --batch-size changes no response
+    assert runner.invoke(app, [*ev, "--batch-size", "2", "--force"]).exit_code == 0
+    batched = [json.loads(line)["generated"] for line in store.latest("eval").file("generations.jsonl").read_text()
+               .splitlines()]
+    assert batched == gens
 
 
 def test_bad_dialogwae_options_are_one_line_and_exit_2(tmp_path):
