@@ -85,6 +85,28 @@ def row_randn(row_generators: list[torch.Generator], shape: tuple[int, ...], lik
     return noise.to(device=like.device, dtype=like.dtype)
 
 
+def utterance_vectors(tokens: torch.Tensor, embedding: nn.Embedding, gru: nn.GRU,
+                      drop: nn.Module | None = None) -> torch.Tensor:
+    """[N, L] right-padded token ids -> [N, 2H]: a bidirectional GRU's final states of both directions over each
+    row's own tokens (packed), zeros for an empty row (a turn slot without a turn). `drop` applies to the embeddings."""
+    lengths = tokens.ne(PAD).sum(1)
+    embedded = embedding(tokens)
+    if drop is not None:
+        embedded = drop(embedded)
+    packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.clamp_min(1).cpu(), batch_first=True,
+                                               enforce_sorted=False)
+    _, h = gru(packed)
+    return torch.cat([h[0], h[1]], -1) * lengths.gt(0).unsqueeze(1).to(h.dtype)
+
+
+def real_turns_first(turn_vectors: torch.Tensor, n_turns: torch.Tensor) -> torch.Tensor:
+    """Turn slots are left-padded (the last turn at U - 1): [B, U, H] with each row's n_turns real turns moved to
+    the front (slot i <- slot (i + U - n) mod U), to be packed by n_turns, so padding never changes an encoding."""
+    U = turn_vectors.size(1)
+    shift = (torch.arange(U, device=turn_vectors.device).unsqueeze(0) + (U - n_turns).unsqueeze(1)) % U
+    return turn_vectors.gather(1, shift.unsqueeze(-1).expand(-1, -1, turn_vectors.size(-1)))
+
+
 def attention_mask_scores(scores: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
     """Mask padded memory positions (True = pad) before a softmax; fully padded rows get uniform 0s."""
     scores = scores.masked_fill(pad_mask, float("-inf"))

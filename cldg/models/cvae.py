@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel, row_randn
+from cldg.models.base import DialogueModel, real_turns_first, row_randn, utterance_vectors
 from cldg.text.tokenizer import PAD
 
 
@@ -60,11 +60,7 @@ class CVAE(DialogueModel):
 
     def encode_utterances(self, tokens: torch.Tensor) -> torch.Tensor:
         """[N, L] right-padded -> [N, 2 x utterance_size] (the final states of both directions; 0 for empty rows)."""
-        lengths = tokens.ne(PAD).sum(1)
-        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.embedding(tokens)), lengths.clamp_min(1).cpu(),
-                                                   batch_first=True, enforce_sorted=False)
-        _, h = self.utterance(packed)
-        return torch.cat([h[0], h[1]], -1) * lengths.gt(0).unsqueeze(1).to(h.dtype)
+        return utterance_vectors(tokens, self.embedding, self.utterance, self.drop)
 
     def encode_context(self, batch) -> torch.Tensor:
         """c [B, context_size]: the context GRU's state after the last turn, run over the context's own turns only.
@@ -73,11 +69,9 @@ class CVAE(DialogueModel):
         non-empty turn) are skipped (a packed sequence), so c does not depend on the other contexts of the batch."""
         B, U, L = batch.context_turns.shape
         turns = self.encode_utterances(batch.context_turns.reshape(B * U, L)).view(B, U, -1)
-        real = batch.context_turns.ne(PAD).any(-1)                                        # [B, U]
-        first = torch.where(real.any(1), real.int().argmax(1), torch.full_like(real[:, 0], U - 1, dtype=torch.long))
-        slots = (torch.arange(U, device=turns.device).unsqueeze(0) + first.unsqueeze(1)) % U  # own turns first
-        own = turns.gather(1, slots.unsqueeze(-1).expand(-1, -1, turns.size(-1)))
-        packed = nn.utils.rnn.pack_padded_sequence(own, (U - first).cpu(), batch_first=True, enforce_sorted=False)
+        n_turns = batch.context_turns.ne(PAD).any(-1).sum(1).clamp_min(1)                # real turns per row
+        packed = nn.utils.rnn.pack_padded_sequence(real_turns_first(turns, n_turns), n_turns.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
         _, h = self.context(packed)
         return h[-1]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
+from cldg.models.base import utterance_vectors
 from cldg.text.tokenizer import EOS, PAD
 
 
@@ -34,11 +34,7 @@ class HierarchicalDiscriminator(nn.Module):
 
     def encode_utterances(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [N, L] -> [N, 2H]; an empty utterance (a turn slot without a turn) gives zeros."""
-        lengths = tokens.ne(PAD).sum(1)
-        packed = pack_padded_sequence(self.embedding(tokens), lengths.clamp_min(1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        _, h = self.utterance(packed)  # [2, N, H]
-        return torch.cat([h[0], h[1]], -1) * lengths.gt(0).unsqueeze(1).to(h.dtype)
+        return utterance_vectors(tokens, self.embedding, self.utterance)
 
     def forward(self, context_turns: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
         """context_turns [B, U, Lt] (a DialogueBatch's), response [B, T] token ids -> logit [B]."""

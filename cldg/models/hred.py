@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel
+from cldg.models.base import DialogueModel, real_turns_first
 from cldg.text.tokenizer import PAD
 
 
@@ -45,9 +45,7 @@ class TurnEncoder(nn.Module):
         words, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # [B*U, L, H]
         utt = h[-1].view(B, U, -1)                                                # [B, U, H]
         n_turns = lengths.view(B, U).gt(0).sum(1).clamp_min(1)                   # real turns per row
-        # shift the real turns to the front: slot i <- slot (i + U - n) mod U
-        shift = (torch.arange(U, device=turns.device).unsqueeze(0) + (U - n_turns).unsqueeze(1)) % U
-        utt_left = utt.gather(1, shift.unsqueeze(-1).expand(-1, -1, utt.size(-1)))
+        utt_left = real_turns_first(utt, n_turns)
         packed = pack_padded_sequence(utt_left, n_turns.cpu(), batch_first=True, enforce_sorted=False)
         utt_out, utt_h = self.utt_rnn(packed)
         utt_states, _ = pad_packed_sequence(utt_out, batch_first=True, total_length=U)
