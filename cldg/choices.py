@@ -24,3 +24,10 @@ INDEX_LANGUAGES = ("auto", "en", "pretokenized")
 # how mine-samples searches the BM25 indexes (cldg.retrieval.search: anserini; cldg.retrieval.sparse: numpy)
 RETRIEVAL_BACKENDS = ("lucene", "numpy")
 EVAL_SPLITS = ("test", "valid")
+# a model named hf:PATH is a local transformers directory (cldg.models.hf); told apart here without importing torch
+HF_PREFIX = "hf:"
+
+
+def is_hf_spec(spec) -> bool:
+    """True for a model named `hf:PATH`."""
+    return isinstance(spec, str) and spec.startswith(HF_PREFIX)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cldg.choices import is_hf_spec
 from cldg.errors import CldgError
 
 MODELS: dict[str, type] = {}
@@ -49,7 +50,7 @@ def build_model(name: str, vocab_size: int, **config: Any):
 
 def meta_name(model) -> str:
     """The name model.json records: the registry name, or "hf" for an `hf:PATH` model (its own tokenizer)."""
-    return "hf" if str(getattr(model, "name", "")).startswith("hf:") else model.name
+    return "hf" if is_hf_spec(getattr(model, "name", "")) else model.name
 
 
 def save_model(directory: Path, model) -> None:

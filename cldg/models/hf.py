@@ -37,12 +37,7 @@ from torch import nn
 
 from cldg.errors import CldgError
 
-PREFIX = "hf:"
-
-
-def is_hf_spec(spec: Any) -> bool:
-    """True for a model named `hf:PATH`."""
-    return isinstance(spec, str) and spec.startswith(PREFIX)
+from cldg.choices import HF_PREFIX as PREFIX, is_hf_spec  # noqa: F401 (is_hf_spec: re-exported)
 
 
 def hf_path(spec: str) -> Path:

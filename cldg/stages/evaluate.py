@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
-from cldg.choices import EVAL_SPLITS, INPUT_FORMATS
+from cldg.choices import EVAL_SPLITS, INPUT_FORMATS, is_hf_spec
 from cldg.config import CommonOptions, fingerprint_config, option
 from cldg.decoding.options import DecodingOptions
 from cldg.errors import CldgError
@@ -163,7 +163,7 @@ class EvalModel:
 
     def load(self, device):
         from cldg.models import load_model
-        from cldg.models.hf import is_hf_spec, load_hf_model
+        from cldg.models.hf import load_hf_model
 
         return load_hf_model(self.spec, device).eval() if is_hf_spec(self.spec) else load_model(self.spec, device)
 
@@ -172,7 +172,7 @@ def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
     from cldg.data.batching import Limits
     from cldg.model_artifacts import model_limits, model_prepare, resolve_model
 
-    if str(cfg.model).startswith("hf:"):
+    if is_hf_spec(cfg.model):
         from cldg.approaches.mle import MLEOptions
         from cldg.models.hf import directory_digest
 
