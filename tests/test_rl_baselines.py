@@ -391,11 +391,11 @@ def test_deeprl_rewards_equal_their_definitions(reference_workdir):
 
     from cldg.approaches.deeprl import DeepRLOptions
     from cldg.artifacts import ArtifactStore
-    from cldg.data.batching import collate_ids
+    from cldg.data.batching import collate_ids, context_from_ids
     from cldg.text.tokenizer import EOS, PAD
     from cldg.training.losses import sequence_logprob
     from cldg.training.recipes import TrainInputs
-    from cldg.training.recipes.deeprl import DeepRLRecipe, encode_turn_ids
+    from cldg.training.recipes.deeprl import DeepRLRecipe
 
     store = ArtifactStore(reference_workdir)
     ref = store.latest("reference")
@@ -407,12 +407,12 @@ def test_deeprl_rewards_equal_their_definitions(reference_workdir):
     model, lim = recipe.reference, recipe.limits
     history = [[5, 6, 7], [8, 9], [10, 11, 12]]
     answer = [5, 13, 7]
-    ctx = collate_ids([encode_turn_ids(history, lim)], None, lim)
+    ctx = collate_ids([context_from_ids(history, lim)], None, lim)
     tokens = torch.tensor([answer + [EOS]])
     got = recipe.rewards(ctx, tokens, [answer], [history])
 
     def logp(context_turns, response):
-        b = collate_ids([encode_turn_ids(context_turns, lim)], [response], lim)
+        b = collate_ids([context_from_ids(context_turns, lim)], [response], lim)
         return sequence_logprob(model(b), b.response_out, PAD).item() / (len(response) + 1)
 
     ease = -sum(logp([answer], s) for s in recipe.dull) / len(recipe.dull)

@@ -52,7 +52,12 @@ def _pad(rows: Sequence[Sequence[int]], min_len: int = 1) -> torch.Tensor:
 def encode_context(tokenizer, turns: Sequence[str], limits: Limits) -> tuple[list[int], list[list[int]]]:
     """(flat ids, per-turn ids) of the last `max_context_turns` turns."""
     turns = list(turns)[-limits.max_context_turns:]
-    per_turn = [ids[:limits.max_turn_len] for ids in tokenizer.encode_batch(turns)] if turns else []
+    return context_from_ids(tokenizer.encode_batch(turns) if turns else [], limits)
+
+
+def context_from_ids(turns: Sequence[list[int]], limits: Limits) -> tuple[list[int], list[list[int]]]:
+    """(flat ids, per-turn ids) of turns already in token ids, cut to the limits as `encode_context` cuts text."""
+    per_turn = [ids[:limits.max_turn_len] for ids in list(turns)[-limits.max_context_turns:]]
     flat: list[int] = []
     for i, ids in enumerate(per_turn):
         if i:

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from cldg.approaches.deeprl import parse_dull
-from cldg.data.batching import EncodedPairs, Limits, collate_ids
-from cldg.text.tokenizer import EOS, PAD, SEP
+from cldg.data.batching import EncodedPairs, Limits, collate_ids, context_from_ids
+from cldg.text.tokenizer import EOS, PAD
 from cldg.training import distributed
 from cldg.training.evaluation import mean_nll
 from cldg.training.losses import sequence_logprob
@@ -40,15 +40,6 @@ from cldg.training.recipes.mle import MLERecipe
 from cldg.training.recipes.mmi import read_split
 
 COS_FLOOR = 1e-2  # -log cos is unbounded as cos -> 0 (or below): the information-flow reward stops at -log 0.01
-
-
-def encode_turn_ids(turns: list[list[int]], limits: Limits) -> tuple[list[int], list[list[int]]]:
-    """(flat ids, per-turn ids) of token-id turns, cut as `batching.encode_context` cuts text turns."""
-    per_turn = [t[:limits.max_turn_len] for t in turns[-limits.max_context_turns:]]
-    flat: list[int] = []
-    for i, ids in enumerate(per_turn):
-        flat += ([SEP] if i else []) + ids
-    return flat[-limits.max_context_len:], per_turn
 
 
 def response_ids(tokens: torch.Tensor) -> list[list[int]]:
@@ -174,7 +165,7 @@ class DeepRLRecipe(MLERecipe):
         histories = [[turn for turn in row if turn] for row in slots]  # each context's turns, oldest first
         out = []
         for _ in range(n_turns):
-            ctx = collate_ids([encode_turn_ids(h, self.limits) for h in histories], None, self.limits).to(self.device)
+            ctx = collate_ids([context_from_ids(h, self.limits) for h in histories], None, self.limits).to(self.device)
             tokens = sample_responses(policy, ctx, min(self.cfg.max_len, self.limits.max_response_len - 1), greedy)
             answers = response_ids(tokens)
             out.append((ctx, tokens, self.rewards(ctx, tokens, answers, histories)))
@@ -189,7 +180,7 @@ class DeepRLRecipe(MLERecipe):
 
     def _rewards(self, ctx, tokens, answers, histories) -> dict[str, torch.Tensor]:
         lim, B = self.limits, len(answers)
-        alone = [encode_turn_ids([a], lim) for a in answers]  # a as a one-turn context
+        alone = [context_from_ids([a], lim) for a in answers]  # a as a one-turn context
         # ease of answering: the mean length-normalised log-likelihood of the dull responses given a, negated
         dull = collate_ids([c for c in alone for _ in self.dull], [s for _ in alone for s in self.dull], lim)
         ease = -self.normalised_logprob(self.reference, dull.to(self.device)).view(B, len(self.dull)).mean(1)
