@@ -36,4 +36,4 @@ def model_limits(art: Artifact):
     cfg = art.config
     if "max_context_turns" not in cfg:
         cfg = Artifact.load(Path(art.manifest["inputs"]["reference"]["path"])).config
-    return Limits(cfg["max_context_turns"], cfg["max_turn_len"], cfg["max_context_len"], cfg["max_response_len"])
+    return Limits.from_config(cfg)

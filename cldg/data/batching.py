@@ -21,6 +21,12 @@ class Limits:
     max_context_len: int = 120   # tokens of the flat context (left-truncated: the last words matter most)
     max_response_len: int = 40   # tokens of the response, EOS included
 
+    @classmethod
+    def from_config(cls, config: dict) -> "Limits":
+        """The limits a model was trained with, from its artifact's config (a pretrain config holds the four keys)."""
+        return cls(config["max_context_turns"], config["max_turn_len"], config["max_context_len"],
+                   config["max_response_len"])
+
 
 @dataclass
 class DialogueBatch:

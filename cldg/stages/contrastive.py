@@ -135,7 +135,7 @@ def load_groups(cfg: Config, prepared: Artifact, reference: Artifact, samples: A
     from cldg.training.groups import GroupOptions, TextIndex, build_groups
 
     rcfg = reference.config
-    limits = Limits(rcfg["max_context_turns"], rcfg["max_turn_len"], rcfg["max_context_len"], rcfg["max_response_len"])
+    limits = Limits.from_config(rcfg)
     tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
     contexts, responses = {}, {}
     for split in ("train", "valid"):

@@ -65,7 +65,7 @@ class AdversarialRecipe(MLERecipe):
             raise CldgError("adversarial-train: not under torchrun/DDP (each step trains only one of its two networks)")
         generator = load_cldg_reference(inputs.dirs["reference"], "adversarial-train", device).train()
         rc = inputs.configs["reference"]
-        limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
+        limits = Limits.from_config(rc)
         tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
         discriminator = HierarchicalDiscriminator(generator.vocab_size,
                                                   DiscriminatorConfig(cfg.d_embedding_dim, cfg.d_hidden_size))

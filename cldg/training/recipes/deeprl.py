@@ -113,7 +113,7 @@ class DeepRLRecipe(MLERecipe):
         reference = load_cldg_reference(inputs.dirs["reference"], "deeprl-train", device).requires_grad_(False)
         policy = load_model(inputs.dirs["reference"], device).train()
         rc = inputs.configs["reference"]
-        limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
+        limits = Limits.from_config(rc)
         tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
         backward = None
         if cfg.backward_model:

@@ -57,7 +57,7 @@ class MMIRecipe(MLERecipe):
         from cldg.text.vectors import load_word_vectors
 
         rc = inputs.configs["reference"]
-        limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
+        limits = Limits.from_config(rc)
         tok = DialogueTokenizer.load(inputs.prepare / "tokenizer.json")
         forward = load_model(inputs.dirs["reference"], device)
         pairs = response_lm if cfg.objective == "antilm" else swapped

@@ -159,7 +159,7 @@ def load_reference(inputs, cfg, device):
     from cldg.text.tokenizer import DialogueTokenizer
 
     rc = inputs.configs["reference"]
-    limits = Limits(rc["max_context_turns"], rc["max_turn_len"], rc["max_context_len"], rc["max_response_len"])
+    limits = Limits.from_config(rc)
     model = load_model(inputs.dirs["reference"], device)
     if isinstance(model, HFDialogueModel):
         if getattr(cfg, "lora_r", 0):
