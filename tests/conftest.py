@@ -47,6 +47,26 @@ def prepared_workdir(tmp_path_factory, tiny_dialogues_path):
     return workdir, art
 
 
+@pytest.fixture(scope="session")
+def pretrain_tiny_reference(prepared_workdir):
+    """A function that trains the tests' tiny seq2seq reference (16-d, one layer, one epoch, seed 1) on the shared
+    prepare artifact into a workdir and returns the workdir."""
+    from typer.testing import CliRunner
+
+    from cldg.cli import app
+
+    _, prepared = prepared_workdir
+
+    def pretrain(work: Path) -> Path:
+        result = CliRunner().invoke(app, ["pretrain", "--workdir", str(work), "--prepare-dir", str(prepared.path),
+                                          "--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1",
+                                          "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--seed", "1"])
+        assert result.exit_code == 0, result.output
+        return work
+
+    return pretrain
+
+
 TINY_PIPELINE = """
 workdir = "{workdir}"
 seed = 3

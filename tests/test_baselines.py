@@ -49,15 +49,9 @@ def test_mmi_tuning_picks_the_grid_point_whose_choices_match_the_references():
 
 
 @pytest.fixture(scope="module")
-def reference_workdir(tmp_path_factory, prepared_workdir):
+def reference_workdir(tmp_path_factory, pretrain_tiny_reference):
     """A workdir of its own with a tiny MLE reference trained on the shared prepare artifact."""
-    _, prepared = prepared_workdir
-    work = tmp_path_factory.mktemp("baselines")
-    result = runner.invoke(app, ["pretrain", "--workdir", str(work), "--prepare-dir", str(prepared.path),
-                                 "--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1",
-                                 "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    return work
+    return pretrain_tiny_reference(tmp_path_factory.mktemp("baselines"))
 
 
 MMI_ARGS = ["--batch-size", "16", "--epochs", "1", "--nbest", "3", "--tune-pairs", "6", "--lambdas", "0,0.5",

@@ -294,14 +294,9 @@ def test_the_discriminator_learns_to_tell_human_responses_from_shuffled_ones():
 # -- end to end through the generic stage --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def reference_workdir(tmp_path_factory, prepared_workdir):
-    _, prepared = prepared_workdir
-    work = tmp_path_factory.mktemp("rl")
-    result = runner.invoke(app, ["pretrain", "--workdir", str(work), "--prepare-dir", str(prepared.path),
-                                 "--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1",
-                                 "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    return work
+def reference_workdir(tmp_path_factory, pretrain_tiny_reference):
+    """A workdir of its own with the tests' tiny MLE reference."""
+    return pretrain_tiny_reference(tmp_path_factory.mktemp("rl"))
 
 
 def interrupted_then_resumed(monkeypatch, recipe_class, args, stop_step: int, artifact_dir):
