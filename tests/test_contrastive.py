@@ -357,6 +357,37 @@ def test_group_loss_adds_the_mle_term_of_the_pairs_themselves_and_warm_up_is_tha
     assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
 
 
+def test_group_loss_of_a_group_forward_model_equals_the_plain_full_batch_computation(inputs):
+    """contrastive_group_loss scores real tokens only and encodes shared contexts once: its D and NLL (and so the
+    loss and its gradient) are those of the plain computation over the whole padded batch."""
+    from cldg.models import load_model
+    from cldg.retrieval.mining import read_samples
+    from cldg.text.tokenizer import PAD
+    from cldg.training.groups import contrastive_group_loss
+    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
+
+    _, prepared, reference, samples = inputs
+    text = text_index(prepared, reference)
+    groups = build_groups(read_samples(samples.path), "train", GroupOptions(k=2))
+    gb = make_group_batch(groups, [0, 1, 2, 3], text, {s: -30.0 + (hash(s) % 7) for s in groups.sequences()})
+    assert len(gb.context_first) < gb.seqs.size  # the response-side samples share their pair's context
+    model = load_model(reference.path, "cpu")
+    loss, info = contrastive_group_loss(model, gb, "eq4", mle_weight=0.3)
+    loss.backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(gb.seqs)
+    d = sequence_logprob(logits, gb.seqs.response_out, PAD) - gb.ref_logp
+    own = gb.seqs.select(gb.self_index)
+    nll = nll_loss(model(own), own.response_out, PAD)[0]
+    plain = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask, gb.neg_mask) + 0.3 * nll
+    plain.backward()
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5) and info["nll"] == pytest.approx(nll.item(), rel=1e-5)
+    assert info["tokens"] == int(gb.seqs.response_out.ne(PAD).sum())
+    for fast, p in zip(fast_grads, model.parameters()):
+        assert torch.allclose(fast, p.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_beta_is_a_temperature_on_d(inputs):
     from cldg.models import load_model
     from cldg.retrieval.mining import read_samples

@@ -157,6 +157,29 @@ def test_forward_shapes_and_padding_does_not_change_logp(name):
     assert torch.isfinite(logprobs(model, empty)).all()
 
 
+@pytest.mark.parametrize("name", ["seq2seq", "hred", "hran", "transformer"])
+def test_group_forward_encodes_shared_contexts_once_and_gives_logits_only_where_asked(name, monkeypatch):
+    """forward(batch, shared_contexts, at): the logits of a plain forward at the real tokens, with each distinct
+    context encoded once (what a contrastive batch's response-side samples share)."""
+    model = tiny(name).eval()
+    assert model.group_forward
+    pairs = random_pairs(4, seed=3)
+    # rows 0, 2, 3 share pair 0's context; row 1 has its own (as a group's pair, its samples and a context-side one)
+    rows = [pairs[0], pairs[1], (pairs[0][0], pairs[2][1]), (pairs[0][0], pairs[3][1])]
+    batch = batch_of(rows)
+    shared = (torch.tensor([0, 1]), torch.tensor([0, 1, 0, 0]))
+    at = batch.response_out.ne(PAD)
+    encoded = []
+    real_init = type(model).init_decoding
+    monkeypatch.setattr(type(model), "init_decoding", lambda self, b: encoded.append(b.context.size(0)) or real_init(self, b))
+    with torch.no_grad():
+        full = model(batch)
+        fast = model(batch, shared_contexts=shared, at=at)
+    assert encoded == [4, 2]  # the plain forward encoded 4 contexts, the shared one 2
+    assert fast.shape == (int(at.sum()), V)
+    assert torch.allclose(fast, full[at], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_incremental_decoding_equals_teacher_forcing_and_reorder_state(name):
     model = tiny(name, seed=1).eval()

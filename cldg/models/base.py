@@ -1,6 +1,9 @@
 """The interface every dialogue model implements (see docs/internals.md).
 
-Teacher forcing:  forward(batch) -> logits [B, T, V] for batch.response_in.
+Teacher forcing:  forward(batch) -> logits [B, T, V] for batch.response_in. A model with
+                  `group_forward` also takes forward(batch, shared_contexts=(first, of), at=mask): rows
+                  that repeat a context (a contrastive group's response-side samples) encode it once,
+                  and logits [N, V] come only for the N positions where the [B, T] mask `at` is set.
 Decoding:         state = init_decoding(batch); logits, state = decode_step(state, prev_tokens [B]);
                   state = reorder_state(state, index) selects / repeats batch rows (beam search).
                   A model that samples in init_decoding (a latent z) may take `row_generators` (one
@@ -39,6 +42,19 @@ class DialogueModel(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def init_decoding(self, batch) -> dict[str, Any]:
         ...
+
+    # forward(batch, shared_contexts=None, at=None) is understood (encode_shared, at_positions)
+    group_forward: bool = False
+
+    def encode_shared(self, batch, shared_contexts: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+        """init_decoding(batch), with each distinct context encoded once when `shared_contexts` = (first, of) is
+        given: first [U], a row of the batch holding each distinct context; of [B], the distinct context of each
+        row. The same numbers as encoding every row (up to float summation order); the encoder's work and its
+        backward pass shrink to U rows, about half of a contrastive batch's."""
+        if shared_contexts is None:
+            return self.init_decoding(batch)
+        first, of = shared_contexts
+        return self.reorder_state(self.init_decoding(batch.select(first)), of)
 
     @abc.abstractmethod
     def decode_step(self, state: dict[str, Any], prev_tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -97,6 +113,12 @@ def utterance_vectors(tokens: torch.Tensor, embedding: nn.Embedding, gru: nn.GRU
                                                enforce_sorted=False)
     _, h = gru(packed)
     return torch.cat([h[0], h[1]], -1) * lengths.gt(0).unsqueeze(1).to(h.dtype)
+
+
+def at_positions(x: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """x [B, T, ...] at the positions where `at` [B, T] is set -> [N, ...] (row-major), or all of x for None.
+    Before the output layer: a padded batch of responses is mostly padding, whose logits nobody reads."""
+    return x if at is None else x[at]
 
 
 def real_turns_first(turn_vectors: torch.Tensor, n_turns: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel, attention_mask_scores
+from cldg.models.base import DialogueModel, at_positions, attention_mask_scores
 from cldg.models.hred import TurnEncoder
 from cldg.text.tokenizer import PAD
 
@@ -53,8 +53,9 @@ class HRAN(DialogueModel):
         enc = self.encoder(batch.context_turns, self.embedding)
         return {"words": enc["words"], "word_pad": enc["word_pad"], "hidden": torch.tanh(self.bridge(enc["final"]))}
 
-    def _attend(self, query: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor) -> torch.Tensor:
-        """query [B, T, H]; words [B, U, L, H] -> logits [B, T, V]."""
+    def _attend(self, query: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """query [B, T, H]; words [B, U, L, H] -> logits [B, T, V] (or [N, V] at the positions `at`)."""
         B, T, H = query.shape
         U = words.size(1)
         # word level: one attention per (step, turn)
@@ -70,12 +71,14 @@ class HRAN(DialogueModel):
         u_scores = torch.einsum("bth,btuh->btu", self.utt_attn(query), states)
         u_scores = attention_mask_scores(u_scores, rev_pad.unsqueeze(1))
         ctx = torch.einsum("btu,btuh->bth", torch.softmax(u_scores, -1), states)
-        return self.out(self.dropout(torch.tanh(self.combine(torch.cat([query, ctx], -1)))))
+        return self.out(self.dropout(torch.tanh(self.combine(at_positions(torch.cat([query, ctx], -1), at)))))
 
-    def forward(self, batch) -> torch.Tensor:
-        state = self.init_decoding(batch)
+    group_forward = True
+
+    def forward(self, batch, shared_contexts=None, at=None) -> torch.Tensor:
+        state = self.encode_shared(batch, shared_contexts)
         out, _ = self.decoder(self.dropout(self.embedding(batch.response_in)), state["hidden"])
-        return self._attend(out, state["words"], state["word_pad"])
+        return self._attend(out, state["words"], state["word_pad"], at)
 
     def decode_step(self, state: dict, prev_tokens: torch.Tensor):
         out, hidden = self.decoder(self.embedding(prev_tokens).unsqueeze(1), state["hidden"])

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel, real_turns_first
+from cldg.models.base import DialogueModel, at_positions, real_turns_first
 from cldg.text.tokenizer import PAD
 
 
@@ -86,10 +86,12 @@ class HRED(DialogueModel):
         emb = self.dropout(self.embedding(tokens))
         return torch.cat([emb, context.unsqueeze(1).expand(-1, emb.size(1), -1)], -1)
 
-    def forward(self, batch) -> torch.Tensor:
-        state = self.init_decoding(batch)
+    group_forward = True
+
+    def forward(self, batch, shared_contexts=None, at=None) -> torch.Tensor:
+        state = self.encode_shared(batch, shared_contexts)
         out, _ = self.decoder(self._step_inputs(batch.response_in, state["context"]), state["hidden"])
-        return self.out(self.dropout(out))
+        return self.out(self.dropout(at_positions(out, at)))
 
     def decode_step(self, state: dict, prev_tokens: torch.Tensor):
         out, hidden = self.decoder(self._step_inputs(prev_tokens.unsqueeze(1), state["context"]), state["hidden"])

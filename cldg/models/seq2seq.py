@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cldg.errors import CldgError
 from cldg.models import register_model
-from cldg.models.base import DialogueModel, attention_mask_scores
+from cldg.models.base import DialogueModel, at_positions, attention_mask_scores
 from cldg.text.tokenizer import PAD
 
 
@@ -58,16 +58,19 @@ class Seq2Seq(DialogueModel):
                 self.config.num_layers, x.size(1), -1)
         return memory, context.eq(PAD), (merge(h), merge(c))
 
-    def _attend(self, dec_out: torch.Tensor, memory: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    def _attend(self, dec_out: torch.Tensor, memory: torch.Tensor, pad_mask: torch.Tensor,
+                at: torch.Tensor | None = None) -> torch.Tensor:
         scores = torch.bmm(self.attn(dec_out), memory.transpose(1, 2))  # [B, T, L]
         scores = attention_mask_scores(scores, pad_mask.unsqueeze(1))
         ctx = torch.bmm(torch.softmax(scores, -1), memory)
-        return self.out(self.dropout(torch.tanh(self.combine(torch.cat([dec_out, ctx], -1)))))
+        return self.out(self.dropout(torch.tanh(self.combine(at_positions(torch.cat([dec_out, ctx], -1), at)))))
 
-    def forward(self, batch) -> torch.Tensor:
-        memory, pad_mask, hidden = self._encode(batch.context)
-        dec_out, _ = self.decoder(self.dropout(self.embedding(batch.response_in)), hidden)
-        return self._attend(dec_out, memory, pad_mask)
+    group_forward = True
+
+    def forward(self, batch, shared_contexts=None, at=None) -> torch.Tensor:
+        state = self.encode_shared(batch, shared_contexts)
+        dec_out, _ = self.decoder(self.dropout(self.embedding(batch.response_in)), state["hidden"])
+        return self._attend(dec_out, state["memory"], state["pad_mask"], at)
 
     def init_decoding(self, batch) -> dict:
         memory, pad_mask, hidden = self._encode(batch.context)

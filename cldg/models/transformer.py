@@ -17,7 +17,7 @@ from torch import nn
 
 from cldg.errors import CldgError
 from cldg.models import register_model
-from cldg.models.base import DialogueModel
+from cldg.models.base import DialogueModel, at_positions
 from cldg.text.tokenizer import PAD
 
 
@@ -78,12 +78,13 @@ class Transformer(DialogueModel):
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._embed_at(tokens, 0)
 
-    def _decode(self, tokens: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor) -> torch.Tensor:
+    def _decode(self, tokens: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor,
+                at: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)
         out = self.decoder(self._embed(tokens), memory, tgt_mask=causal, tgt_key_padding_mask=tokens.eq(PAD),
                            memory_key_padding_mask=mem_pad)
-        return self.out(out)
+        return self.out(at_positions(out, at))
 
     def init_decoding(self, batch) -> dict:
         mem_pad = batch.context.eq(PAD)
@@ -106,9 +107,11 @@ class Transformer(DialogueModel):
             state.update(cross_k=torch.stack(ks), cross_v=torch.stack(vs), self_k=empty, self_v=empty)
         return state
 
-    def forward(self, batch) -> torch.Tensor:
-        state = self.init_decoding(batch)
-        return self._decode(batch.response_in, state["memory"], state["mem_pad"])
+    group_forward = True
+
+    def forward(self, batch, shared_contexts=None, at=None) -> torch.Tensor:
+        state = self.encode_shared(batch, shared_contexts)
+        return self._decode(batch.response_in, state["memory"], state["mem_pad"], at)
 
     def decode_step(self, state: dict, prev_tokens: torch.Tensor):
         prefix = torch.cat([state["prefix"], prev_tokens.unsqueeze(1)], 1)

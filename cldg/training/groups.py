@@ -148,11 +148,16 @@ class GroupBatch:
     s_neg: torch.Tensor
     ref_logp: torch.Tensor    # [S] cached reference log p of each flat sequence
     self_index: torch.Tensor  # [G] flat index of each group's own pair (for the MLE term)
+    # the pair and its response-side samples share one context: (first [U] a flat row of each distinct context,
+    # of [S] each row's distinct context), so a model with `shares_contexts` encodes 1 + 2k contexts a group, not 4k + 1
+    context_first: torch.Tensor
+    context_of: torch.Tensor
 
     def to(self, device) -> "GroupBatch":
         return GroupBatch(self.seqs.to(device), *(getattr(self, f).to(device) for f in
                                                   ("pos_index", "neg_index", "pos_mask", "neg_mask", "s_pos",
-                                                   "s_neg", "ref_logp", "self_index")))
+                                                   "s_neg", "ref_logp", "self_index", "context_first",
+                                                   "context_of")))
 
 
 def make_group_batch(groups: Groups, rows: list[int], text: TextIndex, ref_logp: dict[tuple[int, int], float] | None
@@ -172,9 +177,14 @@ def make_group_batch(groups: Groups, rows: list[int], text: TextIndex, ref_logp:
     neg_index, neg_mask = slots(groups.neg_ctx[rows], groups.neg_resp[rows])
     seqs = list(order)
     ref = torch.tensor([ref_logp[s] for s in seqs] if ref_logp is not None else [0.0] * len(seqs), dtype=torch.float32)
+    distinct: dict[int, int] = {}  # context id -> its number among the batch's distinct contexts
+    context_of = [distinct.setdefault(c, len(distinct)) for c, _ in seqs]
+    context_first = [0] * len(distinct)
+    for row in reversed(range(len(seqs))):
+        context_first[context_of[row]] = row
     return GroupBatch(text.batch(seqs), pos_index, neg_index, pos_mask, neg_mask,
                       torch.from_numpy(groups.pos_w[rows]), torch.from_numpy(groups.neg_w[rows]), ref,
-                      pos_index[:, 0].clone())
+                      pos_index[:, 0].clone(), torch.tensor(context_first), torch.tensor(context_of))
 
 
 def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weight: float = 0.0,
@@ -185,16 +195,24 @@ def contrastive_group_loss(model, gb: GroupBatch, variant: str = "eq4", mle_weig
     (the warm-up of a target trained from scratch) returns that NLL alone. `anneal` = w mixes as the
     released code does: (1 - w) * NLL + w * contrastive (mle_weight still adds on top). Returns (loss, what to log)."""
     from cldg.text.tokenizer import PAD
-    from cldg.training.losses import nll_loss, sequence_logprob
+    from cldg.training import distributed
+    from cldg.training.losses import picked_logprobs
 
-    logits = model(gb.seqs)
     targets = gb.seqs.response_out
-    d = sequence_logprob(logits, targets, PAD) - gb.ref_logp
-    own = gb.self_index
-    nll, n_own = nll_loss(logits[own], targets[own], PAD)
+    at = targets.ne(PAD)  # the real tokens: ~40% of a padded batch's positions
+    if getattr(distributed.unwrap(model), "group_forward", False):  # through model(...), so DDP's hooks run
+        logits = model(gb.seqs, shared_contexts=(gb.context_first, gb.context_of), at=at)
+    else:
+        logits = model(gb.seqs)[at]
+    token_logp = picked_logprobs(logits, targets[at])                  # [N] log p of each real token
+    rows = at.nonzero()[:, 0]                                            # its sequence
+    d = torch.zeros_like(gb.ref_logp).index_add(0, rows, token_logp) - gb.ref_logp
+    own = torch.bincount(gb.self_index, minlength=len(d)).to(token_logp.dtype)[rows]  # tokens of the pairs
+    n_own = own.sum()
+    nll = -(token_logp * own).sum() / n_own.clamp_min(1)
     if mle_only:
-        return nll, {"tokens": n_own, "nll": nll.item()}
-    return combine_group_loss(d, nll, gb, int(targets.ne(PAD).sum()), variant, mle_weight, beta, anneal)
+        return nll, {"tokens": int(n_own), "nll": nll.item()}
+    return combine_group_loss(d, nll, gb, len(rows), variant, mle_weight, beta, anneal)
 
 
 def combine_group_loss(d: torch.Tensor, nll: torch.Tensor, gb: GroupBatch, tokens: int, variant: str,

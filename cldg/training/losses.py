@@ -18,6 +18,11 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> 
     return picked.masked_fill(targets.eq(pad_id), 0.0)
 
 
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) of each row: logits [N, V], targets [N] -> [N] (positions already chosen, no padding)."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
     """log p(r|c) = sum over the response's real tokens (EOS included) of log p(token). -> [B]."""
     return token_logprobs(logits, targets, pad_id).sum(-1)
