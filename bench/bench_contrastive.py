@@ -7,6 +7,9 @@ one DialogueBatch by `make_group_batch`) and the same optimizer step (forward, b
 timed three ways:
   mle           NLL over every sequence of the flat batch (the cost of the sequences alone),
   contrastive   the stage's step: D from the cached reference log-probs, the eq4 loss (+ NLL logging),
+                logits only at real tokens and each distinct context encoded once (`group_forward`),
+  contrastive-padded  the same loss computed as before that (every row encodes its own context, logits at
+                every padded position, a second log-softmax for the pairs' NLL): the baseline of that change,
   inline-ref    the same, but running the frozen reference on the batch every step (no cache).
 Throughput is sequences per second of whole steps including batch building (the first `--warmup` steps
 are not timed); the three modes take turns on every batch. On CPU the clock is the process's CPU time
@@ -79,7 +82,7 @@ def main() -> None:
     from cldg.runtime import resolve_device
     from cldg.text.tokenizer import PAD
     from cldg.training.groups import GroupOptions, TextIndex, build_groups, contrastive_group_loss, make_group_batch
-    from cldg.training.losses import nll_loss, sequence_logprob
+    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
     from cldg.training.reference_cache import sequence_logprobs
 
     device = resolve_device(args.device)
@@ -112,7 +115,7 @@ def main() -> None:
     n = args.warmup + args.steps
     batch_rows = [order[(i * args.groups) % len(order):][:args.groups] for i in range(n)]
 
-    modes = ("mle", "contrastive", "inline-ref")
+    modes = ("mle", "contrastive", "contrastive-padded", "inline-ref")
     states = {}
     for mode in modes:
         model = build_model(args.model, args.vocab, **size).to(device)
@@ -129,6 +132,13 @@ def main() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             if mode == "mle":
                 loss, _ = nll_loss(model(gb.seqs), gb.seqs.response_out, PAD)
+            elif mode == "contrastive-padded":
+                logits = model(gb.seqs)
+                d = sequence_logprob(logits, gb.seqs.response_out, PAD) - gb.ref_logp
+                own = gb.self_index
+                nll_loss(logits[own], gb.seqs.response_out[own], PAD)  # logged by the stage, so computed
+                loss = contrastive_loss(d[gb.pos_index], d[gb.neg_index], gb.s_pos, gb.s_neg, gb.pos_mask,
+                                        gb.neg_mask)
             else:
                 if mode == "inline-ref":
                     with torch.inference_mode():
@@ -170,6 +180,8 @@ def main() -> None:
         "vocab": args.vocab, "k": args.k, "groups_per_batch": args.groups, "timed_steps": args.steps,
         "throughput": results,
         "contrastive_vs_mle": round(results["contrastive"]["seqs_per_s"] / results["mle"]["seqs_per_s"], 3),
+        "contrastive_vs_padded": round(results["contrastive"]["seqs_per_s"] /
+                                       results["contrastive-padded"]["seqs_per_s"], 3),
         "target": ">= 0.85",
         "reference_cache": {"distinct_sequences": len(seqs),
                             "sequence_slots": int((groups.pos_ctx >= 0).sum() + (groups.neg_ctx >= 0).sum()),

@@ -299,6 +299,39 @@ def test_a_missing_or_unreadable_directory_is_one_clean_error(tmp_path):
         load_hf_model("hf:")
 
 
+def test_a_directorys_digest_is_remembered_in_the_workdir_until_a_file_changes(tmp_path):
+    """directory_digest(spec, workdir) hashes a model directory once: later calls trust WORKDIR/.hf-digests.json
+    while every file's size, mtime, ctime and inode are unchanged, and hash again after a write or a new file."""
+    import json
+    import time
+
+    from cldg.models.hf import HF_DIGESTS, directory_digest
+
+    model, workdir = tmp_path / "model", tmp_path / "work"
+    (model / "sub").mkdir(parents=True)
+    workdir.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "sub" / "weights.bin").write_bytes(b"\x00" * 1000)
+    old = time.time() - 60  # older than the cache's racy window
+    for f in (model / "config.json", model / "sub" / "weights.bin"):
+        os.utime(f, (old, old))
+    spec = f"hf:{model}"
+    plain = directory_digest(spec)
+    assert directory_digest(spec, workdir) == plain
+    cache = json.loads((workdir / HF_DIGESTS).read_text())
+    assert cache[str(model.resolve())]["sha256"] == plain
+    # the remembered digest is what is returned while nothing changed (planted here to see that nothing is reread)
+    cache[str(model.resolve())]["sha256"] = "remembered"
+    (workdir / HF_DIGESTS).write_text(json.dumps(cache))
+    assert directory_digest(spec, workdir) == "remembered"
+    with open(model / "sub" / "weights.bin", "ab") as fh:  # a write: hashed again
+        fh.write(b"\x01")
+    changed = directory_digest(spec, workdir)
+    assert changed not in ("remembered", plain) and changed == directory_digest(spec)
+    (model / "extra.txt").write_text("x")  # a new file: hashed again
+    assert directory_digest(spec, workdir) == directory_digest(spec) != changed
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "bart"])
 def test_the_directorys_generation_config_does_not_change_decoding(kind, gpt2_dir, bart_dir, tmp_path):
     """generate() fills every argument left out from generation_config.json: n-gram blocking, a repetition

@@ -457,24 +457,67 @@ def saved_tokenization_key(directory: Path | str) -> dict[str, Any]:
             "max_response_tokens": meta["config"]["max_response_tokens"]}
 
 
-def directory_digest(spec: str) -> str:
+HF_DIGESTS = ".hf-digests.json"  # in the workdir: {directory: {"files": [[name, size, mtime, ctime, inode]...], ...}}
+
+
+def directory_digest(spec: str, workdir: Path | None = None) -> str:
     """sha256 over the names and contents of the files of `hf:PATH`'s directory: a run on it is fingerprinted by
-    what the directory holds, not by its name (a missing or unreadable directory is one CldgError naming it)."""
+    what the directory holds, not by its name (a missing or unreadable directory is one CldgError naming it).
+
+    With a workdir the digest is remembered in WORKDIR/.hf-digests.json under every file's size, mtime, ctime and
+    inode (as artifact verification does), so a multi-GB model is hashed once, not on every pretrain / evaluate;
+    any write to a file of the directory, or a file added or removed, makes the next call hash it again."""
     import hashlib
+    import json
+    import os
+    import time
+
+    from cldg.artifacts import RACY_NS
 
     path = hf_path(spec)
     if not path.is_dir():
         raise CldgError(f"{path}: no such directory (hf:PATH names a local transformers model directory)")
+    try:
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        stats = []
+        for f in files:
+            st = f.stat()
+            stats.append([str(f.relative_to(path)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    except OSError as err:
+        raise CldgError(f"{path}: cannot read the model directory: {_one_line(err)}") from None
+    cache = Path(workdir) / HF_DIGESTS if workdir is not None else None
+    key = str(path.resolve())
+    entries = {}
+    if cache is not None:
+        try:
+            entries = json.loads(cache.read_text())
+            entries = entries if isinstance(entries, dict) else {}
+        except (OSError, ValueError):
+            entries = {}
+        e = entries.get(key)
+        if (isinstance(e, dict) and e.get("files") == stats and isinstance(e.get("checked_ns"), int)
+                and all(s[2] < e["checked_ns"] - RACY_NS for s in stats)):
+            return e["sha256"]
+    checked_ns = time.time_ns()
     digest = hashlib.sha256()
     try:
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        for file in files:
             digest.update(str(file.relative_to(path)).encode() + b"\0")
             with open(file, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
     except OSError as err:
         raise CldgError(f"{path}: cannot read the model directory: {_one_line(err)}") from None
-    return digest.hexdigest()
+    sha = digest.hexdigest()
+    if cache is not None and cache.parent.is_dir():  # only a cache: a workdir that cannot be written hashes again
+        entries[key] = {"files": stats, "sha256": sha, "checked_ns": checked_ns}
+        tmp = cache.with_name(f"{HF_DIGESTS}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(entries, separators=(",", ":")))
+            os.replace(tmp, cache)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    return sha
 
 
 def add_lora(hf_model, lora: LoraOptions, path: Path | str = ""):

@@ -176,7 +176,7 @@ def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
         from cldg.approaches.mle import MLEOptions
         from cldg.models.hf import directory_digest
 
-        digest = directory_digest(cfg.model)  # first: a missing directory is the error to report
+        digest = directory_digest(cfg.model, store.root)  # first: a missing directory is the error to report
         prepared = store.resolve_input("prepare", cfg.prepare_dir, 1, "--prepare-dir")
         o = MLEOptions()
         return EvalModel(cfg.model, digest, prepared, Limits(

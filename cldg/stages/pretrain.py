@@ -72,7 +72,7 @@ def pretrain_config(cfg: Config, common: CommonOptions) -> dict:
     if is_hf(cfg):
         from cldg.models.hf import directory_digest
 
-        config |= {name: getattr(cfg, name) for name in HF_OPTIONS} | {"hf_sha256": directory_digest(cfg.model)}
+        config |= {name: getattr(cfg, name) for name in HF_OPTIONS} | {"hf_sha256": directory_digest(cfg.model, common.workdir)}
     return config
 
 
