@@ -86,7 +86,9 @@ def test_mmi_trains_through_the_generic_stage_then_evaluate_and_chat_take_it(ref
                                  "--max-len", "8", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     ev = ArtifactStore(work).latest("eval")
-    assert json.loads(ev.file("metrics.json").read_text())["model"] == "mmi"
+    ev_metrics = json.loads(ev.file("metrics.json").read_text())
+    # it reranks its 3-best list whatever --decoding says (greedy by default), and metrics.json says so
+    assert ev_metrics["model"] == "mmi" and ev_metrics["decoding"] == "3-best MMI-bidi rerank"
     turns = iter(["hello there", ""])
     transcript = chat_session("mmi", work, None, DecodeConfig(max_len=6), "cpu", 0, read=lambda: next(turns))
     assert len(transcript) == 1 and transcript[0]["model"]

@@ -95,7 +95,11 @@ def hf_generate(model, contexts: list[list[str]], dcfg, contrastive_alpha: float
     return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
-def decoding_label(cfg: Config) -> str:
+def decoding_label(cfg: Config, model=None) -> str:
+    """How the responses were decoded, for metrics.json and the tables. A reranking model (MMI) decodes its own
+    way whatever --decoding says: its forward model's N-best beam list, reranked."""
+    if model is not None and callable(getattr(model, "rerank_scores", None)):
+        return f"{model.nbest}-best MMI-{'antiLM' if getattr(model, 'objective', '') == 'antilm' else 'bidi'} rerank"
     return f"contrastive search (alpha {cfg.contrastive_alpha}, k {cfg.top_k})" if cfg.contrastive_alpha \
         else cfg.decoding
 
@@ -127,7 +131,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         t0 = time.time()
         row_seeds = [common.seed * 1_000_003 + int(pid) for pid in pairs.pair_id[:n]]
         outputs = decode_all(model, tok, contexts, source.limits, cfg.decode_config(), cfg.batch_size, device,
-                             row_seeds, f"decode {decoding_label(cfg)}", cfg.contrastive_alpha)
+                             row_seeds, f"decode {decoding_label(cfg, model)}", cfg.contrastive_alpha)
         decode_s = time.time() - t0
         t0 = time.time()
         metrics, per = score(tok, source.prepared, outputs, contexts, references)
@@ -138,7 +142,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         metrics["oov_rate_context"] = oov_rate(tok, [tok.words(t) for c in contexts for t in c])
         # metrics.json holds only what the model and data decide (no timings, no paths): the same command with
         # the same seed gives the same bytes. Timings go to the manifest.
-        metrics.update(model=source.label, model_fingerprint=source.fingerprint, decoding=decoding_label(cfg),
+        metrics.update(model=source.label, model_fingerprint=source.fingerprint, decoding=decoding_label(cfg, model),
                        split="input" if cfg.input is not None else cfg.split,
                        decode_config={k: v for k, v in fingerprint_config(cfg).items() if k not in ("model", "input")})
         speed = round(n / max(decode_s, 1e-9), 1)
