@@ -291,6 +291,29 @@ def test_the_discriminator_learns_to_tell_human_responses_from_shuffled_ones():
     assert accuracy_before < 0.7 and accuracy > 0.9
 
 
+def test_a_discriminator_score_does_not_depend_on_the_other_rows_of_its_batch():
+    """The turn-level GRU reads a row's own turns and its response only: scored alone or beside a context with
+    more turns (more empty left-padding slots for this row), the logit is the same."""
+    from cldg.data.batching import Limits, collate_ids
+    from cldg.models.discriminator import DiscriminatorConfig, HierarchicalDiscriminator
+    from cldg.text.tokenizer import SEP
+
+    torch.manual_seed(0)
+    d = HierarchicalDiscriminator(21, DiscriminatorConfig(embedding_dim=8, hidden_size=8)).eval()
+    one_turn = ([5, 6, 7], [[5, 6, 7]])
+    three_turns = ([8, 9, SEP, 10, SEP, 11, 12], [[8, 9], [10], [11, 12]])
+    responses = [[13, 14], [15, 16, 17]]
+    limits = Limits(max_context_turns=3)
+    alone = collate_ids([one_turn], responses[:1], limits)
+    beside = collate_ids([one_turn, three_turns], responses, limits)
+    assert beside.context_turns.shape[1] > alone.context_turns.shape[1]
+    with torch.no_grad():
+        a = d(alone.context_turns, alone.response_out)
+        b = d(beside.context_turns, beside.response_out)
+        c = d(beside.context_turns[1:], beside.response_out[1:])
+    assert torch.allclose(a, b[:1], atol=1e-6) and torch.allclose(c, b[1:], atol=1e-6)
+
+
 # -- end to end through the generic stage --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

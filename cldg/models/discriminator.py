@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from cldg.models.base import utterance_vectors
+from cldg.models.base import real_turns_first, utterance_vectors
 from cldg.text.tokenizer import EOS, PAD
 
 
@@ -37,9 +38,15 @@ class HierarchicalDiscriminator(nn.Module):
         return utterance_vectors(tokens, self.embedding, self.utterance)
 
     def forward(self, context_turns: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """context_turns [B, U, Lt] (a DialogueBatch's), response [B, T] token ids -> logit [B]."""
+        """context_turns [B, U, Lt] (a DialogueBatch's, left-padded turn slots), response [B, T] token ids -> logit
+        [B]. The turn-level GRU reads each row's own turns and then its response (packed), never an empty slot, so
+        a context's score does not depend on how many turns the other rows of its batch have."""
         B, U, Lt = context_turns.shape
         turns = self.encode_utterances(context_turns.reshape(B * U, Lt)).view(B, U, -1)
-        reply = self.encode_utterances(response.masked_fill(response.eq(EOS), PAD)).unsqueeze(1)
-        _, h = self.dialogue(torch.cat([turns, reply], 1))
+        reply = self.encode_utterances(response.masked_fill(response.eq(EOS), PAD))
+        n_turns = context_turns.ne(PAD).any(-1).sum(1)                            # real turns per row
+        steps = torch.cat([real_turns_first(turns, n_turns), torch.zeros_like(turns[:, :1])], 1)
+        steps = steps.scatter(1, n_turns.view(B, 1, 1).expand(B, 1, steps.size(-1)), reply.unsqueeze(1))
+        packed = pack_padded_sequence(steps, (n_turns + 1).cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.dialogue(packed)
         return self.out(h[-1]).squeeze(-1)
