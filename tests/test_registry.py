@@ -111,3 +111,19 @@ def test_approaches_command_shows_every_approach_whole_at_80_columns():
         assert f"{a.name} cldg {a.command}" in text
         assert " ".join(a.description.split()) in text  # not cut to fit a column
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+def test_approach_modules_are_looked_for_once_so_a_module_added_mid_run_cannot_appear_halfway(monkeypatch):
+    """The stage list is built from the approach modules at start; a later call must not scan the package again
+    (a module added to the checkout during a long `cldg run` once made its evaluate step fail)."""
+    import cldg.approaches as registry
+    from cldg.stages import STAGES
+
+    before = [a.name for a in registry.approaches()]
+
+    def no_rescan(*args, **kwargs):
+        raise AssertionError("the approach package was scanned again")
+
+    monkeypatch.setattr(registry.pkgutil, "iter_modules", no_rescan)
+    assert [a.name for a in registry.approaches()] == before
+    assert {a.command for a in registry.approaches()} <= {s.command for s in STAGES}

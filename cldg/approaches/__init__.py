@@ -59,11 +59,18 @@ def register_approach(name: str):
     return register
 
 
+_DISCOVERED: list[bool] = []  # set once the approach modules have been imported
+
+
 def registered() -> list[Approach]:
     """Every approach module imported, the approaches in name order (the stage registry's view: it cannot
-    ask for the pipeline order, which it defines)."""
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    ask for the pipeline order, which it defines). The modules are looked for once per process: the stage list
+    is built from them at start, and a module added to the checkout while a long `cldg run` goes on must not
+    appear halfway through (its command would be in no stage list)."""
+    if not _DISCOVERED:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _DISCOVERED.append(True)
     return sorted(_REGISTRY.values(), key=lambda a: a.name)
 
 

@@ -458,6 +458,9 @@ def saved_tokenization_key(directory: Path | str) -> dict[str, Any]:
 
 
 HF_DIGESTS = ".hf-digests.json"  # in the workdir: {directory: {"files": [[name, size, mtime, ctime, inode]...], ...}}
+# a file written within this long before the digest was taken is hashed again (coarse mtime clocks), as the
+# artifact store's verification cache does (the library does not import the store)
+RACY_NS = 2_000_000_000
 
 
 def directory_digest(spec: str, workdir: Path | None = None) -> str:
@@ -471,8 +474,6 @@ def directory_digest(spec: str, workdir: Path | None = None) -> str:
     import json
     import os
     import time
-
-    from cldg.artifacts import RACY_NS
 
     path = hf_path(spec)
     if not path.is_dir():
