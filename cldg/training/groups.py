@@ -149,7 +149,7 @@ class GroupBatch:
     ref_logp: torch.Tensor    # [S] cached reference log p of each flat sequence
     self_index: torch.Tensor  # [G] flat index of each group's own pair (for the MLE term)
     # the pair and its response-side samples share one context: (first [U] a flat row of each distinct context,
-    # of [S] each row's distinct context), so a model with `shares_contexts` encodes 1 + 2k contexts a group, not 4k + 1
+    # of [S] each row's distinct context), so a model with `group_forward` encodes 1 + 2k contexts a group, not 4k + 1
     context_first: torch.Tensor
     context_of: torch.Tensor
 
