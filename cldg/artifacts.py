@@ -65,6 +65,12 @@ def compute_fingerprint(stage: str, schema: int, config: dict[str, Any], inputs:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def build_id(art: "Artifact") -> str:
+    """One build of an artifact: a digest of its manifest (creation time, file digests), so a rebuild under the
+    same fingerprint has another id (StageRun.stale_inputs)."""
+    return hashlib.sha256(json.dumps(art.manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 # -- the verification cache ------------------------------------------------------------------------------
 def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
@@ -243,10 +249,30 @@ class StageRun:
         self.store.set_latest(self.stage, self.final)
         return self
 
+    def stale_inputs(self) -> list[str]:
+        """The inputs that were rebuilt since the complete artifact of this fingerprint was made from them.
+
+        A fingerprint names a config and its inputs' fingerprints, not code: an input deleted and rebuilt by
+        changed code (a bug fix) keeps its fingerprint but holds other numbers, and what was made from the old
+        one must not be reused. Each artifact records the build of every input (a digest of its manifest, which
+        holds its creation time and file digests); an artifact from before that record is taken as current."""
+        try:
+            recorded = json.loads((self.final / MANIFEST).read_text()).get("inputs") or {}
+        except (OSError, ValueError):
+            return []
+        return [k for k, a in sorted(self.inputs.items())
+                if isinstance(recorded.get(k), dict) and recorded[k].get("build") not in (None, build_id(a))]
+
     def __enter__(self) -> "StageRun":
         if self.stage_dir.is_dir() and any(self.stage_dir.glob(f".{self.fingerprint}.trash-*")):
             with self._commit_lock():  # a publish killed half-way left resume state behind
                 self._clear_leftovers()
+        if (self.final / MANIFEST).is_file() and not self.force and (stale := self.stale_inputs()):
+            from cldg.progress import console
+
+            console.print(f"{self.stage}: {self.final} was made from an earlier build of its {', '.join(stale)} "
+                          f"input (rebuilt since) - building it again", highlight=False, soft_wrap=True)
+            self.force = True
         if (self.final / MANIFEST).is_file() and not self.force:
             return self._reuse()
         self.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -386,7 +412,8 @@ class StageRun:
             "fingerprint": self.fingerprint,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": self.config,
-            "inputs": {k: {"fingerprint": a.fingerprint, "path": str(a.path)} for k, a in self.inputs.items()},
+            "inputs": {k: {"fingerprint": a.fingerprint, "path": str(a.path), "build": build_id(a)}
+                       for k, a in self.inputs.items()},
             "rows": rows or {},
             "timings": timings,
             "files": files,

@@ -51,6 +51,27 @@ def test_same_fingerprint_is_skipped_and_force_rebuilds(tmp_path):
     assert built_forced and (forced.path / "data.txt").read_text() == "two"
 
 
+def test_an_artifact_made_from_an_input_rebuilt_since_is_built_again_not_reused(tmp_path, capsys):
+    """Fingerprints name configs, not code: an input deleted and rebuilt (say by fixed code) keeps its fingerprint
+    but not its numbers, so what was made from its earlier build is built again; an unchanged input is reused."""
+    import shutil
+
+    store = ArtifactStore(tmp_path)
+    model, _ = make(store, stage="model", payload="weights v1")
+    evaluation, built = make(store, stage="eval", inputs={"model": model}, payload="scored v1")
+    assert built
+    again, built_again = make(store, stage="eval", inputs={"model": store.latest("model")}, payload="scored v2")
+    assert not built_again and again.fingerprint == evaluation.fingerprint
+    shutil.rmtree(model.path)  # what a user does to retrain after a fix
+    rebuilt, built_model = make(store, stage="model", payload="weights v2")
+    assert built_model and rebuilt.fingerprint == model.fingerprint
+    fresh, built_eval = make(store, stage="eval", inputs={"model": rebuilt}, payload="scored v2")
+    assert built_eval and fresh.fingerprint == evaluation.fingerprint
+    assert (fresh.path / "data.txt").read_text() == "scored v2"
+    assert "earlier build of its model input" in capsys.readouterr().err  # the console writes to stderr
+    assert not make(store, stage="eval", inputs={"model": rebuilt}, payload="scored v3")[1]  # now current
+
+
 def test_crash_leaves_no_complete_artifact_and_resume_keeps_partial(tmp_path):
     store = ArtifactStore(tmp_path)
     with pytest.raises(RuntimeError):
