@@ -66,9 +66,14 @@ def compute_fingerprint(stage: str, schema: int, config: dict[str, Any], inputs:
 
 
 def build_id(art: "Artifact") -> str:
-    """One build of an artifact: a digest of its manifest (creation time, file digests), so a rebuild under the
-    same fingerprint has another id (StageRun.stale_inputs)."""
-    return hashlib.sha256(json.dumps(art.manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """What one build of an artifact holds: a digest of its manifest without the creation time, timings, version
+    and input paths (so a byte-identical rebuild, or a copied workdir, is the same build; a rebuild with other
+    numbers, under the same fingerprint, is another: StageRun.stale_inputs). A file that records timings (a
+    trainer's metrics.json keeps its train_seconds) makes every rebuild of that stage another build."""
+    m = {k: v for k, v in art.manifest.items() if k not in ("created", "timings", "cldg_version", "inputs")}
+    m["inputs"] = {k: {"fingerprint": v.get("fingerprint"), "build": v.get("build")}
+                   for k, v in (art.manifest.get("inputs") or {}).items() if isinstance(v, dict)}
+    return hashlib.sha256(json.dumps(m, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # -- the verification cache ------------------------------------------------------------------------------
@@ -239,6 +244,7 @@ class StageRun:
         self.lock_path = self.stage_dir / f".{self.fingerprint}.lock"
         self.force = force
         self.existing: Artifact | None = None
+        self._said_stale = False
         self.resumed = False  # an interrupted run of this artifact had left work in .partial/
         self._lock_fh = None
         self._t0 = time.time()
@@ -249,48 +255,82 @@ class StageRun:
         self.store.set_latest(self.stage, self.final)
         return self
 
-    def stale_inputs(self) -> list[str]:
-        """The inputs that were rebuilt since the complete artifact of this fingerprint was made from them.
+    def stale_inputs(self, manifest_path: Path | None = None) -> list[str]:
+        """The inputs rebuilt since the artifact of this fingerprint (or the manifest at `manifest_path`) was made.
 
         A fingerprint names a config and its inputs' fingerprints, not code: an input deleted and rebuilt by
         changed code (a bug fix) keeps its fingerprint but holds other numbers, and what was made from the old
-        one must not be reused. Each artifact records the build of every input (a digest of its manifest, which
-        holds its creation time and file digests); an artifact from before that record is taken as current."""
+        one must not be reused. Each artifact records the build of every input (`build_id`: a digest of what the
+        input holds); an artifact from before that record is taken as current."""
         try:
-            recorded = json.loads((self.final / MANIFEST).read_text()).get("inputs") or {}
+            recorded = json.loads((manifest_path or self.final / MANIFEST).read_text()).get("inputs") or {}
         except (OSError, ValueError):
             return []
         return [k for k, a in sorted(self.inputs.items())
                 if isinstance(recorded.get(k), dict) and recorded[k].get("build") not in (None, build_id(a))]
 
-    def __enter__(self) -> "StageRun":
-        if self.stage_dir.is_dir() and any(self.stage_dir.glob(f".{self.fingerprint}.trash-*")):
-            with self._commit_lock():  # a publish killed half-way left resume state behind
-                self._clear_leftovers()
-        if (self.final / MANIFEST).is_file() and not self.force and (stale := self.stale_inputs()):
+    def _reusable(self) -> bool:
+        """A complete artifact of this fingerprint exists, no --force, and it was made from the inputs' current
+        builds (said once when it was not)."""
+        if not (self.final / MANIFEST).is_file() or self.force:
+            return False
+        stale = self.stale_inputs()
+        if stale and not self._said_stale:
             from cldg.progress import console
 
             console.print(f"{self.stage}: {self.final} was made from an earlier build of its {', '.join(stale)} "
                           f"input (rebuilt since) - building it again", highlight=False, soft_wrap=True)
-            self.force = True
-        if (self.final / MANIFEST).is_file() and not self.force:
+            self._said_stale = True
+        return not stale
+
+    def _check_partial_inputs(self) -> None:
+        """Work left in .partial/ (checkpoints, mined shards, a written manifest) was made from the inputs' builds
+        recorded in .partial/.inputs.json: if one was rebuilt since, that work is discarded (exclusive runs, under
+        the lock) or refused in one line (workers sharing the partial), never resumed into the new artifact."""
+        builds = {k: build_id(a) for k, a in sorted(self.inputs.items())}
+        record = self.dir / ".inputs.json"
+        try:
+            before = json.loads(record.read_text()) if record.is_file() else None
+        except (OSError, ValueError):
+            before = None
+        if before is not None and before != builds and self.dir.is_dir():
+            changed = ", ".join(k for k in builds if before.get(k) != builds[k])
+            if not self.exclusive:
+                raise CldgError(f"{self.dir}: holds work made from an earlier build of its {changed} input (rebuilt "
+                                f"since) - delete {self.dir} (no worker may be using it) and rerun")
+            from cldg.progress import console
+
+            console.print(f"{self.stage}: {self.dir} was made from an earlier build of its {changed} input - "
+                          f"starting over", highlight=False, soft_wrap=True)
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if before != builds:
+            tmp = self.dir / f".inputs.json.{os.getpid()}"
+            tmp.write_text(json.dumps(builds))
+            os.replace(tmp, record)
+
+    def __enter__(self) -> "StageRun":
+        if self.stage_dir.is_dir() and any(self.stage_dir.glob(f".{self.fingerprint}.trash-*")):
+            with self._commit_lock():  # a publish killed half-way left resume state behind
+                self._clear_leftovers()
+        if self._reusable():
             return self._reuse()
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         if self.exclusive:
             self._lock()
-            if (self.final / MANIFEST).is_file() and not self.force:  # committed while we waited for the lock
+            if self._reusable():  # committed while we waited for the lock
                 self._unlock()
                 return self._reuse()
+        self._check_partial_inputs()
         if (self.dir / MANIFEST).is_file() and self._finish_interrupted_commit():
             self._unlock()
             return self._reuse()
-        if self.dir.is_dir() and any(not p.name.endswith(".lock") for p in self.dir.iterdir()) and not any(
+        if any(not p.name.endswith(".lock") and p.name != ".inputs.json" for p in self.dir.iterdir()) and not any(
                 flock_held(p) for p in self.dir.glob(".*.lock")):  # (not a live worker's, in a shared partial)
             self.resumed = True
             from cldg.progress import console
 
             console.print(f"{self.stage}: found {self.dir} from an interrupted run", highlight=False, soft_wrap=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
         return self
 
     def _lock(self) -> None:
@@ -331,7 +371,7 @@ class StageRun:
     def _finish_interrupted_commit(self) -> bool:
         """A run killed between writing manifest.json and the rename: finish it if the files match."""
         with self._commit_lock():
-            if (self.final / MANIFEST).is_file() and not self.force:
+            if self._reusable():
                 return True
             if not (self.dir / MANIFEST).is_file():
                 return False

@@ -72,6 +72,38 @@ def test_an_artifact_made_from_an_input_rebuilt_since_is_built_again_not_reused(
     assert not make(store, stage="eval", inputs={"model": rebuilt}, payload="scored v3")[1]  # now current
 
 
+def test_a_byte_identical_rebuild_of_an_input_keeps_what_was_made_from_it(tmp_path):
+    store = ArtifactStore(tmp_path)
+    model, _ = make(store, stage="model", payload="weights")
+    make(store, stage="eval", inputs={"model": model}, payload="scored")
+    rebuilt, built = make(store, stage="model", payload="weights", force=True)  # same bytes, another time
+    assert built and rebuilt.manifest["created"] and rebuilt.path == model.path
+    assert not make(store, stage="eval", inputs={"model": rebuilt}, payload="other")[1]
+
+
+def test_interrupted_work_made_from_an_earlier_input_build_is_not_resumed(tmp_path, capsys):
+    import shutil
+
+    store = ArtifactStore(tmp_path)
+    model, _ = make(store, stage="model", payload="weights v1")
+    with pytest.raises(RuntimeError):
+        with store.begin("eval", 1, {"a": 1}, {"model": model}) as run:
+            (run.dir / "resume-checkpoint.txt").write_text("half done on v1")
+            raise RuntimeError("killed")
+    with store.begin("eval", 1, {"a": 1}, {"model": model}) as run:  # same input build: resumed
+        assert run.resumed and (run.dir / "resume-checkpoint.txt").is_file()  # left uncommitted
+    shutil.rmtree(model.path)
+    rebuilt, _ = make(store, stage="model", payload="weights v2")
+    with store.begin("eval", 1, {"a": 1}, {"model": rebuilt}) as run:
+        assert not run.resumed and not (run.dir / "resume-checkpoint.txt").exists()
+        (run.dir / "data.txt").write_text("scored v2")
+        art = run.commit()
+    assert "earlier build of its model input" in capsys.readouterr().err
+    from cldg.artifacts import build_id
+
+    assert art.manifest["inputs"]["model"]["build"] == build_id(rebuilt) != build_id(model)
+
+
 def test_crash_leaves_no_complete_artifact_and_resume_keeps_partial(tmp_path):
     store = ArtifactStore(tmp_path)
     with pytest.raises(RuntimeError):
