@@ -157,6 +157,21 @@ def test_forward_shapes_and_padding_does_not_change_logp(name):
     assert torch.isfinite(logprobs(model, empty)).all()
 
 
+def test_an_empty_turn_between_real_ones_counts_so_the_oldest_turn_is_kept():
+    """A turn that tokenizes to nothing leaves an all-PAD slot between real ones: the turn count starts at the first
+    non-empty slot, so HRED still reads the oldest turn (counting non-empty slots dropped it)."""
+    from cldg.models.base import turn_count
+
+    def context(first):
+        return ([*first, SEP, SEP, 7], [first, [], [7]])
+
+    batch = batch_of([(context([5, 6]), [8]), (([9], [[9]]), [8]), (([], []), [8])])
+    assert turn_count(batch.context_turns).tolist() == [3, 1, 0]
+    model = tiny("hred").eval()
+    a, b = (logprobs(model, batch_of([(context(first), [8, 9])])) for first in ([5, 6], [11, 12]))
+    assert not torch.allclose(a, b)  # the oldest turn changes the encoding
+
+
 @pytest.mark.parametrize("name", ["seq2seq", "hred", "hran", "transformer"])
 def test_group_forward_encodes_shared_contexts_once_and_gives_logits_only_where_asked(name, monkeypatch):
     """forward(batch, shared_contexts, at): the logits of a plain forward at the real tokens, with each distinct

@@ -49,8 +49,10 @@ class DialogueModel(nn.Module, metaclass=abc.ABCMeta):
     def encode_shared(self, batch, shared_contexts: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
         """init_decoding(batch), with each distinct context encoded once when `shared_contexts` = (first, of) is
         given: first [U], a row of the batch holding each distinct context; of [B], the distinct context of each
-        row. The same numbers as encoding every row (up to float summation order); the encoder's work and its
-        backward pass shrink to U rows, about half of a contrastive batch's."""
+        row. In eval mode the same numbers as encoding every row (up to float summation order); in training the
+        rows that share a context share its encoder dropout mask too (before, each drew its own: the same
+        expectation, a little less noise between a pair and its response-side samples). The encoder's work and
+        its backward pass shrink to U rows, about half of a contrastive batch's."""
         if shared_contexts is None:
             return self.init_decoding(batch)
         first, of = shared_contexts
@@ -119,6 +121,15 @@ def at_positions(x: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
     """x [B, T, ...] at the positions where `at` [B, T] is set -> [N, ...] (row-major), or all of x for None.
     Before the output layer: a padded batch of responses is mostly padding, whose logits nobody reads."""
     return x if at is None else x[at]
+
+
+def turn_count(context_turns: torch.Tensor) -> torch.Tensor:
+    """[B, U, L] left-padded turn slots -> the turns of each row [B], counted from its first non-empty slot: a
+    turn that tokenized to nothing between real ones still counts, so real_turns_first keeps the oldest turn."""
+    filled = context_turns.ne(PAD).any(-1)
+    U = filled.size(1)
+    first = torch.where(filled.any(1), filled.to(torch.uint8).argmax(1), torch.full_like(filled[:, 0], U, dtype=torch.long))
+    return U - first
 
 
 def real_turns_first(turn_vectors: torch.Tensor, n_turns: torch.Tensor) -> torch.Tensor:

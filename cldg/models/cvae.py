@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel, real_turns_first, row_randn, utterance_vectors
+from cldg.models.base import DialogueModel, real_turns_first, row_randn, turn_count, utterance_vectors
 from cldg.text.tokenizer import PAD
 
 
@@ -69,7 +69,7 @@ class CVAE(DialogueModel):
         non-empty turn) are skipped (a packed sequence), so c does not depend on the other contexts of the batch."""
         B, U, L = batch.context_turns.shape
         turns = self.encode_utterances(batch.context_turns.reshape(B * U, L)).view(B, U, -1)
-        n_turns = batch.context_turns.ne(PAD).any(-1).sum(1).clamp_min(1)                # real turns per row
+        n_turns = turn_count(batch.context_turns).clamp_min(1)                           # real turns per row
         packed = nn.utils.rnn.pack_padded_sequence(real_turns_first(turns, n_turns), n_turns.cpu(), batch_first=True,
                                                    enforce_sorted=False)
         _, h = self.context(packed)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from cldg.models.base import real_turns_first, utterance_vectors
+from cldg.models.base import real_turns_first, turn_count, utterance_vectors
 from cldg.text.tokenizer import EOS, PAD
 
 
@@ -44,7 +44,7 @@ class HierarchicalDiscriminator(nn.Module):
         B, U, Lt = context_turns.shape
         turns = self.encode_utterances(context_turns.reshape(B * U, Lt)).view(B, U, -1)
         reply = self.encode_utterances(response.masked_fill(response.eq(EOS), PAD))
-        n_turns = context_turns.ne(PAD).any(-1).sum(1)                            # real turns per row
+        n_turns = turn_count(context_turns)                                       # real turns per row
         steps = torch.cat([real_turns_first(turns, n_turns), torch.zeros_like(turns[:, :1])], 1)
         steps = steps.scatter(1, n_turns.view(B, 1, 1).expand(B, 1, steps.size(-1)), reply.unsqueeze(1))
         packed = pack_padded_sequence(steps, (n_turns + 1).cpu(), batch_first=True, enforce_sorted=False)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cldg.models import register_model
-from cldg.models.base import DialogueModel, at_positions, real_turns_first
+from cldg.models.base import DialogueModel, at_positions, real_turns_first, turn_count
 from cldg.text.tokenizer import PAD
 
 
@@ -44,7 +44,7 @@ class TurnEncoder(nn.Module):
         out, h = self.word_rnn(packed)
         words, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # [B*U, L, H]
         utt = h[-1].view(B, U, -1)                                                # [B, U, H]
-        n_turns = lengths.view(B, U).gt(0).sum(1).clamp_min(1)                   # real turns per row
+        n_turns = turn_count(turns).clamp_min(1)                                  # real turns per row
         utt_left = real_turns_first(utt, n_turns)
         packed = pack_padded_sequence(utt_left, n_turns.cpu(), batch_first=True, enforce_sorted=False)
         utt_out, utt_h = self.utt_rnn(packed)
