@@ -185,8 +185,9 @@ def test_group_forward_encodes_shared_contexts_once_and_gives_logits_only_where_
     shared = (torch.tensor([0, 1]), torch.tensor([0, 1, 0, 0]))
     at = batch.response_out.ne(PAD)
     encoded = []
-    real_init = type(model).init_decoding
-    monkeypatch.setattr(type(model), "init_decoding", lambda self, b: encoded.append(b.context.size(0)) or real_init(self, b))
+    encoder = "encode_memory" if hasattr(model, "encode_memory") else "init_decoding"  # the transformer's: no KV cache
+    real_encode = getattr(type(model), encoder)
+    monkeypatch.setattr(type(model), encoder, lambda self, b: encoded.append(b.context.size(0)) or real_encode(self, b))
     with torch.no_grad():
         full = model(batch)
         fast = model(batch, shared_contexts=shared, at=at)

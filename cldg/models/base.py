@@ -46,17 +46,20 @@ class DialogueModel(nn.Module, metaclass=abc.ABCMeta):
     # forward(batch, shared_contexts=None, at=None) is understood (encode_shared, at_positions)
     group_forward: bool = False
 
-    def encode_shared(self, batch, shared_contexts: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+    def encode_shared(self, batch, shared_contexts: tuple[torch.Tensor, torch.Tensor] | None,
+                      encode=None) -> dict[str, Any]:
         """init_decoding(batch), with each distinct context encoded once when `shared_contexts` = (first, of) is
         given: first [U], a row of the batch holding each distinct context; of [B], the distinct context of each
         row. In eval mode the same numbers as encoding every row (up to float summation order); in training the
         rows that share a context share its encoder dropout mask too (before, each drew its own: the same
         expectation, a little less noise between a pair and its response-side samples). The encoder's work and
-        its backward pass shrink to U rows, about half of a contrastive batch's."""
+        its backward pass shrink to U rows, about half of a contrastive batch's. `encode` replaces init_decoding
+        where teacher forcing needs less than decoding does."""
+        encode = encode or self.init_decoding
         if shared_contexts is None:
-            return self.init_decoding(batch)
+            return encode(batch)
         first, of = shared_contexts
-        return self.reorder_state(self.init_decoding(batch.select(first)), of)
+        return self.reorder_state(encode(batch.select(first)), of)
 
     @abc.abstractmethod
     def decode_step(self, state: dict[str, Any], prev_tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -86,12 +86,16 @@ class Transformer(DialogueModel):
                            memory_key_padding_mask=mem_pad)
         return self.out(at_positions(out, at))
 
-    def init_decoding(self, batch) -> dict:
+    def encode_memory(self, batch) -> dict:
+        """The encoded context alone: what teacher forcing needs (no decoding prefix, no key/value cache)."""
         mem_pad = batch.context.eq(PAD)
         mem_pad = mem_pad & ~mem_pad.all(1, keepdim=True)  # an empty context attends to its pads, not to NaN
-        memory = self.encoder(self._embed(batch.context), src_key_padding_mask=mem_pad)
-        state = {"memory": memory, "mem_pad": mem_pad,
-                 "prefix": torch.empty(batch.context.size(0), 0, dtype=torch.long, device=batch.context.device)}
+        return {"memory": self.encoder(self._embed(batch.context), src_key_padding_mask=mem_pad), "mem_pad": mem_pad}
+
+    def init_decoding(self, batch) -> dict:
+        state = self.encode_memory(batch)
+        memory = state["memory"]
+        state["prefix"] = torch.empty(batch.context.size(0), 0, dtype=torch.long, device=batch.context.device)
         if self.use_kv_cache:
             B = batch.context.size(0)
             ks, vs = [], []
@@ -110,7 +114,7 @@ class Transformer(DialogueModel):
     group_forward = True
 
     def forward(self, batch, shared_contexts=None, at=None) -> torch.Tensor:
-        state = self.encode_shared(batch, shared_contexts)
+        state = self.encode_shared(batch, shared_contexts, self.encode_memory)  # the cross-attention cache is for decoding
         return self._decode(batch.response_in, state["memory"], state["mem_pad"], at)
 
     def decode_step(self, state: dict, prev_tokens: torch.Tensor):
