@@ -330,6 +330,17 @@ def test_a_directorys_digest_is_remembered_in_the_workdir_until_a_file_changes(t
     assert changed not in ("remembered", plain) and changed == directory_digest(spec)
     (model / "extra.txt").write_text("x")  # a new file: hashed again
     assert directory_digest(spec, workdir) == directory_digest(spec) != changed
+    other = tmp_path / "other"  # a directory that is gone is forgotten at the next write
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    directory_digest(f"hf:{other}", workdir)
+    assert str(other.resolve()) in json.loads((workdir / HF_DIGESTS).read_text())
+    import shutil
+
+    shutil.rmtree(other)
+    (model / "extra.txt").write_text("y")
+    directory_digest(spec, workdir)
+    assert set(json.loads((workdir / HF_DIGESTS).read_text())) == {str(model.resolve())}
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bart"])

@@ -511,14 +511,32 @@ def directory_digest(spec: str, workdir: Path | None = None) -> str:
         raise CldgError(f"{path}: cannot read the model directory: {_one_line(err)}") from None
     sha = digest.hexdigest()
     if cache is not None and cache.parent.is_dir():  # only a cache: a workdir that cannot be written hashes again
-        entries[key] = {"files": stats, "sha256": sha, "checked_ns": checked_ns}
-        tmp = cache.with_name(f"{HF_DIGESTS}.{os.getpid()}.tmp")
-        try:
+        _remember_digest(cache, key, {"files": stats, "sha256": sha, "checked_ns": checked_ns})
+    return sha
+
+
+def _remember_digest(cache: Path, key: str, entry: dict) -> None:
+    """Add one directory's entry to WORKDIR/.hf-digests.json under an flock (two runs at once keep both entries),
+    dropping directories that no longer exist."""
+    import fcntl
+    import json
+    import os
+
+    tmp = cache.with_name(f"{HF_DIGESTS}.{os.getpid()}.tmp")
+    try:
+        with open(cache.with_name(HF_DIGESTS + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                entries = json.loads(cache.read_text())
+                entries = entries if isinstance(entries, dict) else {}
+            except (OSError, ValueError):
+                entries = {}
+            entries = {k: v for k, v in entries.items() if Path(k).is_dir()}
+            entries[key] = entry
             tmp.write_text(json.dumps(entries, separators=(",", ":")))
             os.replace(tmp, cache)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-    return sha
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def add_lora(hf_model, lora: LoraOptions, path: Path | str = ""):
