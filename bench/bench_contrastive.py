@@ -5,7 +5,8 @@
 The same model, the same batches of groups (each the pair, 2k positives and 2k negatives, flattened into
 one DialogueBatch by `make_group_batch`) and the same optimizer step (forward, backward, clip, Adam) are
 timed three ways:
-  mle           NLL over every sequence of the flat batch (the cost of the sequences alone),
+  mle           NLL over every sequence of the flat batch (the cost of the sequences alone), logits only at
+                the real tokens as the contrastive step computes them (`group_forward` models),
   contrastive   the stage's step: D from the cached reference log-probs, the eq4 loss (+ NLL logging),
                 logits only at real tokens and each distinct context encoded once (`group_forward`),
   contrastive-padded  the same loss computed as before that (every row encodes its own context, logits at
@@ -82,7 +83,7 @@ def main() -> None:
     from cldg.runtime import resolve_device
     from cldg.text.tokenizer import PAD
     from cldg.training.groups import GroupOptions, TextIndex, build_groups, contrastive_group_loss, make_group_batch
-    from cldg.training.losses import contrastive_loss, nll_loss, sequence_logprob
+    from cldg.training.losses import contrastive_loss, nll_loss, picked_logprobs, sequence_logprob
     from cldg.training.reference_cache import sequence_logprobs
 
     device = resolve_device(args.device)
@@ -131,7 +132,9 @@ def main() -> None:
         build = time.perf_counter() - tb
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             if mode == "mle":
-                loss, _ = nll_loss(model(gb.seqs), gb.seqs.response_out, PAD)
+                at = gb.seqs.response_out.ne(PAD)
+                logits = model(gb.seqs, at=at) if getattr(model, "group_forward", False) else model(gb.seqs)[at]
+                loss = -picked_logprobs(logits, gb.seqs.response_out[at]).mean()
             elif mode == "contrastive-padded":
                 logits = model(gb.seqs)
                 d = sequence_logprob(logits, gb.seqs.response_out, PAD) - gb.ref_logp
