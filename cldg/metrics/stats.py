@@ -21,7 +21,7 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int = 1000, seed: 
 
 def recentred_interval(replicates, estimate: float, alpha: float = 0.05) -> tuple[float, float]:
     """A (1 - alpha) interval with the spread of bootstrap replicates, centred on the point `estimate`:
-    estimate + the alpha/2 and 1 - alpha/2 quantiles of (replicate - median replicate).
+    the alpha/2 and 1 - alpha/2 quantiles of estimate + (replicate - median replicate).
 
     For a corpus-level ratio such as Dist-n the replicates are off-centre by an artefact of resampling: a
     resample repeats responses, which adds n-grams to the total but none to the distinct count, lowering Dist
@@ -29,9 +29,14 @@ def recentred_interval(replicates, estimate: float, alpha: float = 0.05) -> tupl
     observed difference (CVAE's Dist-2: +7.05 [+5.55, +6.44]). The shift can exceed the spread, which breaks a
     bias-corrected (BC) percentile interval too, so the location is taken from the data and only the spread
     from the bootstrap. For a statistic whose replicates are centred this is the percentile interval."""
+    lo, hi = np.quantile(recentred(replicates, estimate), [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def recentred(replicates, estimate: float) -> np.ndarray:
+    """Bootstrap replicates moved so that their median is the point `estimate` (recentred_interval's)."""
     r = np.asarray(replicates, np.float64)
-    lo, hi = np.quantile(r - np.median(r), [alpha / 2, 1 - alpha / 2])
-    return float(estimate + lo), float(estimate + hi)
+    return r - np.median(r) + estimate
 
 
 def cohens_kappa(labels_a: list[str], labels_b: list[str]) -> float:

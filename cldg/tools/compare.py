@@ -119,7 +119,7 @@ def dist_bootstrap(base: list[list[str]], other: list[list[str]], n: int, sample
     import numpy as np
 
     from cldg.metrics.diversity import distinct_n
-    from cldg.metrics.stats import recentred_interval
+    from cldg.metrics.stats import recentred
 
     rng = np.random.default_rng(seed)
     diffs = np.empty(samples)
@@ -127,9 +127,9 @@ def dist_bootstrap(base: list[list[str]], other: list[list[str]], n: int, sample
         idx = rng.integers(0, len(base), len(base))
         diffs[s] = distinct_n([other[i] for i in idx], n) - distinct_n([base[i] for i in idx], n)
     diff = distinct_n(other, n) - distinct_n(base, n)
-    lo, hi = recentred_interval(diffs, diff, alpha)
-    recentred = diffs - np.median(diffs) + diff
-    return {"diff": diff, "ci_low": lo, "ci_high": hi, "p_not_better": float((recentred <= 0).mean())}
+    centred = recentred(diffs, diff)  # as metrics.stats.recentred_interval
+    lo, hi = np.quantile(centred, [alpha / 2, 1 - alpha / 2])
+    return {"diff": diff, "ci_low": float(lo), "ci_high": float(hi), "p_not_better": float((centred <= 0).mean())}
 
 
 def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> dict[str, dict]:

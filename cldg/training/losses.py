@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from cldg.choices import LOSS_VARIANTS  # one list, shared with the CLI
 
 
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position: logits [..., V], targets [...] -> [...] (in float32)."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
     """log p(target_t | ...) for every position, 0 at padding. logits [B, T, V], targets [B, T] -> [B, T]."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked.masked_fill(targets.eq(pad_id), 0.0)
-
-
-def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) of each row: logits [N, V], targets [N] -> [N] (positions already chosen, no padding)."""
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked_logprobs(logits, targets).masked_fill(targets.eq(pad_id), 0.0)
 
 
 def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
