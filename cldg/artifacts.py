@@ -42,13 +42,11 @@ from typing import Any
 
 from cldg import __version__
 from cldg.errors import ArtifactLockedError, CldgError, CorruptArtifactError, DiskFullError, MissingArtifactError
+from cldg.filestat import stat_key, written_before
 from cldg.stages import maker as stage_maker
 
 MANIFEST = "manifest.json"
 VERIFIED_CACHE = ".verified.json"
-# A cache entry is trusted only when the file's mtime is this much older than the check: a write in the
-# same timestamp tick as the check (coarse clocks, 2 s on some filesystems) would otherwise go unseen.
-RACY_NS = 2_000_000_000
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -77,10 +75,6 @@ def build_id(art: "Artifact") -> str:
 
 
 # -- the verification cache ------------------------------------------------------------------------------
-def _stat_key(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
 class VerifiedCache:
     """WORKDIR/.verified.json: {"<stage>/<fp>/<file>": [size, mtime_ns, ctime_ns, inode, sha256, checked_ns]}.
 
@@ -102,7 +96,7 @@ class VerifiedCache:
         e = entries.get(key)
         if not isinstance(e, list) or len(e) != 6:
             return False
-        return e[:4] == _stat_key(st) and e[4] == sha256 and st.st_mtime_ns < e[5] - RACY_NS
+        return e[:4] == stat_key(st) and e[4] == sha256 and written_before(st.st_mtime_ns, e[5])
 
     def update(self, new: dict[str, list], drop_prefix: str | None = None) -> None:
         if not new and drop_prefix is None:
@@ -171,8 +165,8 @@ def artifact_problems(path: Path, manifest: dict[str, Any], full: bool = False, 
                         after = f.stat()
                     except OSError:
                         after = None
-                    if after is not None and _stat_key(after) == _stat_key(st):
-                        new[prefix + rel] = _stat_key(st) + [digest, t0]
+                    if after is not None and stat_key(after) == stat_key(st):
+                        new[prefix + rel] = stat_key(st) + [digest, t0]
         if problems and first_only:
             break
     if new and cache is not None:
@@ -490,7 +484,7 @@ class StageRun:
         prefix = f"{self.stage}/{self.fingerprint}/"
         if stats:  # the files were hashed just now: the next reader need not hash them again
             VerifiedCache(self.store.root).update(
-                {prefix + rel: _stat_key(st) + [files[rel]["sha256"], checked] for rel, st in stats.items()},
+                {prefix + rel: stat_key(st) + [files[rel]["sha256"], checked] for rel, st in stats.items()},
                 drop_prefix=prefix)
         else:
             VerifiedCache(self.store.root).update({}, drop_prefix=prefix)

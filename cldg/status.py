@@ -22,7 +22,8 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from cldg.artifacts import MANIFEST, VerifiedCache, _stat_key, artifact_problems, flock_held
+from cldg.artifacts import MANIFEST, VerifiedCache, artifact_problems, flock_held
+from cldg.filestat import stat_key
 from cldg.errors import CldgError, CorruptArtifactError
 from cldg.progress import console
 from cldg.stages import ARTIFACT_ORDER
@@ -67,7 +68,7 @@ def _check_complete(path: Path, manifest: dict, verify: bool, entries: dict) -> 
             continue
         e = entries.get(prefix + rel)
         if isinstance(e, list) and len(e) == 6 and e[4] == (info or {}).get("sha256"):
-            now = _stat_key(st)
+            now = stat_key(st)
             if e[:4] == now:
                 trusted += 1
             elif e[:2] != now[:2]:  # written since (a copy or restore only moves ctime and inode)

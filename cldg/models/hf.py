@@ -458,9 +458,6 @@ def saved_tokenization_key(directory: Path | str) -> dict[str, Any]:
 
 
 HF_DIGESTS = ".hf-digests.json"  # in the workdir: {directory: {"files": [[name, size, mtime, ctime, inode]...], ...}}
-# a file written within this long before the digest was taken is hashed again (coarse mtime clocks), as the
-# artifact store's verification cache does (the library does not import the store)
-RACY_NS = 2_000_000_000
 
 
 def directory_digest(spec: str, workdir: Path | None = None) -> str:
@@ -468,36 +465,28 @@ def directory_digest(spec: str, workdir: Path | None = None) -> str:
     what the directory holds, not by its name (a missing or unreadable directory is one CldgError naming it).
 
     With a workdir the digest is remembered in WORKDIR/.hf-digests.json under every file's size, mtime, ctime and
-    inode (as artifact verification does), so a multi-GB model is hashed once, not on every pretrain / evaluate;
-    any write to a file of the directory, or a file added or removed, makes the next call hash it again."""
+    inode (cldg.filestat, as artifact verification does), so a multi-GB model is hashed once, not on every
+    pretrain / evaluate; any write to a file of the directory, or a file added or removed, makes the next call hash
+    it again."""
     import hashlib
-    import json
-    import os
     import time
+
+    from cldg.filestat import stat_key, written_before
 
     path = hf_path(spec)
     if not path.is_dir():
         raise CldgError(f"{path}: no such directory (hf:PATH names a local transformers model directory)")
     try:
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        stats = []
-        for f in files:
-            st = f.stat()
-            stats.append([str(f.relative_to(path)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+        stats = [[str(f.relative_to(path)), *stat_key(f.stat())] for f in files]
     except OSError as err:
         raise CldgError(f"{path}: cannot read the model directory: {_one_line(err)}") from None
     cache = Path(workdir) / HF_DIGESTS if workdir is not None else None
     key = str(path.resolve())
-    entries = {}
     if cache is not None:
-        try:
-            entries = json.loads(cache.read_text())
-            entries = entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError):
-            entries = {}
-        e = entries.get(key)
+        e = _read_digests(cache).get(key)
         if (isinstance(e, dict) and e.get("files") == stats and isinstance(e.get("checked_ns"), int)
-                and all(s[2] < e["checked_ns"] - RACY_NS for s in stats)):
+                and all(written_before(s[2], e["checked_ns"]) for s in stats)):
             return e["sha256"]
     checked_ns = time.time_ns()
     digest = hashlib.sha256()
@@ -515,6 +504,17 @@ def directory_digest(spec: str, workdir: Path | None = None) -> str:
     return sha
 
 
+def _read_digests(cache: Path) -> dict:
+    """WORKDIR/.hf-digests.json's entries ({} when it is missing or unreadable: it is only a cache)."""
+    import json
+
+    try:
+        entries = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
 def _remember_digest(cache: Path, key: str, entry: dict) -> None:
     """Add one directory's entry to WORKDIR/.hf-digests.json under an flock (two runs at once keep both entries),
     dropping directories that no longer exist."""
@@ -526,12 +526,7 @@ def _remember_digest(cache: Path, key: str, entry: dict) -> None:
     try:
         with open(cache.with_name(HF_DIGESTS + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                entries = json.loads(cache.read_text())
-                entries = entries if isinstance(entries, dict) else {}
-            except (OSError, ValueError):
-                entries = {}
-            entries = {k: v for k, v in entries.items() if Path(k).is_dir()}
+            entries = {k: v for k, v in _read_digests(cache).items() if Path(k).is_dir()}
             entries[key] = entry
             tmp.write_text(json.dumps(entries, separators=(",", ":")))
             os.replace(tmp, cache)
