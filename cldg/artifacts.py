@@ -230,6 +230,7 @@ class StageRun:
         self.store, self.stage, self.schema, self.config = store, stage, schema, config
         self.exclusive = exclusive  # False: the stage takes finer locks itself (e.g. one per mining shard)
         self.inputs = inputs
+        self.input_builds = {k: build_id(a) for k, a in sorted(inputs.items())}  # what this run is made from
         self.fingerprint = compute_fingerprint(stage, schema, config,
                                                {k: a.fingerprint for k, a in sorted(inputs.items())})
         self.stage_dir = store.root / stage
@@ -249,19 +250,19 @@ class StageRun:
         self.store.set_latest(self.stage, self.final)
         return self
 
-    def stale_inputs(self, manifest_path: Path | None = None) -> list[str]:
-        """The inputs rebuilt since the artifact of this fingerprint (or the manifest at `manifest_path`) was made.
+    def stale_inputs(self) -> list[str]:
+        """The inputs rebuilt since the complete artifact of this fingerprint was made from them.
 
         A fingerprint names a config and its inputs' fingerprints, not code: an input deleted and rebuilt by
         changed code (a bug fix) keeps its fingerprint but holds other numbers, and what was made from the old
         one must not be reused. Each artifact records the build of every input (`build_id`: a digest of what the
         input holds); an artifact from before that record is taken as current."""
         try:
-            recorded = json.loads((manifest_path or self.final / MANIFEST).read_text()).get("inputs") or {}
+            recorded = json.loads((self.final / MANIFEST).read_text()).get("inputs") or {}
         except (OSError, ValueError):
             return []
-        return [k for k, a in sorted(self.inputs.items())
-                if isinstance(recorded.get(k), dict) and recorded[k].get("build") not in (None, build_id(a))]
+        return [k for k, build in self.input_builds.items()
+                if isinstance(recorded.get(k), dict) and recorded[k].get("build") not in (None, build)]
 
     def _reusable(self) -> bool:
         """A complete artifact of this fingerprint exists, no --force, and it was made from the inputs' current
@@ -281,13 +282,13 @@ class StageRun:
         """Work left in .partial/ (checkpoints, mined shards, a written manifest) was made from the inputs' builds
         recorded in .partial/.inputs.json: if one was rebuilt since, that work is discarded (exclusive runs, under
         the lock) or refused in one line (workers sharing the partial), never resumed into the new artifact."""
-        builds = {k: build_id(a) for k, a in sorted(self.inputs.items())}
+        builds = self.input_builds
         record = self.dir / ".inputs.json"
         try:
             before = json.loads(record.read_text()) if record.is_file() else None
         except (OSError, ValueError):
             before = None
-        if before is not None and before != builds and self.dir.is_dir():
+        if before is not None and before != builds:
             changed = ", ".join(k for k in builds if before.get(k) != builds[k])
             if not self.exclusive:
                 raise CldgError(f"{self.dir}: holds work made from an earlier build of its {changed} input (rebuilt "
@@ -446,7 +447,7 @@ class StageRun:
             "fingerprint": self.fingerprint,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": self.config,
-            "inputs": {k: {"fingerprint": a.fingerprint, "path": str(a.path), "build": build_id(a)}
+            "inputs": {k: {"fingerprint": a.fingerprint, "path": str(a.path), "build": self.input_builds[k]}
                        for k, a in self.inputs.items()},
             "rows": rows or {},
             "timings": timings,
