@@ -22,6 +22,7 @@ import no torch.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -59,18 +60,19 @@ def register_approach(name: str):
     return register
 
 
-_DISCOVERED: list[bool] = []  # set once the approach modules have been imported
+@functools.cache
+def _import_approach_modules() -> None:
+    """Once per process: the stage list is built from the approach modules at start, and a module added to the
+    checkout while a long `cldg run` goes on must not appear halfway through (its command would be in no stage
+    list)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def registered() -> list[Approach]:
     """Every approach module imported, the approaches in name order (the stage registry's view: it cannot
-    ask for the pipeline order, which it defines). The modules are looked for once per process: the stage list
-    is built from them at start, and a module added to the checkout while a long `cldg run` goes on must not
-    appear halfway through (its command would be in no stage list)."""
-    if not _DISCOVERED:
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
-        _DISCOVERED.append(True)
+    ask for the pipeline order, which it defines)."""
+    _import_approach_modules()
     return sorted(_REGISTRY.values(), key=lambda a: a.name)
 
 
