@@ -31,3 +31,15 @@ HF_PREFIX = "hf:"
 def is_hf_spec(spec) -> bool:
     """True for a model named `hf:PATH`."""
     return isinstance(spec, str) and spec.startswith(HF_PREFIX)
+
+
+def hf_path(spec: str):
+    """The directory (a Path) of `hf:PATH` (a bare path is taken as it is); an empty one is a CldgError."""
+    from pathlib import Path
+
+    from cldg.errors import CldgError
+
+    path = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
+    if not path.strip():
+        raise CldgError(f"{spec!r}: no directory named (hf:PATH, a local transformers model directory)")
+    return Path(path).expanduser()

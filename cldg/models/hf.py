@@ -37,15 +37,7 @@ from torch import nn
 
 from cldg.errors import CldgError
 
-from cldg.choices import HF_PREFIX as PREFIX, is_hf_spec  # noqa: F401 (is_hf_spec: re-exported)
-
-
-def hf_path(spec: str) -> Path:
-    """The directory of `hf:PATH` (a bare path is taken as it is)."""
-    path = spec[len(PREFIX):] if is_hf_spec(spec) else spec
-    if not path.strip():
-        raise CldgError(f"{spec!r}: no directory named (hf:PATH, a local transformers model directory)")
-    return Path(path).expanduser()
+from cldg.choices import HF_PREFIX as PREFIX, hf_path, is_hf_spec  # noqa: F401 (hf_path, is_hf_spec: re-exported)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cldg.approaches.mle import MLEOptions
 from cldg.artifacts import Artifact, ArtifactStore
-from cldg.choices import HF_PREFIX, is_hf_spec
+from cldg.choices import hf_path, is_hf_spec
 from cldg.choices import MODELS as MODEL_CHOICES  # noqa: F401 (re-exported: this stage's choices)
 from cldg.config import CommonOptions, fingerprint_config, option, options_from
 from cldg.errors import CldgError
@@ -58,7 +58,7 @@ def check_config(cfg: Config) -> None:
     """Bad values stop the stage with one line naming the option."""
     if not is_hf(cfg) and cfg.model not in MODEL_CHOICES:
         raise CldgError(f"--model {cfg.model!r}: not one of {', '.join(MODEL_CHOICES)}, or hf:PATH")
-    if is_hf(cfg) and not Path(cfg.model[len(HF_PREFIX):]).expanduser().is_dir():
+    if is_hf(cfg) and not hf_path(cfg.model).is_dir():
         raise CldgError(f"--model {cfg.model}: no such directory (hf:PATH names a local transformers model directory)")
     for name in HF_OPTIONS:
         if getattr(cfg, name) < (0 if name == "lora_r" else 1):
