@@ -131,7 +131,7 @@ def turn_count(context_turns: torch.Tensor) -> torch.Tensor:
     turn that tokenized to nothing between real ones still counts, so real_turns_first keeps the oldest turn."""
     filled = context_turns.ne(PAD).any(-1)
     U = filled.size(1)
-    first = torch.where(filled.any(1), filled.to(torch.uint8).argmax(1), torch.full_like(filled[:, 0], U, dtype=torch.long))
+    first = torch.where(filled.any(1), filled.to(torch.uint8).argmax(1), U)  # U: no turn at all
     return U - first
 
 
