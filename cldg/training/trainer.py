@@ -52,6 +52,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.autocast = device.type == "cuda" and cfg.bf16
         self.log_path = self.run_dir / "train-log.jsonl"
+        self._step_start = None  # the state from before a step under way (_before_step), for a recipe that asks
         if self.dist.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -177,7 +178,7 @@ class Trainer:
                                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
     def _undo_half_step(self) -> None:
-        if getattr(self, "_step_start", None) is None:
+        if self._step_start is None:
             return
         weights, rng, cuda_rng = self._step_start
         self.model.load_state_dict(weights)

@@ -223,12 +223,10 @@ class PairsRecipe:
             batch_contexts = [contexts[r] for r in rows]
             yield PairBatch(self.scorer.batch(batch_contexts, [responses[r] for r in rows]), batch_contexts)
 
-    term_name: str | None = None  # the objective's term added to the NLL (UL, CT, SimCTG); None: MLE alone
+    # A subclass that sets term_name (UL, CT, SimCTG) defines term(out: ResponseOutput) -> the unweighted term its
+    # objective adds to the NLL on one batch's output; None: MLE alone (term is never called)
+    term_name: str | None = None
     term_hidden = False           # whether the term needs the last layer's states
-
-    def term(self, out: ResponseOutput) -> torch.Tensor:
-        """The unweighted term the objective adds to the NLL, on one batch's output."""
-        raise NotImplementedError
 
     def term_weight(self) -> float:
         return 1.0
@@ -316,7 +314,8 @@ class Triples:
 
 def mined_triples(prepare_dir, samples_dir, split: str, max_pairs: int, seed: int, max_context_turns: int) -> Triples:
     """The pairs of `split` that have a response-side negative (the worst matched, rank 0: same context, so a DPO
-    pair) whose text is not the pair's own response (a duplicate response elsewhere in the data), each with the response of a seeded random other pair as its mismatched response."""
+    pair) whose text is not the pair's own response (a duplicate response elsewhere in the data), each with the
+    response of a seeded random other pair as its mismatched response."""
     from pathlib import Path
 
     from cldg.data.pairs import read_pairs
