@@ -2,15 +2,16 @@
 
     .venv/bin/pip install -c constraints.txt -r requirements-bench.txt    # bm25s, PyStemmer, numba (once)
     .venv/bin/python bench/bench_bm25.py [--workdir /tmp/cldg-bench-retrieval] [--queries 1000] [--repeats 3]
-        [--engines lucene-1t,lucene-2t,numpy,bm25s-numpy,bm25s-numba,bm25s-numba-2t,bm25s-numba-lucene-terms]
+        [--engines lucene-1t,lucene-2t,numpy,numpy-2t,bm25s-numpy,bm25s-numba,bm25s-numba-2t,bm25s-numba-lucene-terms]
 
 The corpus is the contexts index of the full chitchat train split (every train context, its turns joined
 as `cldg index` joins them), the queries `--queries` of those contexts, whole (clipped to 400 distinct
 words as the Lucene backend clips them), drawn as bench/bench_retrieval.py draws them. The prepare and
 index artifacts are built in the workdir when absent (the same workdir as bench_retrieval.py). Engines:
   lucene-1t, lucene-2t   cldg.retrieval.search.BM25Searcher: pyserini batch_search on 1 or 2 threads;
-  numpy                  cldg.retrieval.sparse.SparseBM25Searcher: Lucene's analysis and scoring over
-                         postings in memory (query analysis in the JVM included in its time);
+  numpy, numpy-2t        cldg.retrieval.sparse.SparseBM25Searcher: Lucene's analysis and scoring over
+                         postings in memory (query analysis in the JVM included in its time), the
+                         queries scored on 1 or 2 threads;
   bm25s-numpy, bm25s-numba
                          bm25s (method "lucene", the index's k1 and b) with its own tokenizer (regex
                          words, its English stopwords, PyStemmer's English stemmer), query tokenizing
@@ -111,8 +112,8 @@ def build_engine(name: str, ids, texts, index, bm25):
 
     if name.startswith("lucene-"):
         return BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], threads=int(name[len("lucene-"):-1]))
-    if name == "numpy":
-        return SparseBM25Searcher(ids, texts, bm25["k1"], bm25["b"])
+    if name in ("numpy", "numpy-2t"):
+        return SparseBM25Searcher(ids, texts, bm25["k1"], bm25["b"], threads=2 if name.endswith("-2t") else 1)
     if name.startswith("bm25s-"):
         backend = "numba" if name.startswith("bm25s-numba") else "numpy"
         return Bm25sEngine(ids, texts, bm25["k1"], bm25["b"], backend, lucene_terms="lucene-terms" in name,
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cldg-bench-retrieval"))
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--engines", default="lucene-1t,lucene-2t,numpy,bm25s-numpy,bm25s-numba,bm25s-numba-2t,"
+    ap.add_argument("--engines", default="lucene-1t,lucene-2t,numpy,numpy-2t,bm25s-numpy,bm25s-numba,bm25s-numba-2t,"
                                          "bm25s-numba-lucene-terms")
     args = ap.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

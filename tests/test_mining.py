@@ -267,7 +267,8 @@ def test_inspect_samples_shows_groups_with_texts_and_scores(mining_env, full_run
 
 
 def test_overlapped_mining_and_the_numpy_backend_give_the_sequential_lucene_rows(mining_env):
-    """mine-samples' default loop (retrieval in a producer thread) and --retrieval numpy change speed, not rows."""
+    """--overlap (retrieval in a producer thread) and the retrieval backend (numpy on 2 threads, Lucene) change
+    speed, not rows."""
     from cldg.matching.bm25 import BM25Matcher
     from cldg.retrieval.mining import Query, TrainPool, mine_dual_samples, mine_pipelined
     from cldg.stages.mine import open_searchers
@@ -281,7 +282,7 @@ def test_overlapped_mining_and_the_numpy_backend_give_the_sequential_lucene_rows
     opts = (K, 8, 4, 5)
     rows = {}
     for backend in ("lucene", "numpy"):
-        searchers = open_searchers(idx, 1, backend, pool)
+        searchers = open_searchers(idx, 2, backend, pool)
         sequential = [mine_dual_samples(c, pool, *searchers, matcher, *opts) for c in chunks]
         overlapped = list(mine_pipelined(chunks, pool, *searchers, matcher, *opts, depth=2, score_threads=1))
         assert overlapped == sequential

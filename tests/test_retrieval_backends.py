@@ -68,9 +68,12 @@ def test_same_hits_as_lucene_on_the_fixture_corpus(indexed):
             ("contexts", [context_text(c) for c in train.context], [context_text(c) for c in train.context + valid.context]),
             ("responses", train.response, train.response + valid.response)):
         ours = SparseBM25Searcher(train.pair_id, texts, k1=0.9, b=0.4)
+        threaded = SparseBM25Searcher(train.pair_id, texts, k1=0.9, b=0.4, threads=3)
         lucene = BM25Searcher(art.file(name), k1=0.9, b=0.4, threads=1)
         for k in (1, 8, 50):
-            assert_same_hits(ours.batch_search(queries + odd, k), lucene.batch_search(queries + odd, k))
+            hits = ours.batch_search(queries + odd, k)
+            assert_same_hits(hits, lucene.batch_search(queries + odd, k))
+            assert threaded.batch_search(queries + odd, k) == hits  # each thread's share, the same floats
         other = SparseBM25Searcher(train.pair_id, texts, k1=2.0, b=1.0)
         assert_same_hits(other.batch_search(queries[:50], 10),
                          BM25Searcher(art.file(name), k1=2.0, b=1.0, threads=1).batch_search(queries[:50], 10))

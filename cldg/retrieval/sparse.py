@@ -13,16 +13,16 @@ module gives the same hits from postings held in memory:
   weight - weight / (1 + freq * normInverse) per term in float32, a repeated query word counted as a
   boost (anserini's BagOfWordsQueryGenerator), the per-term scores summed in float64 and rounded to
   float32. Ties are broken by the pair id as a string, as anserini's sort does.
-- A query's postings are gathered and summed per document (np.bincount), the top k taken by
-  partition. No pruning: MaxScore-style skipping of the common words was tried and measured no faster
-  in numpy (the bookkeeping costs what the skipped postings would).
+- A query's postings are summed per document and the top k taken by partition in one compiled loop
+  (numba; `_top_k_queries`, its doc says why in three sweeps), which holds no GIL, so a batch of queries runs on several threads. No
+  pruning: every posting of every query word is visited, as Lucene does under that sort.
 
 Differences from Lucene: Lucene sums a document's per-term scores in float32 in an order of its own,
 this module in float64 in the query's order, so scores differ in the last float32 bits (measured: at
 most 7e-5 on scores of 20-90). Hit lists are the same except where two different documents' scores lie
 that close, which the benches and tests measure (bench/bench_retrieval.py reports the share of
 identical top-k lists). Memory: ~14 bytes per posting (4.4M postings, ~60 MB, for full chitchat's
-contexts). Single-threaded (numpy holds the GIL here): in mining, the other core scores with the matcher.
+contexts), plus 8 bytes per document for each searching thread.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from numba import njit
 
 SEPARATOR = "qqcldgtextseparatorqq"  # joins texts analysed in one JVM call; analysed to itself
 
@@ -146,30 +147,115 @@ class SparseBM25:
                 counts[i] = counts.get(i, 0) + 1
         return np.fromiter(counts, np.int64, len(counts)), np.fromiter(counts.values(), np.float32, len(counts))
 
-    def _term_scores(self, t: int, w: np.float32, lo: int, hi: int) -> np.ndarray:
-        if w == self.idf[t]:
-            return self.score1[lo:hi]
-        d = self.denom[lo:hi]
-        return w - w / d
-
     def search(self, query: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top k (pair ids, float32 scores), best first, ties broken by the id string."""
-        terms, counts = query
-        if k <= 0 or not len(terms):
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        weights = counts * self.idf[terms]  # boost * idf, float32 as in Lucene
-        ip = self.indptr
-        docs = [self.docs[ip[t]:ip[t + 1]] for t in terms]
-        vals = [self._term_scores(int(t), w, ip[t], ip[t + 1]) for t, w in zip(terms, weights)]
-        acc = np.bincount(np.concatenate(docs), weights=np.concatenate(vals), minlength=self.n)  # float64 sums
-        cand = np.flatnonzero(acc)  # every term scores > 0, so these are the matching documents
-        scores = acc[cand].astype(np.float32)
-        if len(cand) > k:
-            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-            top = scores >= kth  # the k-th score's ties all stay, for the id order to choose among
-            cand, scores = cand[top], scores[top]
-        best = np.lexsort((self.id_rank[cand], -scores))[:k]
-        return self.ids[cand[best]], scores[best]
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
+                    threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` of each query, `threads` threads each taking a contiguous share of the queries (the
+        kernel holds no GIL)."""
+        if k <= 0 or not queries:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        lengths = np.fromiter((len(t) for t, _ in queries), np.int64, len(queries))
+        q_ptr = np.zeros(len(queries) + 1, np.int64)
+        np.cumsum(lengths, out=q_ptr[1:])
+        q_terms = np.concatenate([t for t, _ in queries]) if q_ptr[-1] else np.zeros(0, np.int64)
+        q_counts = np.concatenate([c for _, c in queries]) if q_ptr[-1] else np.zeros(0, np.float32)
+        q_weights = (q_counts * self.idf[q_terms]).astype(np.float32)  # boost * idf, float32 as in Lucene
+        top = np.empty((len(queries), k), np.int32)
+        top_scores = np.empty((len(queries), k), np.float32)
+        found = np.zeros(len(queries), np.int64)
+
+        def run(lo: int, hi: int) -> None:
+            _top_k_queries(self.indptr, self.docs, self.score1, self.denom, self.idf, self.id_rank,
+                           q_ptr[lo:hi + 1], q_terms, q_weights, k, np.zeros(self.n, np.float64),
+                           np.empty(k, np.float64), top[lo:hi], top_scores[lo:hi], found[lo:hi])
+
+        bounds = np.linspace(0, len(queries), max(1, min(threads, len(queries))) + 1).astype(int)
+        if len(bounds) == 2:
+            run(0, len(queries))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(bounds) - 1) as pool:
+                list(pool.map(run, bounds[:-1], bounds[1:]))
+        return [(self.ids[top[i, :m]], top_scores[i, :m].copy()) for i, m in enumerate(found.tolist())]
+
+
+@njit(nogil=True, cache=True)
+def _top_k_queries(indptr, docs, score1, denom, idf, id_rank, q_ptr, q_terms, q_weights, k,
+                   acc, heap, top, top_scores, found):  # pragma: no cover - compiled; tests call it through search
+    """Each query's top k documents into top/top_scores/found: the per-term scores of its words'
+    postings summed per document in float64 in the query's order (what np.bincount over the
+    concatenated postings gives), rounded to float32, best first, ties by id_rank. `acc` (zeros, one
+    per document; left zeroed) and `heap` (k floats) are scratch.
+
+    Why three passes and no list of the documents touched: keeping that list costs a branch per
+    posting that the CPU cannot predict (measured: 3x the summing itself); two sweeps over `acc`
+    (the k-th best sum by a size-k min-heap, then the documents at or above it) cost less."""
+    n = len(acc)
+    for qi in range(len(q_ptr) - 1):
+        for j in range(q_ptr[qi], q_ptr[qi + 1]):
+            t, w = q_terms[j], q_weights[j]
+            if w == idf[t]:
+                for p in range(indptr[t], indptr[t + 1]):
+                    acc[docs[p]] += score1[p]
+            else:  # a repeated query word: its boost times idf, Lucene's weight - weight / (1 + ...) in float32
+                for p in range(indptr[t], indptr[t + 1]):
+                    acc[docs[p]] += w - w / denom[p]
+        # the k-th largest sum: a min-heap of the k largest seen (every term scores > 0, so 0 is "no match")
+        size = 0
+        for d in range(n):
+            v = acc[d]
+            if v == 0.0 or (size == k and v <= heap[0]):
+                continue
+            if size < k:  # sift up
+                i = size
+                size += 1
+                while i > 0 and heap[(i - 1) // 2] > v:
+                    heap[i] = heap[(i - 1) // 2]
+                    i = (i - 1) // 2
+                heap[i] = v
+            else:  # replace the root, sift down
+                i = 0
+                while True:
+                    c = 2 * i + 1
+                    if c >= k:
+                        break
+                    if c + 1 < k and heap[c + 1] < heap[c]:
+                        c += 1
+                    if heap[c] >= v:
+                        break
+                    heap[i] = heap[c]
+                    i = c
+                heap[i] = v
+        # rounding to float32 is monotone: the top k and every document tied with the k-th in float32
+        kth = np.float32(heap[0]) if size == k else np.float32(0.0)
+        m = 0
+        for d in range(n):
+            v = acc[d]
+            if v != 0.0:
+                if np.float32(v) >= kth:
+                    m += 1
+                acc[d] = 0.0 if np.float32(v) < kth else -v  # mark the kept ones for the pass below
+        cand = np.empty(m, np.int64)
+        scores = np.empty(m, np.float32)
+        m = 0
+        for d in range(n):
+            if acc[d] < 0.0:
+                cand[m] = d
+                scores[m] = np.float32(-acc[d])
+                acc[d] = 0.0
+                m += 1
+        by_id = np.argsort(id_rank[cand], kind="mergesort")
+        cand, scores = cand[by_id], scores[by_id]
+        best = np.argsort(-scores, kind="mergesort")[:k]  # stable: equal scores keep the id order
+        for i in range(len(best)):
+            top[qi, i] = cand[best[i]]
+            top_scores[qi, i] = scores[best[i]]
+        found[qi] = len(best)
+
 
 class SparseBM25Searcher:
     """`BM25Searcher`'s interface (batch_search, close) over a SparseBM25 of the texts a Lucene index holds.
@@ -180,9 +266,10 @@ class SparseBM25Searcher:
     """
 
     def __init__(self, ids: Sequence[int], texts: Sequence[str], k1: float = 0.9, b: float = 0.4,
-                 pretokenized: bool = False):
+                 pretokenized: bool = False, threads: int = 1):
         self.analyzer = lucene_analyzer(pretokenized)
         self.pretokenized = pretokenized
+        self.threads = threads
         self.index = SparseBM25(ids, analyze(self.analyzer, list(texts)), k1, b)
 
     def queries(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -192,11 +279,8 @@ class SparseBM25Searcher:
         return [self.index.query(t) for t in analyze(self.analyzer, prepare_queries(queries, self.pretokenized))]
 
     def search_prepared(self, prepared, k: int) -> list[list[tuple[int, float]]]:
-        out = []
-        for q in prepared:
-            ids, scores = self.index.search(q, k)
-            out.append(list(zip(ids.tolist(), scores.tolist())))
-        return out
+        return [list(zip(ids.tolist(), scores.tolist()))
+                for ids, scores in self.index.search_many(prepared, k, self.threads)]
 
     def batch_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """For each query, up to k (pair id, BM25 score), best first, as BM25Searcher.batch_search."""

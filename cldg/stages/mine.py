@@ -51,8 +51,10 @@ class Config:
     matcher_dir: Path | None = option(None, "Matcher artifact for --matcher msn (default: latest).", fingerprint=False)
     chunk_size: int = option(2000, "Queries per retrieval + scoring chunk (a resume point).", fingerprint=False)
     threads: int = option(2, "Search threads.", fingerprint=False)
-    retrieval: str = option("lucene", "BM25 search: lucene (anserini), or numpy (the same BM25 and analysis over "
-                            "postings in memory; same hits, faster on long queries; see cldg/retrieval/sparse.py).",
+    # numpy by default: Lucene's hits (the same top-50 lists on 1,000 full-chitchat queries) at 3.7x Lucene's
+    # speed on one thread, and it releases the GIL (bench/bench_bm25.py, README Performance)
+    retrieval: str = option("numpy", "BM25 search: numpy (Lucene's analysis and BM25 over postings in memory, a "
+                            "compiled loop; cldg/retrieval/sparse.py), or lucene (anserini). The same hits.",
                             choices=RETRIEVAL_BACKENDS, fingerprint=False)
     # off by default: measured on 2 quiet cores (bench/bench_mining.py), MSN scoring on one thread beside the
     # retrieval thread lost more (4,161 -> 2,479 pairs/s) than the overlap saved (retrieval is ~15% of the work)
@@ -226,8 +228,8 @@ def open_searchers(index, threads: int, backend: str = "lucene", pool=None):
         from cldg.retrieval.sparse import SparseBM25Searcher
 
         return (SparseBM25Searcher(pool.pair_ids, [context_text(c) for c in pool.contexts], bm25["k1"], bm25["b"],
-                                   pretokenized),
-                SparseBM25Searcher(pool.pair_ids, pool.responses, bm25["k1"], bm25["b"], pretokenized))
+                                   pretokenized, threads),
+                SparseBM25Searcher(pool.pair_ids, pool.responses, bm25["k1"], bm25["b"], pretokenized, threads))
     return (BM25Searcher(index.file("contexts"), bm25["k1"], bm25["b"], threads, pretokenized),
             BM25Searcher(index.file("responses"), bm25["k1"], bm25["b"], threads, pretokenized))
 
