@@ -1,14 +1,16 @@
 """Scoring throughput of a trained MSN matcher (pairs/s): the fast path against the reference, plus valid metrics.
 
     .venv/bin/python bench/bench_matcher.py --matcher-dir cldg-work/matcher/latest [--device cpu] \
-        [--pairs 5000] [--candidates 10] [--batch-size 256] [--threads 2] [--repeats 3]
+        [--pairs 5000] [--candidates 10] [--batch-size 256] [--threads 2] [--repeats 3] [--cpu-bf16]
 
 Scores `--pairs` (context, response) pairs from the valid split of the matcher's prepare artifact, the
 way mining does (each context against `--candidates` responses), as `MSNMatcher.score` does
 (tokenization included) with two scorers on the same pairs, taking turns run by run (the order alternating)
 after one warm-up each, timed by wall clock and by the process's CPU time:
 - `reference`: `score_pairs_reference`, batches of `MSN.forward` (the scoring path before issue 17);
-- `fast`: `score_pairs` (what `MSNMatcher` uses now).
+- `fast`: `score_pairs` (what `MSNMatcher` uses now);
+- `fast_bf16` (with `--cpu-bf16`): the fast path under CPU bf16 autocast, to see whether a CPU with bf16
+  instructions would gain from it (on this project's AVX512-BF16 EPYC it is slower; scoring stays float32).
 Runs under `configure_runtime` as a stage does (deterministic mode unless --no-deterministic). Prints
 JSON: pairs/s per run and the median of each, the ratio of the medians, and how far the scores are apart.
 """
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as a stage sets them)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each scorer, interleaved")
     ap.add_argument("--no-deterministic", action="store_true")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="also time the fast path under CPU bf16 autocast (scorer fast_bf16; scoring stays float32)")
     args = ap.parse_args()
 
     import numpy as np
@@ -54,6 +58,11 @@ def main() -> None:
     contexts, responses = candidate_pairs(valid.context, valid.response, sets)
     matcher = load_msn_matcher(art.path, device, batch_size=args.batch_size)
     scorers = {"reference": score_pairs_reference, "fast": score_pairs}
+    if args.cpu_bf16 and device.type == "cpu":
+        def fast_bf16(*a):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return score_pairs(*a)
+        scorers["fast_bf16"] = fast_bf16
 
     def run(name: str, n: int) -> tuple[float, np.ndarray, float]:
         if device.type == "cuda":
@@ -97,6 +106,9 @@ def main() -> None:
         "speedup_cpu": round(cpu_median["fast"] / cpu_median["reference"], 2),
         "max_abs_diff": float(np.abs(ref - fast).max()),
         "same_ranking": same_ranking,
+        **({"fast_bf16_same_top1": float((scores["fast_bf16"].reshape(len(sets), k).argmax(1) == fast.argmax(1)).mean()),
+            "fast_bf16_max_abs_diff": float(np.abs(scores["fast_bf16"].reshape(len(sets), k) - fast).max())}
+           if "fast_bf16" in scores else {}),
         "mean_prob": round(float(np.mean(scores["fast"])), 4),
         "matcher_config": json.loads((art.path / "model.json").read_text())["config"],
         "valid_metrics": metrics["validation"],
