@@ -127,3 +127,29 @@ def test_approach_modules_are_looked_for_once_so_a_module_added_mid_run_cannot_a
     monkeypatch.setattr(registry.pkgutil, "iter_modules", no_rescan)
     assert [a.name for a in registry.approaches()] == before
     assert {a.command for a in registry.approaches()} <= {s.command for s in STAGES}
+
+
+def test_a_revised_approach_gets_new_fingerprints_and_the_others_keep_theirs(tmp_path):
+    """Fingerprints name options, not code: an approach whose training a fix changed declares a revision, so
+    artifacts trained before the fix are not reused; approaches never revised fingerprint as before."""
+    import dataclasses
+
+    from cldg.approaches import get_approach
+    from cldg.artifacts import compute_fingerprint
+    from cldg.config import CommonOptions, fingerprint_config
+    from cldg.stages.train import SCHEMA, approach_config, for_approach
+
+    common = CommonOptions(workdir=tmp_path, seed=13)
+    for name in ("mle", "unlikelihood"):  # never revised: the fingerprint config of before revisions existed
+        approach = get_approach(name)
+        cfg = for_approach(name).Config()
+        assert approach.revision == 1
+        assert approach_config(approach, cfg, common) == fingerprint_config(cfg) | {"seed": 13, "approach": name}
+    for name in ("cvae", "dialogwae", "adversarial"):  # revised by the turn-packing fixes
+        approach = get_approach(name)
+        cfg = for_approach(name).Config()
+        config = approach_config(approach, cfg, common)
+        assert config["revision"] == approach.revision >= 2
+        before = approach_config(dataclasses.replace(approach, revision=1), cfg, common)
+        assert "revision" not in before
+        assert compute_fingerprint(name, SCHEMA, config, {}) != compute_fingerprint(name, SCHEMA, before, {})

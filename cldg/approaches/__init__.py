@@ -12,6 +12,9 @@ An approach is a class in `cldg/approaches/<name>.py` decorated with `@register_
                returns (the contract is in cldg/training/recipes/__init__.py)
     makes      the model artifact it writes (what `evaluate --model`, `chat` and `compare` take)
     needs      the artifacts it trains from
+    revision   (optional, default 1) raised when a fix changes what the same options train: fingerprints
+               name options and inputs, not code, so without it an artifact trained before the fix would
+               be reused; a revision above 1 joins the fingerprint
     docstring  its one-line description
 
 So a baseline is one module here and its recipe: no stage module, no STAGES line, no pipeline entry.
@@ -38,6 +41,7 @@ class Approach:
     makes: str
     needs: tuple[str, ...]
     generic: bool = False  # trained by the generic stage (cldg/stages/train.py), not a stage of its own
+    revision: int = 1
 
     def recipe_class(self) -> type:
         module, _, cls = self.recipe.partition(":")
@@ -55,7 +59,7 @@ def register_approach(name: str):
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         command = getattr(cls, "command", None)
         _REGISTRY[name] = Approach(name, doc, cls.options, cls.recipe, command or f"{name}-train", cls.makes,
-                                   tuple(cls.needs), generic=command is None)
+                                   tuple(cls.needs), generic=command is None, revision=getattr(cls, "revision", 1))
         return cls
     return register
 

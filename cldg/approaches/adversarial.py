@@ -52,3 +52,4 @@ class Adversarial:
     recipe = "cldg.training.recipes.adversarial:AdversarialRecipe"
     makes = "adversarial"
     needs = ("reference",)
+    revision = 2  # the discriminator reads each row's real turns then its response

@@ -46,3 +46,4 @@ class CVAE:
     recipe = "cldg.training.recipes.cvae:CVAERecipe"
     makes = "cvae"
     needs = ("prepare",)
+    revision = 2  # the context encoder reads each row's real turns, not the left-padding slots

@@ -54,3 +54,4 @@ class DialogWAE:
     recipe = "cldg.training.recipes.dialogwae:DialogWAERecipe"
     makes = "dialogwae"
     needs = ("prepare",)
+    revision = 2  # the context encoder reads each row's real turns, not the left-padding slots

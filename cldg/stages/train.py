@@ -33,6 +33,15 @@ class ApproachStage:
         return run_approach(self.approach, cfg, common)
 
 
+def approach_config(approach: Any, cfg, common: CommonOptions) -> dict:
+    """What the model artifact's fingerprint names: the options, seed, approach and its revision when above 1
+    (only then: the fingerprints of approaches never revised stay as they were)."""
+    config = fingerprint_config(cfg) | {"seed": common.seed, "approach": approach.name}
+    if approach.revision > 1:
+        config["revision"] = approach.revision
+    return config
+
+
 def for_approach(name: str) -> ApproachStage:
     from cldg.approaches import get_approach
 
@@ -85,7 +94,7 @@ def run_approach(approach, cfg, common: CommonOptions) -> Artifact:
     check_options(approach, cfg)
     store = ArtifactStore(common.workdir)
     inputs = resolve_inputs(store, approach, cfg)
-    config = fingerprint_config(cfg) | {"seed": common.seed, "approach": approach.name}
+    config = approach_config(approach, cfg, common)
     with store.begin(approach.makes, SCHEMA, config, inputs, force=common.force) as run:
         if run.existing:
             console.print(f"{approach.command}: complete artifact {run.existing.path} found - skipped")
