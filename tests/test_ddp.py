@@ -210,3 +210,51 @@ def test_a_nan_on_one_rank_or_a_checkpoint_one_rank_cannot_see_stops_every_rank_
         nan, resume = json.loads((tmp_path / f"outcome-{rank}.json").read_text())
         assert "loss became" in nan and "at step 2" in nan, (rank, nan)
         assert "ranks found different checkpoints" in resume and "filesystem" in resume, (rank, resume)
+
+
+def _stale_partial_worker(rank: int, port: int, out: str, workdir: str) -> None:
+    _join_as(rank, port)
+    import time
+
+    from cldg.artifacts import ArtifactStore
+    from cldg.config import CommonOptions
+    from cldg.stages import pretrain
+
+    if rank == 0:  # rank 0 comes late: rank 1 must not meet the stale work before rank 0 has cleared it
+        begin = ArtifactStore.begin
+
+        def late_begin(self, *args, **kwargs):
+            time.sleep(2)
+            return begin(self, *args, **kwargs)
+
+        ArtifactStore.begin = late_begin
+    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
+    art = pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
+    with open(os.path.join(out, f"stale-artifact-{rank}.txt"), "w") as fh:
+        fh.write(str(art.path))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_ddp_ranks_meet_a_stale_partial_only_after_rank_0_has_started_it_over(prepared_workdir, tmp_path):
+    """Work in the artifact's .partial/ made from an earlier build of its input: rank 0 starts it over under the
+    lock; the other ranks open the artifact after that, so none fails on work about to be discarded."""
+    from cldg.artifacts import ArtifactStore
+    from cldg.config import CommonOptions
+    from cldg.stages import pretrain
+
+    workdir, _ = prepared_workdir
+    work = tmp_path / "work"
+    shutil.copytree(workdir / "prepare", work / "prepare", symlinks=True)
+    store = ArtifactStore(work)
+    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
+    run = store.begin("reference", pretrain.SCHEMA, pretrain.pretrain_config(cfg, CommonOptions(workdir=work, seed=1)),
+                      {"prepare": store.latest("prepare")}, force=False)
+    run.dir.mkdir(parents=True)
+    (run.dir / ".inputs.json").write_text(json.dumps({"prepare": "an-earlier-build"}))
+    (run.dir / "checkpoint-from-the-earlier-build.bin").write_bytes(b"old")
+    _spawn_two(_stale_partial_worker, str(tmp_path), str(work))
+    paths = {(tmp_path / f"stale-artifact-{r}.txt").read_text() for r in (0, 1)}
+    assert paths == {str(run.final)}
+    assert not (run.final / "checkpoint-from-the-earlier-build.bin").exists()
+    assert json.loads((run.final / "metrics.json").read_text())["steps"] == 2

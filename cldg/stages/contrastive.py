@@ -52,7 +52,7 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
     config |= {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora_r else {}
     inputs = {"prepare": prepared, "reference": reference, "samples": samples}
     # under DDP every rank trains, rank 0 alone holds the lock, fills the reference cache and writes files
-    with store.begin("contrastive", SCHEMA, config, inputs, force=common.force, exclusive=dist.rank == 0) as run:
+    with distributed.begin_on_ranks(store, dist, "contrastive", SCHEMA, config, inputs, force=common.force) as run:
         if run.existing:
             console.print(f"contrastive-train: complete artifact {run.existing.path} found - skipped")
             return run.existing

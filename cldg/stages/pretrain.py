@@ -91,8 +91,8 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         raise CldgError(f"--model {cfg.model}: hf: models train on one device (no DDP yet)")
     config = pretrain_config(cfg, common)
     # under DDP every rank trains, rank 0 alone holds the lock and writes the artifact
-    with store.begin("reference", SCHEMA, config, {"prepare": prepared}, force=common.force,
-                     exclusive=dist.rank == 0) as run:
+    with distributed.begin_on_ranks(store, dist, "reference", SCHEMA, config, {"prepare": prepared},
+                                    force=common.force) as run:
         if run.existing:
             console.print(f"pretrain: complete artifact {run.existing.path} found - skipped")
             return run.existing

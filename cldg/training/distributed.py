@@ -1,6 +1,7 @@
 """DDP under `torchrun`: which rank we are, wrapping the model, barriers. A single process is world 1."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,21 @@ def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def begin_on_ranks(store, info: DistInfo, *args, **kwargs):
+    """`store.begin(*args, **kwargs)` on every rank of a job: rank 0 takes the artifact's lock and settles its
+    .partial first (reuses a committed artifact, starts work made from an earlier input build over), then
+    the other ranks open it, so none of them meets work that rank 0 is about to discard. World 1: begin."""
+    if info.rank == 0:
+        with store.begin(*args, exclusive=True, **kwargs) as run:
+            barrier(info)
+            yield run
+    else:
+        barrier(info)
+        with store.begin(*args, exclusive=False, **kwargs) as run:
+            yield run
 
 
 def device_for_rank(device: torch.device, info: DistInfo) -> torch.device:
