@@ -97,3 +97,50 @@ def test_ties_are_broken_by_the_id_string_and_pretokenized_text_is_split_on_spac
         lucene.close()
     first = [p for p, _ in ours.batch_search(["我 喜欢"], 10)[0]]
     assert first[:4] == [10, 100, 2, 9]  # equal scores: "10" < "100" < "2" < "9", as anserini sorts ids
+
+
+def _bincount_search(index, query, k):
+    """The numpy backend before its compiled loop (np.bincount, then a partition): what it must equal bit for bit."""
+    import numpy as np
+
+    terms, counts = query
+    if k <= 0 or not len(terms):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    weights = counts * index.idf[terms]
+    ip = index.indptr
+    docs = [index.docs[ip[t]:ip[t + 1]] for t in terms]
+    vals = [index.score1[ip[t]:ip[t + 1]] if w == index.idf[t] else w - w / index.denom[ip[t]:ip[t + 1]]
+            for t, w in zip(terms, weights)]
+    acc = np.bincount(np.concatenate(docs), weights=np.concatenate(vals), minlength=index.n)
+    cand = np.flatnonzero(acc)
+    scores = acc[cand].astype(np.float32)
+    if len(cand) > k:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        cand, scores = cand[scores >= kth], scores[scores >= kth]
+    best = np.lexsort((index.id_rank[cand], -scores))[:k]
+    return index.ids[cand[best]], scores[best]
+
+
+def test_the_compiled_loop_equals_the_bincount_search_bit_for_bit_without_the_jvm():
+    """Ties at the k-th score (duplicate documents), repeated query words (a boost: weight != idf), k above the
+    number of matches, empty and unknown-word queries, more threads than queries, other k1 and b."""
+    import numpy as np
+
+    from cldg.retrieval.sparse import SparseBM25
+
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        vocab = [f"w{i}" for i in range(int(rng.integers(3, 30)))]
+        docs = [list(rng.choice(vocab, size=int(rng.integers(0, 12)))) for _ in range(int(rng.integers(5, 80)))]
+        docs += docs[:len(docs) // 3]  # exact duplicates: equal scores, the id string decides
+        ids = [int(i) for i in rng.permutation(10 * len(docs))[:len(docs)]]
+        index = SparseBM25(ids, docs, k1=[0.9, 2.0, 0.0][trial % 3], b=[0.4, 1.0][trial % 2])
+        queries = [index.query(list(rng.choice(vocab + ["unknown"], size=int(rng.integers(0, 15)))))
+                   for _ in range(40)]
+        queries += [index.query([]), index.query(["unknown"]), (np.zeros(0, np.int64), np.zeros(0, np.float32))]
+        for k in (1, 3, 7, 1000):
+            expected = [_bincount_search(index, q, k) for q in queries]
+            for threads in (1, 3, 64):
+                for (ids_a, s_a), (ids_b, s_b) in zip(index.search_many(queries, k, threads), expected):
+                    assert ids_a.tolist() == ids_b.tolist()
+                    assert s_a.dtype == np.float32 and s_a.tobytes() == s_b.tobytes()

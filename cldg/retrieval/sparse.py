@@ -157,11 +157,12 @@ class SparseBM25:
         kernel holds no GIL)."""
         if k <= 0 or not queries:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        k = min(k, max(self.n, 1))  # the output arrays hold k per query
         lengths = np.fromiter((len(t) for t, _ in queries), np.int64, len(queries))
         q_ptr = np.zeros(len(queries) + 1, np.int64)
         np.cumsum(lengths, out=q_ptr[1:])
-        q_terms = np.concatenate([t for t, _ in queries]) if q_ptr[-1] else np.zeros(0, np.int64)
-        q_counts = np.concatenate([c for _, c in queries]) if q_ptr[-1] else np.zeros(0, np.float32)
+        q_terms = np.concatenate([np.asarray(t, np.int64) for t, _ in queries])
+        q_counts = np.concatenate([np.asarray(c, np.float32) for _, c in queries])
         q_weights = (q_counts * self.idf[q_terms]).astype(np.float32)  # boost * idf, float32 as in Lucene
         top = np.empty((len(queries), k), np.int32)
         top_scores = np.empty((len(queries), k), np.float32)
