@@ -7,6 +7,10 @@ MODELS = ("seq2seq", "hred", "hran", "transformer")
 # registered models that only an approach builds (not `pretrain --model` choices): the CVAE, MMI-bidi's forward +
 # backward pair, MMI-antiLM's forward model + language model, DialogWAE
 APPROACH_MODELS = ("cvae", "mmi", "mmi-antilm", "dialogwae")
+# models whose computation a fix changed, with their revision: it joins the fingerprint of whatever a stage builds
+# with `model = <name>` (cldg.config.fingerprint_config), so a model trained before the fix is retrained, not reused.
+# hred 2: an empty turn between real ones no longer drops the oldest turn (base.turn_count)
+MODEL_REVISIONS = {"hred": 2}
 TRANSFORMER_POSITIONS = ("sinusoidal", "learned")
 # the contrastive loss's forms (cldg.training.losses.contrastive_loss; Eq. 4, 3 and 2 of the paper, and the
 # released code's soft form)

@@ -153,12 +153,18 @@ def config_from_table(cls: type, table: dict[str, Any], where: str, overrides: d
 
 
 def fingerprint_config(cfg: Any) -> dict[str, Any]:
-    """The fields of a stage config that affect its output, as JSON-able values."""
+    """The fields of a stage config that affect its output, as JSON-able values, and the revision of the model it
+    names when a fix has changed that model (cldg.choices.MODEL_REVISIONS; absent otherwise, so the fingerprints
+    of models never revised stay as they were)."""
+    from cldg.choices import MODEL_REVISIONS
+
     out = {}
     for f in dataclasses.fields(cfg):
         if f.metadata.get("fingerprint", True):
             v = getattr(cfg, f.name)
             out[f.name] = str(v) if isinstance(v, Path) else v
+    if isinstance(out.get("model"), str) and out["model"] in MODEL_REVISIONS:
+        out["model_revision"] = MODEL_REVISIONS[out["model"]]
     return out
 
 

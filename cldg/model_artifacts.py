@@ -16,11 +16,36 @@ def resolve_model(store: ArtifactStore, spec: str | Path) -> Artifact:
     from cldg.approaches import model_stages
 
     if str(spec) in model_stages():
-        return store.resolve_input(str(spec), None, MODEL_SCHEMA, "--model")
-    art = Artifact.load(Path(spec))
-    if art.stage not in model_stages():
-        raise MissingArtifactError(f"{spec}: a '{art.stage}' artifact is not a model")
+        art = store.resolve_input(str(spec), None, MODEL_SCHEMA, "--model")
+    else:
+        art = Artifact.load(Path(spec))
+        if art.stage not in model_stages():
+            raise MissingArtifactError(f"{spec}: a '{art.stage}' artifact is not a model")
+    behind = revision_behind(art)
+    if behind:
+        from cldg.progress import console
+
+        console.print(f"warning: {art.path}: {behind}", style="yellow", highlight=False, soft_wrap=True)
     return art
+
+
+def revision_behind(art: Artifact) -> str | None:
+    """Why a model artifact was trained by code a fix has changed since (its approach's or its model's revision,
+    cldg.approaches / cldg.choices.MODEL_REVISIONS, is above the one it records), or None. A new run retrains
+    it (the revision is in the fingerprint); `latest` points at the old one until then."""
+    from cldg.approaches import approaches
+    from cldg.choices import MODEL_REVISIONS
+
+    cfg = art.config
+    for a in approaches():
+        if a.makes == art.stage and a.generic and a.revision > int(cfg.get("revision", 1)):
+            return (f"trained before revision {a.revision} of {a.name} (a fix changed its training) - "
+                    f"`cldg {a.command}` retrains it")
+    model = cfg.get("model")
+    if isinstance(model, str) and MODEL_REVISIONS.get(model, 1) > int(cfg.get("model_revision", 1)):
+        return (f"a {model} trained before revision {MODEL_REVISIONS[model]} of that model (a fix changed it) - "
+                "rerun the stage that made it to retrain it")
+    return None
 
 
 def model_prepare(art: Artifact) -> Artifact:

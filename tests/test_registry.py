@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import cldg
 
 PACKAGE = Path(cldg.__file__).parent
@@ -153,3 +155,30 @@ def test_a_revised_approach_gets_new_fingerprints_and_the_others_keep_theirs(tmp
         before = approach_config(dataclasses.replace(approach, revision=1), cfg, common)
         assert "revision" not in before
         assert compute_fingerprint(name, SCHEMA, config, {}) != compute_fingerprint(name, SCHEMA, before, {})
+
+
+def test_a_model_trained_before_a_revision_is_named_when_it_is_used_and_revisions_belong_to_generic_approaches(
+        tmp_path):
+    from cldg.approaches import register_approach
+    from cldg.artifacts import Artifact
+    from cldg.config import fingerprint_config
+    from cldg.model_artifacts import revision_behind
+    from cldg.stages import pretrain
+
+    def model(stage, config):
+        return Artifact(stage, "f" * 16, tmp_path / stage, {"config": config})
+
+    assert "revision 2 of cvae" in revision_behind(model("cvae", {"seed": 1}))
+    assert revision_behind(model("cvae", {"revision": 2})) is None
+    assert "hred trained before revision 2" in revision_behind(model("reference", {"model": "hred"}))
+    assert revision_behind(model("reference", {"model": "seq2seq"})) is None
+    # pretrain --model hred fingerprints the model's revision; a model never revised fingerprints as before
+    assert fingerprint_config(pretrain.Config(model="hred"))["model_revision"] == 2
+    assert "model_revision" not in fingerprint_config(pretrain.Config(model="seq2seq"))
+    assert revision_behind(model("reference", fingerprint_config(pretrain.Config(model="hred")))) is None
+
+    class Staged:  # an approach with a stage of its own fingerprints its artifacts there: a revision is refused
+        options, recipe, makes, needs, command, revision = object, "m:C", "x", (), "x-stage", 2
+
+    with pytest.raises(ValueError, match="generic stage"):
+        register_approach("not-generic-with-a-revision")(Staged)

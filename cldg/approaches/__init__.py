@@ -12,9 +12,10 @@ An approach is a class in `cldg/approaches/<name>.py` decorated with `@register_
                returns (the contract is in cldg/training/recipes/__init__.py)
     makes      the model artifact it writes (what `evaluate --model`, `chat` and `compare` take)
     needs      the artifacts it trains from
-    revision   (optional, default 1) raised when a fix changes what the same options train: fingerprints
-               name options and inputs, not code, so without it an artifact trained before the fix would
-               be reused; a revision above 1 joins the fingerprint
+    revision   (optional, default 1; approaches the generic stage trains) raised when a fix changes what
+               the same options train: fingerprints name options and inputs, not code, so without it an
+               artifact trained before the fix would be reused; a revision above 1 joins the fingerprint.
+               (A fix to a model is cldg.choices.MODEL_REVISIONS; a stage of its own bumps its SCHEMA.)
     docstring  its one-line description
 
 So a baseline is one module here and its recipe: no stage module, no STAGES line, no pipeline entry.
@@ -58,6 +59,9 @@ def register_approach(name: str):
             raise ValueError(f"approach {name!r} is registered twice")
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         command = getattr(cls, "command", None)
+        if command is not None and getattr(cls, "revision", 1) != 1:
+            raise ValueError(f"approach {name!r}: a revision only applies to approaches the generic stage trains; "
+                             f"{command} fingerprints its own artifacts")
         _REGISTRY[name] = Approach(name, doc, cls.options, cls.recipe, command or f"{name}-train", cls.makes,
                                    tuple(cls.needs), generic=command is None, revision=getattr(cls, "revision", 1))
         return cls
