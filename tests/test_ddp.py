@@ -115,8 +115,14 @@ def _contrastive_worker(rank: int, port: int, out: str, workdir: str) -> None:
     from cldg.stages import contrastive
 
     cfg = contrastive.Config(k=2, lr=1e-2, batch_size=4, epochs=1, max_steps=4, evals_per_epoch=1)
-    art = contrastive.run(cfg, CommonOptions(workdir=workdir, seed=5, device="cpu"))
-    with open(os.path.join(out, f"contrastive-artifact-{rank}.txt"), "w") as fh:
+    _run_stage_as_rank(contrastive, cfg, CommonOptions(workdir=workdir, seed=5, device="cpu"),
+                       os.path.join(out, f"contrastive-artifact-{rank}.txt"))
+
+
+def _run_stage_as_rank(stage, cfg, common, record: str) -> None:
+    """Run a stage on this rank, write the artifact path it returned to `record`, leave the process group."""
+    art = stage.run(cfg, common)
+    with open(record, "w") as fh:
         fh.write(str(art.path))
     torch.distributed.destroy_process_group()
 
@@ -229,10 +235,8 @@ def _stale_partial_worker(rank: int, port: int, out: str, workdir: str) -> None:
 
         ArtifactStore.begin = late_begin
     cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
-    art = pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
-    with open(os.path.join(out, f"stale-artifact-{rank}.txt"), "w") as fh:
-        fh.write(str(art.path))
-    torch.distributed.destroy_process_group()
+    _run_stage_as_rank(pretrain, cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"),
+                       os.path.join(out, f"stale-artifact-{rank}.txt"))
 
 
 @pytest.mark.timeout(300)
