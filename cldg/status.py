@@ -8,6 +8,8 @@ The state column says what is known about each artifact without reading it whole
 - CORRUPT       a file is missing, has another size, or (with --verify) another sha256
 - running       in progress, a cldg process holds its lock
 - interrupted   in progress, nobody holds the lock: rerun the command to resume it
+Below the table, each artifact in progress says how far it got, from what it has left on disk: a training's
+last step and validation (train-log.jsonl), mining's pairs in finished chunks.
 `--verify` hashes every file of every complete artifact again (and refreshes the cache) and exits 2
 if any differs, with one line per file. `--long` adds the full fingerprint, path, row counts, files and
 sizes; `--json` prints all of it as JSON.
@@ -32,6 +34,44 @@ from cldg.stages import ARTIFACT_ORDER
 def _partial_state(path: Path, fp: str) -> str:
     locks = [path.parent / f".{fp}.lock", path / ".lock", *sorted(path.glob(".shard-*.lock"))]
     return "running" if any(p.exists() and flock_held(p) for p in locks) else "interrupted"
+
+
+def _partial_progress(path: Path) -> str | None:
+    """How far an artifact in progress got, from its files: a training's last logged step and validations
+    (the tail of train-log.jsonl), or mining's pairs in finished chunks; None when it left neither."""
+    log = path / "train-log.jsonl"
+    if log.is_file():
+        records = []
+        with contextlib.suppress(OSError), open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 256 * 1024))  # the tail: a long run's log is large
+            for line in fh.read().decode("utf-8", "replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    rec = json.loads(line)
+                    if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                        records.append(rec)
+        if not records:
+            return None
+        text = f"step {max(r['step'] for r in records):,}"
+        checks = [r for r in records if r.get("type") == "valid" and isinstance(r.get("criterion"), (int, float))]
+        if checks:
+            last = checks[-1]
+            value = f"ppl {last['ppl']:.1f}" if isinstance(last.get("ppl"), (int, float)) else \
+                f"criterion {last['criterion']:.4g}"
+            text += f"; valid {value} at step {last['step']:,} (epoch {int(last.get('epoch', 0)) + 1})"
+            stale = 0
+            for r in reversed(checks):
+                if r.get("improved", True):
+                    break
+                stale += 1
+            text += f", {stale} check{'s' * (stale != 1)} without improvement" if stale else ", improving"
+        return text
+    chunks = [p.name.split("-chunk-")[1].removesuffix(".parquet").split("-") for p in path.glob(".shard-*-chunk-*.parquet")]
+    pairs = sum(int(b) - int(a) for a, b in chunks if a.isdigit() and b.isdigit())
+    shards = len(list(path.glob("shard-*-of-*.parquet")))
+    if pairs or shards:
+        return ", ".join(x for x in (f"{pairs:,} pairs mined in chunks" if pairs else "",
+                                     f"{shards} shard{'s' * (shards != 1)} done" if shards else "") if x)
+    return None
 
 
 def _dir_bytes(path: Path) -> int:
@@ -101,7 +141,8 @@ def collect_status(workdir: Path, verify: bool = False) -> list[dict]:
             if check == "CORRUPT":
                 row["state"] = "corrupt"
         else:
-            row.update(check=_partial_state(path, fp), problems=[], bytes=_dir_bytes(path))
+            row.update(check=_partial_state(path, fp), problems=[], bytes=_dir_bytes(path),
+                       progress=_partial_progress(path))
         rows.append(row)
     rows.sort(key=lambda r: (STAGE_ORDER.index(r["stage"]) if r["stage"] in STAGE_ORDER else len(STAGE_ORDER),
                              r["stage"], r.get("created") or "~", r["fingerprint"]))
@@ -176,7 +217,7 @@ def print_long(workdir: Path, rows: list[dict]) -> None:
             if counts:
                 grid.add_row("  rows", counts)
         else:
-            grid.add_row("  so far", _size(r.get("bytes")))
+            grid.add_row("  so far", ", ".join(x for x in (_size(r.get("bytes")), r.get("progress")) if x))
         for p in r.get("problems", []):
             grid.add_row("  [red]corrupt[/]", p)
         console.print(grid, highlight=False)
@@ -195,6 +236,9 @@ def show_status(workdir: Path, as_json: bool = False, verify: bool = False, long
         print_long(workdir, rows)
     else:
         console.print(status_table(workdir, rows))
+        for r in rows:
+            if r.get("progress"):
+                console.print(f"{r['stage']} {r['fingerprint'][:8]}: {r['progress']}", highlight=False)
     if problems:
         if not as_json and not long:
             for p in problems[:-1]:

@@ -406,3 +406,30 @@ def test_disk_full_during_a_real_stage_through_the_cli(small_disk, tiny_dialogue
     assert full.output.strip().splitlines()[-1] == errors[0]
     assert Artifact.load(small_disk / "prepare" / "latest").path == first.path
     assert not artifact_problems(first.path, first.manifest, full=True)
+
+
+def test_status_says_how_far_a_training_or_mining_in_progress_got(tmp_path):
+    """From what each leaves on disk: the tail of a training's train-log.jsonl, mining's finished chunk files."""
+    from cldg.status import collect_status
+
+    training = tmp_path / "reference" / "0123456789abcdef.partial"
+    training.mkdir(parents=True)
+    log = [{"type": "train", "step": s, "loss": 5.0} for s in range(1, 4000)]
+    log += [{"type": "valid", "step": 922, "epoch": 0, "criterion": 5.2, "ppl": 180.0, "improved": True},
+            {"type": "valid", "step": 1844, "epoch": 0, "criterion": 5.3, "ppl": 200.0, "improved": False},
+            {"type": "valid", "step": 2766, "epoch": 1, "criterion": 5.4, "ppl": 221.4, "improved": False},
+            {"type": "train", "step": 2800, "loss": 4.9}]
+    (training / "train-log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n{\"type\": \"tra")  # mid-write
+    mining = tmp_path / "samples" / "fedcba9876543210.partial"
+    mining.mkdir(parents=True)
+    for lo, hi in ((0, 2000), (2000, 4000), (4000, 4936)):
+        (mining / f".shard-00000-chunk-{lo:09d}-{hi:09d}.parquet").write_bytes(b"x")
+    (mining / "shard-00001-of-00002.parquet").write_bytes(b"x")
+    (tmp_path / "contrastive" / "00112233445566ff.partial").mkdir(parents=True)  # nothing written yet
+    progress = {r["stage"]: r.get("progress") for r in collect_status(tmp_path)}
+    assert progress == {
+        "reference": "step 3,999; valid ppl 221.4 at step 2,766 (epoch 2), 2 checks without improvement",
+        "samples": "4,936 pairs mined in chunks, 1 shard done",
+        "contrastive": None}
+    out = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "100"}).output
+    assert "reference 01234567: step 3,999; valid ppl 221.4" in out and "samples fedcba98: 4,936 pairs" in out
