@@ -13,9 +13,10 @@ module gives the same hits from postings held in memory:
   weight - weight / (1 + freq * normInverse) per term in float32, a repeated query word counted as a
   boost (anserini's BagOfWordsQueryGenerator), the per-term scores summed in float64 and rounded to
   float32. Ties are broken by the pair id as a string, as anserini's sort does.
-- A query's postings are summed per document and the top k taken by partition in one compiled loop
-  (numba; `_top_k_queries`, its doc says why in three sweeps), which holds no GIL, so a batch of queries runs on several threads. No
-  pruning: every posting of every query word is visited, as Lucene does under that sort.
+- A query's postings are summed per document, and the top k found by a size-k heap sweep over the sums,
+  in one compiled loop (numba; `_top_k_queries`, whose doc says why) that holds no GIL, so a batch of
+  queries runs on several threads. No pruning: every posting of every query word is visited, as Lucene
+  does under that sort.
 
 Differences from Lucene: Lucene sums a document's per-term scores in float32 in an order of its own,
 this module in float64 in the query's order, so scores differ in the last float32 bits (measured: at
