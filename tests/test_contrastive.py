@@ -268,6 +268,46 @@ def test_reference_cache_equals_a_fresh_reference_forward_and_d_is_zero_when_tar
                               batch_size=32, device=torch.device("cuda"))
 
 
+def test_an_interrupted_reference_cache_resumes_at_its_last_saved_chunk_bit_for_bit(inputs, tmp_path, monkeypatch):
+    import cldg.training.reference_cache as refcache
+    from cldg.models import load_model
+    from cldg.retrieval.mining import read_samples
+    from cldg.stages.contrastive import build_reference_cache
+
+    _, prepared, reference, samples = inputs
+    text = text_index(prepared, reference)
+    seqs = build_groups(read_samples(samples.path), "train", GroupOptions(k=2)).sequences()
+    ref = load_model(reference.path, "cpu")
+    cpu = torch.device("cpu")
+    whole = dict(zip(sorted(seqs), refcache.sequence_logprobs(ref, text, sorted(seqs), 4, cpu)))
+    n_chunks = math.ceil(len(seqs) / (4 * 2))
+    assert n_chunks >= 4
+
+    real = refcache._ordered_logprobs
+    computed = []
+
+    def dies_at_third_chunk(*args, **kw):
+        if len(computed) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the third chunk runs
+        computed.append(len(args[2]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(refcache, "_ordered_logprobs", dies_at_third_chunk)
+    monkeypatch.setattr(refcache, "CHUNK_BATCHES", 2)
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        build_reference_cache(store, reference, samples, {}, ref, text, seqs, batch_size=4, device=cpu)
+    partial = next((tmp_path / "refcache").glob("*.partial"))
+    assert len(list(partial.rglob("*.npy"))) == 2  # the two finished chunks, nothing of the third
+
+    computed.clear()
+    monkeypatch.setattr(refcache, "_ordered_logprobs", lambda *a, **kw: computed.append(len(a[2])) or real(*a, **kw))
+    cache = build_reference_cache(store, reference, samples, {}, ref, text, seqs, batch_size=4, device=cpu)
+    assert len(computed) == n_chunks - 2  # only what was not saved ran again
+    assert refcache.load_reference_cache(cache) == pytest.approx(whole, abs=0)  # float32 on disk, both ways
+    assert not any(p.name.startswith("resume") for p in cache.path.iterdir())  # resume state is not published
+
+
 def mean_d(model_dir, reference, prepared, samples, split="train"):
     """Mean D over the positive and the negative slots of a split's groups, target in eval mode."""
     from cldg.models import load_model

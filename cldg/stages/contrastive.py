@@ -205,7 +205,8 @@ def build_reference_cache(store: ArtifactStore, reference: Artifact, samples: Ar
         t0 = time.time()
         with make_progress() as progress:
             task = progress.add_task("reference log p (once)", total=len(seqs), unit="seqs")
-            logp = reference_cache.sequence_logprobs(reference_model, text, seqs, batch_size, device, progress, task)
+            logp = reference_cache.sequence_logprobs(reference_model, text, seqs, batch_size, device, progress, task,
+                                                      resume_dir=run.dir / reference_cache.RESUME_DIR)
         reference_cache.write_reference_cache(run.dir / "logprobs.parquet", seqs, logp)
         seconds = time.time() - t0
         console.print(f"refcache: {len(seqs):,} reference log-probs in {seconds:.1f} s")
