@@ -262,3 +262,39 @@ def test_ddp_ranks_meet_a_stale_partial_only_after_rank_0_has_started_it_over(pr
     assert paths == {str(run.final)}
     assert not (run.final / "checkpoint-from-the-earlier-build.bin").exists()
     assert json.loads((run.final / "metrics.json").read_text())["steps"] == 2
+
+
+def _rank0_cannot_open_worker(rank: int, port: int, out: str, workdir: str) -> None:
+    _join_as(rank, port)
+    from cldg.artifacts import ArtifactStore
+    from cldg.config import CommonOptions
+    from cldg.errors import CldgError
+    from cldg.stages import pretrain
+
+    if rank == 0:
+        def failing_begin(self, *args, **kwargs):
+            raise CldgError("no space left on the device while opening the 'reference' artifact")
+
+        ArtifactStore.begin = failing_begin
+    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
+    try:
+        pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
+        outcome = "trained"
+    except CldgError as e:
+        outcome = str(e)
+    with open(os.path.join(out, f"open-outcome-{rank}.txt"), "w") as fh:
+        fh.write(outcome)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_when_rank_0_cannot_open_the_artifact_every_rank_stops_with_one_line(prepared_workdir, tmp_path):
+    """Rank 0 fails in store.begin: the other ranks, waiting for it to settle the artifact, are told and stop
+    with one line, instead of waiting at a barrier until torchrun's timeout; nothing is written."""
+    workdir, _ = prepared_workdir
+    work = tmp_path / "work"
+    shutil.copytree(workdir / "prepare", work / "prepare", symlinks=True)
+    _spawn_two(_rank0_cannot_open_worker, str(tmp_path), str(work))
+    assert (tmp_path / "open-outcome-0.txt").read_text().startswith("no space left")
+    assert "rank 0 could not open the artifact" in (tmp_path / "open-outcome-1.txt").read_text()
+    assert not (work / "reference").exists() or not any((work / "reference").iterdir())

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cldg.errors import CldgError
+
 
 @dataclass
 class DistInfo:
@@ -52,15 +54,34 @@ def barrier(info: DistInfo) -> None:
 def begin_on_ranks(store, info: DistInfo, *args, **kwargs):
     """`store.begin(*args, **kwargs)` on every rank of a job: rank 0 takes the artifact's lock and settles its
     .partial first (reuses a committed artifact, starts work made from an earlier input build over), then
-    the other ranks open it, so none of them meets work that rank 0 is about to discard. World 1: begin."""
+    the other ranks open it, so none of them meets work that rank 0 is about to discard. If rank 0 cannot open
+    it (bad inputs, a full disk), it tells the others, which stop with one line instead of waiting at a
+    barrier until torchrun's timeout. World 1: begin."""
     if info.rank == 0:
-        with store.begin(*args, exclusive=True, **kwargs) as run:
-            barrier(info)
-            yield run
+        opened = False
+        try:
+            with store.begin(*args, exclusive=True, **kwargs) as run:
+                opened = True
+                _rank0_opened(info, True)
+                yield run
+        finally:
+            if not opened:  # store.begin raised: the others are waiting for word
+                _rank0_opened(info, False)
     else:
-        barrier(info)
+        if not _rank0_opened(info, None):
+            raise CldgError(f"rank {info.rank}: rank 0 could not open the artifact (its own error says why); "
+                            "stopping too")
         with store.begin(*args, exclusive=False, **kwargs) as run:
             yield run
+
+
+def _rank0_opened(info: DistInfo, ok: bool | None) -> bool:
+    """Rank 0 sends `ok`, the other ranks receive it (a barrier that carries one flag)."""
+    if not info.enabled:
+        return bool(ok)
+    flag = [ok]
+    torch.distributed.broadcast_object_list(flag, src=0)
+    return bool(flag[0])
 
 
 def device_for_rank(device: torch.device, info: DistInfo) -> torch.device:
