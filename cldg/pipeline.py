@@ -343,6 +343,5 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
             execute_step(step, seed_common, seed_built, dataclasses.replace(step.cfg, **overrides))
             runs[label][seed] = execute_step(evaluate, seed_common, seed_built,
                                              dataclasses.replace(evaluate.cfg, model="contrastive")).path
-    result = ablation_report(runs, reference_runs, variants, base_k, common.workdir / "ablation")
-    result["seconds"] = round(time.time() - t0, 1)
-    return result
+    return ablation_report(runs, reference_runs, variants, base_k, common.workdir / "ablation",
+                           seconds=round(time.time() - t0, 1))

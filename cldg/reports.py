@@ -132,9 +132,10 @@ def _plot_seed_differences(path: Path, seeds: list[int], contrast: dict) -> None
 
 
 def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, Path],
-                    variants: list[tuple[str, dict]], base_k: int, out_dir: Path) -> dict:
+                    variants: list[tuple[str, dict]], base_k: int, out_dir: Path, seconds: float | None = None) -> dict:
     """The Table 5 layout (rows: full model, ablations, group sizes; metrics as Table 2, mean over seeds
-    with sd when there are several) and a PNG of each metric against k."""
+    with sd when there are several) and a PNG of each metric against k; `seconds`, the wall time of the whole
+    study, is saved with them."""
     from rich.table import Table
 
     from cldg.progress import console
@@ -167,7 +168,7 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
                                                          for label, vals in rows.items()},
               "k": [k for k, _ in k_rows],
               "runs": {label: {str(s): str(p) for s, p in paths.items()} for label, paths in runs.items()},
-              "markdown": markdown}
+              "seconds": seconds, "markdown": markdown}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.json").write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))

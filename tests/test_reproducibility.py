@@ -93,6 +93,7 @@ def test_ablate_trains_each_variant_from_the_same_reference_and_samples(seeds_ru
                                    "no negative group", "context side only", "response side only",
                                    "no matching scores", "k = 1"]
     assert table["k"] == [1, 2]
+    assert table["seconds"] > 0  # the study's wall time is saved with it
     inputs = set()
     for label, per_seed in table["runs"].items():
         evaluated = json.loads((Path(per_seed["3"]) / "manifest.json").read_text())
