@@ -10,6 +10,8 @@ import dataclasses
 import importlib
 import inspect
 import os
+import signal
+import threading
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -42,18 +44,32 @@ def _die(message: str, code: int) -> typing.NoReturn:
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler preempting the job, torchrun stopping its ranks): handled as Ctrl-C is, so a
+    long stage saves where it is (a training its step, mining its chunks) and the rerun resumes there."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
-    """Run fn; turn cldg errors into one line + exit 2, Ctrl-C into exit 130, crashes into exit 1.
+    """Run fn; turn cldg errors into one line + exit 2, Ctrl-C into exit 130 and SIGTERM into exit 143 (both
+    after the stage has saved its progress), crashes into exit 1.
     quiet: nothing but errors on the console while fn runs (--json: stdout carries the JSON)."""
     was_quiet = console.quiet
     console.quiet = quiet
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
     except CldgError as exc:
         _die(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/] - rerun the same command to resume where it stopped")
-        raise typer.Exit(130)
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        console.print(f"[yellow]{what}[/] - rerun the same command to resume where it stopped")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
     except (typer.Exit, SystemExit):
         raise
     except Exception as exc:  # an internal error: one line, traceback on request
@@ -62,6 +78,8 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
         _die(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
     finally:
         console.quiet = was_quiet
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _typer_param(f: dataclasses.Field, tp: Any, parse_choices: bool = True) -> inspect.Parameter:

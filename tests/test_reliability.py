@@ -433,3 +433,31 @@ def test_status_says_how_far_a_training_or_mining_in_progress_got(tmp_path):
         "contrastive": None}
     out = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "100"}).output
     assert "reference 01234567: step 3,999; valid ppl 221.4" in out and "samples fedcba98: 4,936 pairs" in out
+
+
+def test_sigterm_stops_a_training_as_ctrl_c_does_saving_its_step_and_exits_143(prepared_workdir, tmp_path):
+    """`kill` (a scheduler preempting the job, a session ending) must not lose a long training: the step is
+    saved as on Ctrl-C, one line says so, exit 143, and the artifact stays in .partial/ to be resumed."""
+    workdir, _ = prepared_workdir
+    work = tmp_path / "work"
+    shutil.copytree(workdir / "prepare", work / "prepare", symlinks=True)
+    cmd = [sys.executable, "-m", "cldg.cli", "pretrain", "--workdir", str(work), "--model", "seq2seq",
+           "--embedding-dim", "8", "--hidden-size", "8", "--batch-size", "4", "--epochs", "500", "--seed", "1",
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    log = None
+    while time.time() < deadline and proc.poll() is None:
+        log = next((work / "reference").glob("*.partial/train-log.jsonl"), None) if (work / "reference").exists() else None
+        if log is not None and '"train"' in log.read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the training ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "terminated" in out and "rerun the same command to resume" in out and "Traceback" not in out
+    resume = log.parent / "resume"
+    assert resume.is_dir() and any(p.name.startswith("last") for p in resume.iterdir()), list(resume.iterdir())
+    assert not [p for p in (work / "reference").iterdir() if not p.name.endswith(".partial") and not p.name.startswith(".")]
