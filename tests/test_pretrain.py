@@ -88,17 +88,17 @@ def test_a_crash_inside_a_checkpoint_save_keeps_the_previous_checkpoint_whole(tm
     saved = {p.name for p in resume.iterdir()}
     assert "last-000000004.safetensors" in saved and "last-000000004-optim.pt" in saved
     # the next save (step 6) dies after its weights are written, before its optimizer file and JSON
-    real_atomic = checkpoint._atomic
+    real_atomic = checkpoint.atomic_write
 
     def dies_on_the_optimizer_file(path, write):
         if path.name.endswith("-optim.pt"):
             raise RuntimeError("disk full")
         real_atomic(path, write)
 
-    monkeypatch.setattr(checkpoint, "_atomic", dies_on_the_optimizer_file)
+    monkeypatch.setattr(checkpoint, "atomic_write", dies_on_the_optimizer_file)
     with pytest.raises(RuntimeError, match="disk full"):
         make_trainer("seq2seq", tmp_path / "run", []).fit()
-    monkeypatch.setattr(checkpoint, "_atomic", real_atomic)
+    monkeypatch.setattr(checkpoint, "atomic_write", real_atomic)
     assert json.loads((resume / "last.json").read_text())["step"] == 4
     again = []
     t = make_trainer("seq2seq", tmp_path / "run", again)

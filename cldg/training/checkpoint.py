@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """write(temp path), then rename it to `path`: a crash never leaves a half-written `path`."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -24,7 +25,7 @@ def save_model_only(directory: Path, tag: str, model: torch.nn.Module) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(directory / f"{tag}.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write(directory / f"{tag}.safetensors", lambda p: save_file(state, str(p)))
 
 
 def load_model_only(directory: Path, tag: str, model: torch.nn.Module) -> bool:
@@ -49,9 +50,9 @@ def save(directory: Path, tag: str, model: torch.nn.Module, optimizer: torch.opt
     extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         extra["cuda_rng"] = torch.cuda.get_rng_state_all()
-    _atomic(directory / optim, lambda p: torch.save(extra, p))
+    atomic_write(directory / optim, lambda p: torch.save(extra, p))
     meta = {**state, "_files": {"weights": weights + ".safetensors", "optimizer": optim}}
-    _atomic(directory / f"{tag}.json", lambda p: p.write_text(json.dumps(meta, default=float)))
+    atomic_write(directory / f"{tag}.json", lambda p: p.write_text(json.dumps(meta, default=float)))
     for old in directory.glob(f"{tag}-*"):  # the files of earlier saves of this tag
         if old.name not in meta["_files"].values():
             old.unlink(missing_ok=True)

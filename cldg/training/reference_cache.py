@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from cldg.training.checkpoint import atomic_write
+
 
 RESUME_DIR = "resume-logp"  # chunks done so far, in the artifact's .partial/ (resume state, removed at commit)
 CHUNK_BATCHES = 64  # batches per saved chunk (16,384 sequences at the default batch of 256): little work lost to a kill
@@ -41,11 +43,9 @@ def sequence_logprobs(model, text, seqs: list[tuple[int, int]], batch_size: int,
         if values is None or len(values) != len(idx):
             values = np.asarray(_ordered_logprobs(model, text, [seqs[i] for i in idx], batch_size, device, progress,
                                                   task), dtype=np.float64)
-            if part is not None:
+            if part is not None:  # atomic: a kill mid-write leaves no half chunk to resume from
                 folder.mkdir(parents=True, exist_ok=True)
-                tmp = part.with_suffix(".tmp.npy")
-                np.save(tmp, values)
-                tmp.replace(part)  # a kill mid-write leaves no half chunk to resume from
+                atomic_write(part, lambda tmp: _save_npy(tmp, values))
         else:
             done += len(idx)
             if progress is not None:
@@ -55,6 +55,13 @@ def sequence_logprobs(model, text, seqs: list[tuple[int, int]], batch_size: int,
     if done and progress is not None:
         progress.console.print(f"refcache: resumed {done:,} of {len(seqs):,} sequences from an interrupted run")
     return out
+
+
+def _save_npy(path: Path, values) -> None:
+    import numpy as np
+
+    with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temp name
+        np.save(fh, values)
 
 
 @torch.inference_mode()
