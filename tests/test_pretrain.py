@@ -10,7 +10,7 @@ from test_models import FunctionRecipe, V, batch_of, random_pairs, tiny
 from typer.testing import CliRunner
 
 from cldg.data.batching import bucketed_batches
-from cldg.errors import TrainingDivergedError
+from cldg.errors import CldgError, TrainingDivergedError
 from cldg.models import load_model, model_names
 from cldg.text.tokenizer import PAD
 from cldg.training.losses import nll_loss
@@ -74,6 +74,27 @@ def test_resume_after_ctrl_c_or_crash_continues_at_the_same_step_with_the_same_l
     t.fit()
     assert again == pytest.approx(full[6:], abs=1e-5)
     assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
+
+
+def test_save_every_bounds_what_a_kill_9_between_checks_costs(tmp_path):
+    """Checks at steps 3, 6, 9...; save_every=4 also saves at 4 and 8, so a crash at step 9 (nothing saved
+    then, as under kill -9) resumes from step 8, not from the check at 6, and ends where an uninterrupted run
+    does."""
+    full = []
+    t = make_trainer("seq2seq", tmp_path / "full", full)
+    t.fit()
+    final = params(t.model)
+    cfg = TrainConfig(lr=1e-2, epochs=2, eval_every=3, patience=5, save_every=4)
+    first, again = [], []
+    with pytest.raises(RuntimeError):
+        make_trainer("seq2seq", tmp_path / "crash", first, fail_at=9, exc=RuntimeError, cfg=cfg).fit()
+    assert json.loads((tmp_path / "crash/resume/last.json").read_text())["step"] == 8
+    t = make_trainer("seq2seq", tmp_path / "crash", again, cfg=cfg)
+    assert t.fit()["steps"] == 16
+    assert first == full[:8] and again == pytest.approx(full[8:], abs=1e-5)
+    assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
+    with pytest.raises(CldgError, match="--save-every -1"):
+        make_trainer("seq2seq", tmp_path / "bad", [], cfg=TrainConfig(save_every=-1))
 
 
 def test_a_crash_inside_a_checkpoint_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ class TrainOptions:
     evals_per_epoch: int = option(2, "Validations per epoch.")
     eval_every: int = option(0, "Validate every N steps instead (0: --evals-per-epoch decides).")
     patience: int = option(5, "Checks without improvement before stopping.")
+    save_every: int = option(0, "Also save a resumable checkpoint every N steps between checks (0: only at checks); "
+                             "a kill -9 or a lost machine then costs at most N steps.", fingerprint=False)
     # not options (the paper's recipe for every system)
     lr_decay: float = 0.5         # LR factor when a check does not improve (1.0 = off)
     bf16: bool = True             # autocast on CUDA

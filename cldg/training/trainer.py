@@ -33,6 +33,8 @@ from cldg.training.recipes import Recipe
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainOptions, run_dir: Path, device: torch.device, recipe: Recipe,
                  params: Iterable[nn.Parameter] | None = None):
+        if cfg.save_every < 0:
+            raise CldgError(f"--save-every {cfg.save_every}: must be 0 (only at checks) or a number of steps")
         self.cfg, self.run_dir, self.device, self.recipe = cfg, Path(run_dir), device, recipe
         self.model = model.to(device)
         self.batches_per_epoch = max(recipe.batches_per_epoch, 1)
@@ -211,6 +213,8 @@ class Trainer:
                     stop = self.state["step"] >= self.total_steps or self.state["stopped"] is not None
                     if stop:
                         break
+                elif self.cfg.save_every and self.state["step"] % self.cfg.save_every == 0:
+                    self._save("last")  # SIGKILL saves nothing: this bounds what one costs
             else:  # the epoch's batches ran out
                 self.state["epoch"] += 1
                 self.state["batch_in_epoch"] = 0
