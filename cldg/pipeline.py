@@ -214,7 +214,7 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
     t_start = time.time()
     with make_progress() as progress:
         total = len(data_steps) + len(seed_steps) * len(plan.seeds)
-        overall = progress.add_task("pipeline", total=total, unit="stages")
+        overall = progress.add_task("pipeline", total=total, unit="stages", uneven=True)
 
         def run_steps(steps: list[Step], run_common: CommonOptions, built: dict[str, Artifact]) -> None:
             for step in steps:

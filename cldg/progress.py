@@ -17,14 +17,27 @@ console = Console(stderr=True)
 
 
 class RateColumn(ProgressColumn):
-    """Items per second, with the unit given as the task field `unit`."""
+    """Items per second, with the unit given as the task field `unit`; nothing for a task made with
+    `uneven=True` (the pipeline's stages: seconds to hours each, so a rate would mislead)."""
 
     def render(self, task) -> Text:
+        if task.fields.get("uneven"):
+            return Text("")
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "it")
         if speed is None:
             return Text(f"? {unit}/s", style="progress.data.speed")
         return Text(f"{speed:,.1f} {unit}/s", style="progress.data.speed")
+
+
+class EtaColumn(TimeRemainingColumn):
+    """rich's time remaining, but none for an `uneven=True` task: an ETA from 6 stages skipped in a second
+    said "0:00:01" with hours of training ahead."""
+
+    def render(self, task) -> Text:
+        if task.fields.get("uneven"):
+            return Text("")
+        return Text.assemble("eta ", super().render(task))
 
 
 class StatusColumn(ProgressColumn):
@@ -42,8 +55,7 @@ def make_progress(transient: bool = False) -> Progress:
         MofNCompleteColumn(),
         RateColumn(),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        EtaColumn(),
         StatusColumn(),
         console=console,
         transient=transient,

@@ -98,3 +98,19 @@ def test_run_rejects_unknown_table_before_running_anything(tmp_path):
     result = runner.invoke(app, ["run", str(cfg)])
     assert result.exit_code == 2 and "unknown table [pretrian]" in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_progress_shows_rate_and_eta_for_steps_and_neither_for_the_pipelines_uneven_stages():
+    """A training's bar gives steps/s and an ETA; the pipeline's bar, whose stages take seconds to hours, gives
+    neither (it said "51.3 stages/s ... eta 0:00:01" with hours of training ahead)."""
+    from cldg.progress import EtaColumn, RateColumn, make_progress
+
+    p = make_progress()
+    steps = p.add_task("train", total=100, unit="steps")
+    stages = p.add_task("pipeline", total=8, unit="stages", uneven=True)
+    p.advance(steps, 2)
+    p.advance(stages, 6)
+    shown = [c for c in p.columns if isinstance(c, (RateColumn, EtaColumn))]
+    rows = {t.description: [str(c.render(t)) for c in shown] for t in p.tasks}
+    assert rows["train"][0].endswith("steps/s") and rows["train"][1].startswith("eta ")
+    assert rows["pipeline"] == ["", ""]
