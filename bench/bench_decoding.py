@@ -2,7 +2,8 @@
 step-by-step reference it replaced, measured in the same run (interleaved rounds); metric time. Prints JSON.
 
     .venv/bin/python bench/bench_decoding.py [--device cpu|cuda] [--batch-size 64] [--rounds 2] \
-        [--metric-responses 10000] [--skip-transformer] [--threads 1] [--wall-clock]
+        [--metric-responses 10000] [--skip-transformer] [--threads 1] [--wall-clock] \
+        [--trained-model WORKDIR/reference/latest [--skip-random]]
 
 Rates are per second of the process's CPU time on CPU (all its threads; `--wall-clock` for wall time), of
 wall time on CUDA: on a shared machine wall time mostly measures the neighbours, and with more torch
@@ -31,6 +32,7 @@ import os
 import platform
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,9 +55,9 @@ def random_contexts(n: int, vocab: int, rng: random.Random):
     return out
 
 
-def timed(fn, model, contexts, cfg, batch_size, device) -> tuple[float, list, float]:
+def timed(fn, model, contexts, cfg, batch_size, device, limits=None) -> tuple[float, list, float]:
     """Seconds to decode `contexts` in batches of `batch_size`, the responses, and the process's CPU seconds."""
-    limits = Limits()
+    limits = limits or Limits()
     out = []
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -74,15 +76,15 @@ CLOCK = {"name": "wall"}
 
 
 def interleaved(variants: dict, rounds: int) -> dict:
-    """variants: name -> (fn, model, contexts per round, cfg, batch size, device). Each round times every
+    """variants: name -> (fn, model, contexts per round, cfg, batch size, device[, limits]). Each round times every
     variant once on fresh contexts; returns name -> (responses/s over all rounds by CLOCK, responses)."""
     seconds = {k: 0.0 for k in variants}
     count = {k: 0 for k in variants}
     outputs = {k: [] for k in variants}
     for r in range(rounds):
-        for name, (fn, model, contexts, cfg, bs, device) in variants.items():
+        for name, (fn, model, contexts, cfg, bs, device, *limits) in variants.items():
             chunk = contexts[r]
-            s, out, cpu = timed(fn, model, chunk, cfg, bs, device)
+            s, out, cpu = timed(fn, model, chunk, cfg, bs, device, *limits)
             seconds[name] += cpu if CLOCK["name"] == "cpu" else s
             count[name] += len(chunk)
             outputs[name] += out
@@ -153,6 +155,60 @@ def bench_seq2seq(args, device) -> dict:
     layer_per_response = bound["batched_s"] * args.max_len / args.batch_size
     bound["ceiling_batched_vs_one_at_a_time"] = round((1 / out["beam5"]["one_at_a_time_per_s"]) / layer_per_response, 2)
     out["beam5"]["output_layer_bound"] = bound
+    return out
+
+
+def bench_trained(args, device) -> dict:
+    """A trained model (a `reference` or `contrastive` artifact) on the test contexts of its prepare artifact, as
+    `cldg evaluate` decodes them (greedy and beam 5, trigram blocking, max_len 25; contexts in length order):
+    responses end at their own EOS, so a batch's items finish at different steps. Batched (finished items leave
+    the batch) vs the same with finished items kept in it, vs one context at a time."""
+    from cldg.artifacts import Artifact
+    from cldg.data.batching import encode_context
+    from cldg.data.pairs import read_pairs
+    from cldg.decoding import search
+    from cldg.model_artifacts import model_limits, model_prepare
+    from cldg.models import load_model
+    from cldg.text.tokenizer import DialogueTokenizer
+
+    art = Artifact.load(Path(args.trained_model))
+    prepared, limits = model_prepare(art), model_limits(art)
+    tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
+    model = load_model(art.path, device).eval()
+    pairs = read_pairs(prepared.file("pairs-test.parquet"))
+    enc = [encode_context(tok, c, limits) for c in pairs.context[:args.trained_contexts]]
+    R = args.rounds
+    rounds = [sorted(enc[r::R], key=lambda e: len(e[0])) for r in range(R)]  # evaluate's length order
+    singles = [chunk[::max(1, len(chunk) // args.trained_single)][:args.trained_single] for chunk in rounds]
+
+    def keep_finished(m, batch, cfg, g):
+        search.DROP_FINISHED = False
+        try:
+            return generate(m, batch, cfg, g)
+        finally:
+            search.DROP_FINISHED = True
+
+    out = {"model_dir": str(art.path), "model": getattr(model, "name", None), "contexts": len(enc),
+           "single_contexts": sum(len(c) for c in singles)}
+    for name, cfg in (("greedy", DecodeConfig("greedy", max_len=25, no_repeat_ngram=3)),
+                      ("beam5", DecodeConfig("beam", beam_size=5, max_len=25, no_repeat_ngram=3))):
+        timed(generate, model, singles[0][:2], cfg, 1, device, limits)  # warm-up
+        res = interleaved({
+            "batched": (generate, model, rounds, cfg, args.batch_size, device, limits),
+            "batched_finished_kept": (keep_finished, model, rounds, cfg, args.batch_size, device, limits),
+            "one_at_a_time": (generate, model, singles, cfg, 1, device, limits),
+        }, R)
+        rate = {k: v[0] for k, v in res.items()}
+        by_context = {tuple(e[0]): o for e, o in zip([e for chunk in rounds for e in chunk], res["batched"][1])}
+        singles_same = all(by_context[tuple(e[0])] == o
+                           for e, o in zip([e for chunk in singles for e in chunk], res["one_at_a_time"][1]))
+        out[name] = {"decoding": f"{name}, no_repeat_ngram 3, max_len 25",
+                     **{f"{k}_per_s": round(v, 2) for k, v in rate.items()},
+                     "speedup_batched_vs_one_at_a_time": round(rate["batched"] / rate["one_at_a_time"], 2),
+                     "speedup_finished_kept_vs_one_at_a_time": round(rate["batched_finished_kept"] / rate["one_at_a_time"], 2),
+                     "speedup_dropping_finished": round(rate["batched"] / rate["batched_finished_kept"], 2),
+                     "same_tokens": res["batched"][1] == res["batched_finished_kept"][1] and singles_same,
+                     "mean_response_tokens": round(sum(map(len, res["batched"][1])) / max(len(res["batched"][1]), 1), 2)}
     return out
 
 
@@ -235,6 +291,10 @@ def main() -> None:
     ap.add_argument("--metric-responses", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--wall-clock", action="store_true", help="rates by wall time on CPU too (default: CPU time)")
+    ap.add_argument("--trained-model", default="", help="a model artifact directory: also time it on its test contexts")
+    ap.add_argument("--trained-contexts", type=int, default=1024, help="test contexts for --trained-model (all rounds)")
+    ap.add_argument("--trained-single", type=int, default=48, help="of them, decoded one at a time per round")
+    ap.add_argument("--skip-random", action="store_true", help="only --trained-model (no random-weight models, metrics)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -245,11 +305,14 @@ def main() -> None:
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
               "torch_threads": torch.get_num_threads(), "clock": CLOCK["name"], "python": platform.python_version(),
               "load_avg_at_start": load0, "model": "seq2seq 2x256 LSTM + attention, vocab 20000",
-              "max_len": args.max_len, "batch_size": args.batch_size, "rounds": args.rounds,
-              "decoding": bench_seq2seq(args, device)}
-    if not args.skip_transformer:
-        result["transformer"] = bench_transformer(args, device)
-    result["metrics"] = bench_metrics(args.metric_responses)
+              "max_len": args.max_len, "batch_size": args.batch_size, "rounds": args.rounds}
+    if args.trained_model:
+        result["trained"] = bench_trained(args, device)
+    if not args.skip_random:
+        result["decoding"] = bench_seq2seq(args, device)
+        if not args.skip_transformer:
+            result["transformer"] = bench_transformer(args, device)
+        result["metrics"] = bench_metrics(args.metric_responses)
     result["load_avg_at_end"] = os.getloadavg()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=2))

@@ -286,3 +286,33 @@ def test_beam_ranked_in_blocks_of_items_equals_the_reference(monkeypatch, block_
     flat = TableModel(torch.zeros(V, V))  # every continuation ties
     cfg = DecodeConfig("beam", beam_size=3, max_len=5, no_repeat_ngram=1)
     assert generate(flat, batch, cfg) == generate_reference(flat, batch, cfg)
+
+
+def test_finished_items_leave_the_batch_and_the_responses_stay_the_same():
+    """An item whose K hypotheses have ended (beam) or whose row has ended (greedy, row-seeded sampling) leaves
+    the batch, its rows not computed again (as fairseq does): decode_step sees fewer rows as items finish, and the
+    responses are still the reference's and those of one context at a time."""
+    from cldg.decoding.reference import generate_reference
+
+    rows_seen = []
+
+    class Counting(TableModel):
+        def decode_step(self, state, prev_tokens):
+            rows_seen.append(prev_tokens.numel())
+            return super().decode_step(state, prev_tokens)
+
+    model = Counting(random_table(2), context_weight=1.0, seed=3)
+    model.context_bias[:, EOS] = torch.randn(V, generator=torch.Generator().manual_seed(2)) * 2  # items end apart
+    contexts = random_contexts(12, 8)
+    for method, kw in (("beam", {}), ("beam", {"no_repeat_ngram": 2, "block_context_ngram": 1, "length_penalty": 0.0}),
+                       ("greedy", {"no_repeat_ngram": 2}), ("topk", {"top_k": 3})):
+        cfg = DecodeConfig(method, beam_size=3, max_len=12, **kw)
+        seeds = list(range(len(contexts))) if method == "topk" else None  # row-seeded sampling: rows leave too
+        rows_seen.clear()
+        out = generate(model, batch_of(contexts), cfg, row_seeds=seeds)
+        width = 3 if method == "beam" else 1
+        assert rows_seen[0] == 12 * width and rows_seen == sorted(rows_seen, reverse=True) and len(set(rows_seen)) > 3
+        if method != "topk":
+            assert out == generate_reference(model, batch_of(contexts), cfg)
+        assert out == [generate(model, batch_of([c]), cfg, row_seeds=seeds and [seeds[i]])[0]
+                       for i, c in enumerate(contexts)]

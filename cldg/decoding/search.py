@@ -35,6 +35,10 @@ class DecodeConfig:
 
 
 NEG_INF = float("-inf")
+# Finished rows (greedy, row-seeded sampling) and items whose beams have ended leave the batch, so later steps cost
+# only what is still decoding. Off only to measure what that saves (bench/bench_decoding.py --trained-model): the
+# responses are the same either way (tests).
+DROP_FINISHED = True
 
 
 def _ngram_bans(hist: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,9 +171,13 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
     row_gens = row_generators(row_seeds, B)
     state = init_state(model, batch, row_gens)
     prev = torch.full((B,), BOS, dtype=torch.long, device=device)
-    # every row's tokens, also past its EOS (bans on a finished row change nothing that is returned)
-    hist = torch.empty(B, 0, dtype=torch.long, device=device)
+    hist = torch.empty(B, 0, dtype=torch.long, device=device)  # each live row's tokens so far
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    # a row that has ended leaves the batch, as in beam search; not when the rows sample from one shared generator,
+    # whose draws for the other rows would then change
+    drop = DROP_FINISHED and (cfg.method == "greedy" or row_gens is not None)
+    rows = list(range(B))  # the context each live row decodes
+    responses: list[list[int]] = [[] for _ in range(B)]
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
         logp = _constrain(torch.log_softmax(logits.float(), -1), hist, ctx, step, cfg)
@@ -179,10 +187,19 @@ def generate(model, batch, cfg: DecodeConfig, generator: torch.Generator | None 
         if bool(done.all()):
             break
         prev = nxt
-    # a response is the tokens before its first EOS
-    is_eos = hist == EOS
-    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(done, hist.size(1), dtype=torch.long))
-    return [row[:n] for row, n in zip(hist.tolist(), lengths.tolist())]
+        if drop and bool(done.any()):
+            for i in done.nonzero().squeeze(1).tolist():
+                responses[rows[i]] = hist[i].tolist()
+            kept = (~done).nonzero().squeeze(1)
+            state = model.reorder_state(state, kept)
+            hist, prev, done = hist[kept], prev[kept], done[kept]
+            ctx = None if ctx is None else ctx[kept]
+            rows = [rows[i] for i in kept.tolist()]
+            row_gens = None if row_gens is None else [row_gens[i] for i in kept.tolist()]
+    for i, r in enumerate(rows):
+        responses[r] = hist[i].tolist()
+    # a response is the tokens before its first EOS (a row that did not leave went on past it)
+    return [toks[:toks.index(EOS)] if EOS in toks else toks for toks in responses]
 
 
 # Rows of a beam step's [B * K, V] log-probabilities are ranked a block of items at a time, each block
@@ -234,8 +251,9 @@ def beam_nbest(model, batch, cfg: DecodeConfig,
     Each step ranks the K * V continuations of an item's K live hypotheses (one top-k over beam x
     vocabulary) and looks at the best 2K: an EOS among the first K ranks finishes that hypothesis (its
     length counts the EOS; at most K finished per item); the best K non-EOS continuations stay alive.
-    An item stops once it has K finished hypotheses; after `max_len` tokens the live ones are finished
-    as they are (greedy does the same), so beam 1 is greedy.
+    An item stops once it has K finished hypotheses, and its K rows leave the batch (fairseq does the same): the
+    steps after it cost only the items still searching, as one at a time would. After `max_len` tokens the
+    live ones are finished as they are (greedy does the same), so beam 1 is greedy.
 
     The state entries a model lists in `beam_static_keys` (the encoded context: the same for all K
     rows of an item) are expanded once and never reordered, since hypotheses only move inside their
@@ -258,6 +276,7 @@ def beam_nbest(model, batch, cfg: DecodeConfig,
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     prev = torch.full((B * K,), BOS, dtype=torch.long, device=device)
     base = torch.arange(B, device=device).unsqueeze(1) * K  # first row of each item
+    items = torch.arange(B, device=device)  # the item each block of K rows searches for
     identity = torch.arange(B * K, device=device)
     for step in range(cfg.max_len):
         logits, state = model.decode_step(state, prev)
@@ -279,32 +298,43 @@ def beam_nbest(model, batch, cfg: DecodeConfig,
         if bool(finish.any()):
             fb, fr = finish.nonzero(as_tuple=True)
             rows = src[fb, fr]
-            for b, s, toks in zip(fb.tolist(), top_scores[fb, fr].tolist(), hist[rows].tolist()):
+            for b, s, toks in zip(items[fb].tolist(), top_scores[fb, fr].tolist(), hist[rows].tolist()):
                 finished[b].append((_length_normalised(s, len(toks) + 1, cfg.length_penalty), toks))
             n_finished += finish.long().sum(1)
+        n_rows = identity.numel()
         kb, kr = keep.nonzero(as_tuple=True)
         dst = kb * K + slot[kb, kr]
-        new_scores = torch.full((B * K,), NEG_INF, device=device)
+        new_scores = torch.full((n_rows,), NEG_INF, device=device)
         new_scores[dst] = top_scores[kb, kr]
-        new_src = identity.clone()  # rows of finished items (and unfilled slots) stay as placeholders
+        new_src = identity.clone()  # unfilled slots stay as placeholders
         new_src[dst] = src[kb, kr]
-        new_tok = torch.full((B * K,), EOS, dtype=torch.long, device=device)
+        new_tok = torch.full((n_rows,), EOS, dtype=torch.long, device=device)
         new_tok[dst] = tok[kb, kr]
-        scores = new_scores.view(B, K)
+        scores = new_scores.view(-1, K)
         hist = torch.cat([hist[new_src], new_tok.unsqueeze(1)], 1)
         prev = new_tok
         moving = {k: v for k, v in state.items() if k not in static_keys}
         state = {**state, **model.reorder_state(moving, new_src)}
-        if bool((n_finished >= K).all()) or bool(torch.isinf(scores).all()):
+        searching = n_finished < K
+        if not bool(searching.any()) or bool(torch.isinf(scores).all()):
             break
-    out = []
+        if DROP_FINISHED and not bool(searching.all()):  # finished items leave: their rows (static state too) are not computed again
+            kept = searching.nonzero().squeeze(1)
+            rows = (kept.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
+            state = model.reorder_state(state, rows)
+            scores, n_finished, items = scores[kept], n_finished[kept], items[kept]
+            hist, prev = hist[rows], prev[rows]
+            ctx = None if ctx is None else ctx[rows]
+            base = torch.arange(kept.numel(), device=device).unsqueeze(1) * K
+            identity = torch.arange(rows.numel(), device=device)
+    out = [list(pool) for pool in finished]
     live_scores, live_hyps = scores.tolist(), hist.tolist()
-    for b in range(B):
-        pool = list(finished[b])
+    for j, b in enumerate(items.tolist()):
+        pool = out[b]
         if len(pool) < K:  # ran out of length: the live hypotheses compete as they are
-            for j in range(K):
-                s = live_scores[b][j]
+            for r in range(K):
+                s = live_scores[j][r]
                 if s != NEG_INF:
-                    pool.append((_length_normalised(s, len(live_hyps[b * K + j]), cfg.length_penalty), live_hyps[b * K + j]))
-        out.append(pool)
+                    pool.append((_length_normalised(s, len(live_hyps[j * K + r]), cfg.length_penalty),
+                                 live_hyps[j * K + r]))
     return out
