@@ -356,12 +356,21 @@ class StageRun:
             self._lock_fh = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self.exclusive and self.existing is None:
+            self._drop_if_unstarted()
         self._unlock()
         if exc is not None and isinstance(exc, Exception) and not isinstance(exc, CldgError) and _disk_full(exc, self.dir):
             raise DiskFullError(
                 f"{self.dir}: no space left on the device while writing the '{self.stage}' artifact "
                 f"({_free(self.stage_dir)} free now); earlier artifacts and `latest` are untouched - free some space "
                 "and rerun the same command") from None
+
+    def _drop_if_unstarted(self) -> None:
+        """A run that stopped before writing anything (bad input found inside the stage, no GPU, Ctrl-C at once)
+        leaves no .partial/ behind, which `status` would list as an interrupted run. Under the lock; a partial
+        holding any work (checkpoints, chunks) is kept for the rerun to resume."""
+        if self.dir.is_dir() and all(p.name.endswith(".lock") or p.name == ".inputs.json" for p in self.dir.iterdir()):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def _finish_interrupted_commit(self) -> bool:
         """A run killed between writing manifest.json and the rename: finish it if the files match."""

@@ -6,6 +6,7 @@ only parses options and calls the stage's `run(cfg, common)`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 
 from cldg import __version__
 from cldg.config import CommonOptions, config_from_table, load_toml, options_from, options_like
@@ -37,8 +39,6 @@ app = typer.Typer(
 
 
 def _die(message: str, code: int) -> typing.NoReturn:
-    from rich.markup import escape
-
     console.quiet = False  # errors always show
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -51,6 +51,13 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
+
+
+def raise_internal(exc: BaseException) -> typing.NoReturn:
+    """An internal error: one line, the traceback with CLDG_DEBUG=1."""
+    if os.environ.get("CLDG_DEBUG"):
+        console.print_exception()
+    _die(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
 
 
 def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
@@ -72,10 +79,17 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
     except (typer.Exit, SystemExit):
         raise
+    except BrokenPipeError:  # `cldg status --json | head -1`: the reader has gone, nothing to say to it
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # so the interpreter's final flush does not fail again
+        raise typer.Exit(141) from None
+    except OSError as exc:
+        if exc.filename is None:
+            raise_internal(exc)
+        # a path the user gave (or the workdir) that cannot be read or written: one line naming it
+        _die(f"{exc.filename}: {exc.strerror or exc}", 2)
     except Exception as exc:  # an internal error: one line, traceback on request
-        if os.environ.get("CLDG_DEBUG"):
-            console.print_exception()
-        _die(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
+        raise_internal(exc)
     finally:
         console.quiet = was_quiet
         if previous is not None:
@@ -86,7 +100,8 @@ def _typer_param(f: dataclasses.Field, tp: Any, parse_choices: bool = True) -> i
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-    kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": True}
+    # help is rich markup (rich_markup_mode): "[run]" or "cuda[:N]" must show as written, not vanish as a tag
+    kwargs: dict[str, Any] = {"help": escape(meta.get("help", "")), "show_default": True}
     if meta.get("choices"):
         choices = tuple(meta["choices"])
         kwargs["metavar"] = "|".join(choices)
@@ -122,6 +137,10 @@ def load_common_and_config(ctx: typer.Context, config_cls: type | None, table: s
     common_names = [f.name for f in dataclasses.fields(CommonOptions)]
     doc: dict[str, Any] = load_toml(values["config"]) if values.get("config") else {}
     where = str(values.get("config"))
+    if doc:  # a misspelt table would otherwise be ignored without a word
+        from cldg.pipeline import check_config_doc
+
+        check_config_doc(doc, where)
     top = {k: v for k, v in doc.items() if k in common_names}
     common_cli = {k: values[k] for k in common_names if k in values and given(k)}
     common = config_from_table(CommonOptions, {k: v for k, v in top.items() if k != "config"}, where, common_cli)
@@ -183,8 +202,8 @@ def add_stage_command(stage) -> None:
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = hints
     command.__doc__ = (module.__doc__ or "").strip()
-    app.command(name, help=command.__doc__.split("\n\n")[0] if command.__doc__ else None,
-                epilog=f"TOML table: [{table}]")(command)
+    app.command(name, help=escape(command.__doc__.split("\n\n")[0]) if command.__doc__ else None,
+                epilog=escape(f"TOML table: [{table}]"))(command)
 
 
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory that holds every artifact.")]
@@ -218,7 +237,7 @@ def run_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML confi
                 device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
                 seeds: Annotated[Optional[str], typer.Option(
                     help="Comma-separated seeds, e.g. 13,14,15: rerun the seed-dependent stages once per seed "
-                         "and report mean ± sd and per-seed CIs (overrides [run] seeds).")] = None) -> None:
+                         "and report mean ± sd and per-seed CIs (overrides \\[run] seeds).")] = None) -> None:
     """Run the whole pipeline from one TOML file, skipping what is built and resuming what was interrupted."""
     from cldg.pipeline import parse_seeds, run_pipeline
 
@@ -231,10 +250,10 @@ def ablate_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML co
                    workdir: Annotated[Optional[Path], typer.Option(help="Override the config's workdir.")] = None,
                    force: Annotated[bool, typer.Option(help="Rerun every stage.")] = False,
                    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
-                   seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default: [run] seeds, "
+                   seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default: \\[run] seeds, "
                                                                      "else the config's seed).")] = None,
                    ks: Annotated[Optional[str], typer.Option(help="Group sizes to study, e.g. 1,2,3,4,5 "
-                                                                  "(default: [ablate] ks, else 1..5).")] = None) -> None:
+                                                                  "(default: \\[ablate] ks, else 1..5).")] = None) -> None:
     """The paper's Table 5: every ablation and every group size k from one reference, samples and reference
     cache, evaluated the same way; writes WORKDIR/ablation/ablation.{json,md} and ablation-k.png."""
     from cldg.pipeline import parse_seeds, run_ablation
@@ -242,7 +261,7 @@ def ablate_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML co
     def go():
         k_list = None
         if ks:
-            k_list = parse_seeds(ks)
+            k_list = parse_seeds(ks, "--ks", "group sizes", "1,2,3,4,5")
             if min(k_list) < 1:
                 raise CldgError(f"--ks {ks!r}: group sizes must be at least 1")
         run_ablation(config, workdir=workdir, force=force, device=device,
@@ -256,22 +275,25 @@ def approaches_command(as_json: JsonOpt = False) -> None:
     """List the learning approaches a model can be trained with: the command, its inputs and the model it makes."""
     from cldg.approaches import approaches
 
-    rows = [{"name": a.name, "command": f"cldg {a.command}", "needs": list(a.needs), "makes": a.makes,
-             "recipe": a.recipe, "description": a.description} for a in approaches()]
-    if as_json:
-        import json
+    def go():
+        rows = [{"name": a.name, "command": f"cldg {a.command}", "needs": list(a.needs), "makes": a.makes,
+                 "recipe": a.recipe, "description": a.description} for a in approaches()]
+        if as_json:
+            import json
 
-        print(json.dumps(rows, indent=2))
-        return
-    # one block per approach, not a five-column table: an 80-column terminal left the description a dozen
-    # characters a line
-    from rich.padding import Padding
+            print(json.dumps(rows, indent=2))
+            return
+        # one block per approach, not a five-column table: an 80-column terminal left the description a dozen
+        # characters a line
+        from rich.padding import Padding
 
-    console.print("[bold]Learning approaches[/bold] (cldg/approaches/)")
-    for r in rows:
-        console.print(f"\n[bold]{r['name']}[/bold]  {r['command']}  [dim](needs {', '.join(r['needs'])}; "
-                      f"makes {r['makes']})[/dim]")
-        console.print(Padding(r["description"], (0, 0, 0, 2)))
+        console.print("[bold]Learning approaches[/bold] (cldg/approaches/)")
+        for r in rows:
+            console.print(f"\n[bold]{r['name']}[/bold]  {r['command']}  [dim](needs {', '.join(r['needs'])}; "
+                          f"makes {r['makes']})[/dim]")
+            console.print(Padding(r["description"], (0, 0, 0, 2)))
+
+    guarded(go, quiet=as_json)
 
 
 @app.command("inspect-samples")
@@ -317,11 +339,12 @@ def human_eval_export(
         run_b: Annotated[Path, typer.Argument(help="Evaluate artifact of system B.")],
         out: Annotated[Path, typer.Option(help="Folder for the sheets and the key.")] = Path("human-eval"),
         n: Annotated[int, typer.Option("-n", "--n", help="How many test contexts.")] = 100,
-        seed: Annotated[int, typer.Option(help="Sampling and order seed.")] = 13) -> None:
+        seed: Annotated[int, typer.Option(help="Sampling and order seed.")] = 13,
+        force: Annotated[bool, typer.Option(help="Replace a sheet and key already in --out.")] = False) -> None:
     """Write blind A/B sheets (CSV) for N random test contexts; the order key is stored apart."""
     from cldg.tools.human_eval import export_sheets
 
-    guarded(lambda: export_sheets(run_a, run_b, n, out, seed))
+    guarded(lambda: export_sheets(run_a, run_b, n, out, seed, force))
 
 
 @human_eval_app.command("score")

@@ -46,6 +46,15 @@ class CommonOptions:
     torch_threads: int = option(0, "torch CPU threads (0: OMP_NUM_THREADS, else the machine's cores, capped at 8; fixed for the whole run).",
                           fingerprint=False)
 
+    def __post_init__(self):  # checked when read, before a stage looks for its artifact (a cached one too)
+        import re
+
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise CldgError(f"--device {self.device!r}: expected auto, cpu or cuda[:N]")
+        if self.torch_threads < 0:
+            raise CldgError(f"--torch-threads {self.torch_threads}: must be at least 1, or 0 (OMP_NUM_THREADS, else "
+                            "the machine's cores)")
+
 
 def options_like(cls: type, omit: tuple[str, ...] = (), **defaults: Any) -> type:
     """A dataclass of `cls`'s command-line options (its fields made with `option`), less `omit`, with other

@@ -92,7 +92,8 @@ class Plan:
     human_eval: int = 0  # [run] human_eval: items per A/B sheet (0: no sheets)
 
 
-def _check_doc(doc: dict[str, Any], where: str) -> None:
+def check_config_doc(doc: dict[str, Any], where: str) -> None:
+    """Unknown tables and keys of a pipeline TOML are one line (a stage command given --config checks it too)."""
     common_keys = {f.name for f in dataclasses.fields(CommonOptions)} - {"config"}
     for key, value in doc.items():
         if isinstance(value, dict):
@@ -115,19 +116,26 @@ def _int_list(value: Any, where: str, low: int = 0) -> list[int]:
     return list(value)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """`--seeds 13,14,15` -> [13, 14, 15]; anything else is one clear line."""
+def _str_list(value: Any, where: str, allow_empty: bool = False) -> list[str]:
+    """A TOML list of strings; a bare string ("index" for ["index"]) would otherwise be read letter by letter."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or (not value and not allow_empty):
+        raise CldgError(f"{where}: expected a list of names, e.g. [\"contrastive\"], got {value!r}")
+    return value
+
+
+def parse_seeds(text: str, option: str = "--seeds", what: str = "integers", example: str = "13,14,15") -> list[int]:
+    """`--seeds 13,14,15` -> [13, 14, 15] (also `--ks`); anything else is one clear line naming the option."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise CldgError(f"--seeds {text!r}: expected comma-separated integers, e.g. 13,14,15") from None
-    return _int_list(seeds, f"--seeds {text!r}")
+        raise CldgError(f"{option} {text!r}: expected comma-separated {what}, e.g. {example}") from None
+    return _int_list(seeds, f"{option} {text!r}")
 
 
 def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(table, module, label, overrides) for every step this config runs, in order."""
     run_table = doc.get("run", {})
-    skip = set(run_table.get("skip", []))
+    skip = set(_str_list(run_table.get("skip", []), f"{where} [run] skip", allow_empty=True))
     unknown = skip - {t for t, _, _ in PIPELINE}
     if unknown:
         raise CldgError(f"{where} [run]: skip names unknown stage tables {sorted(unknown)}")
@@ -136,6 +144,10 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
     absent = {a for s in STAGES if s.table in OPTIONAL_TABLES and s.table not in doc for a in s.artifacts}
     # every approach's model, but a baseline's only when the config trains it
     models = run_table.get("evaluate_models", [m for m in model_stages() if m not in absent])
+    for model in _str_list(models, f"{where} [run] evaluate_models"):
+        if model not in model_stages() and not model.startswith("hf:") and not Path(model).is_dir():
+            raise CldgError(f"{where} [run] evaluate_models: {model!r} is not a model ({', '.join(model_stages())}), "
+                            "a model artifact directory or hf:PATH")
     steps = []
     for table, module, label in PIPELINE:
         if table in skip or (table in OPTIONAL_TABLES and table not in doc):
@@ -154,7 +166,7 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
     training."""
     doc = load_toml(config)
     where = str(config)
-    _check_doc(doc, where)
+    check_config_doc(doc, where)
     top = {k: v for k, v in doc.items() if not isinstance(v, dict)}
     overrides: dict[str, Any] = {"config": config, "force": force}
     if workdir is not None:
@@ -176,8 +188,11 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
     for table, module_name, label, extra in plan_steps(doc, where):
         module = stage_module(BY_TABLE[table])
         values = {**extra, **(table_overrides or {}).get(table, {})}
-        steps.append(Step(table, module, label, config_from_table(module.Config, doc.get(table, {}),
-                                                                  f"{where} [{table}]", values)))
+        cfg = config_from_table(module.Config, doc.get(table, {}), f"{where} [{table}]", values)
+        problems = cfg.problems() if callable(getattr(cfg, "problems", None)) else []
+        if problems:  # here, not when the stage's turn comes after hours of the stages before it
+            raise CldgError(f"{where} [{table}]: {problems[0]}")
+        steps.append(Step(table, module, label, cfg))
     return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where, human_eval)
 
 
@@ -300,7 +315,7 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
 
     offline_environment()
     doc = load_toml(config)
-    _check_doc(doc, str(config))
+    check_config_doc(doc, str(config))
     table = doc.get("ablate", {})
     ks = ks or _int_list(table.get("ks", [1, 2, 3, 4, 5]), f"{config} [ablate] ks", low=1)
     names = table.get("variants", list(ABLATIONS))

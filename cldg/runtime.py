@@ -27,7 +27,10 @@ def configure_runtime(deterministic: bool = True, threads: int = 0) -> int:
     the README's Reproducibility section."""
     import torch
 
-    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or min(os.cpu_count() or 1, 8)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp and not (omp.isdigit() and int(omp) > 0):
+        raise CldgError(f"OMP_NUM_THREADS={omp!r}: expected a number of threads of at least 1 (or unset it)")
+    n = threads or int(omp or 0) or min(os.cpu_count() or 1, 8)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     if deterministic:

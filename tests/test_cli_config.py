@@ -100,6 +100,75 @@ def test_run_rejects_unknown_table_before_running_anything(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("table,expected", [
+    ('[run]\nevaluate_models = "contrastive"\n', "[run] evaluate_models: expected a list of names"),
+    ('[run]\nevaluate_models = ["contrastve"]\n', "'contrastve' is not a model"),
+    ('[run]\nskip = "index"\n', "[run] skip: expected a list of names"),
+    ('[evaluate]\nbeam_size = 0\n', "[evaluate]: --beam-size must be at least 1"),
+    ('device = "tpu"\n', "--device 'tpu': expected auto, cpu or cuda[:N]"),
+    ('torch_threads = -3\n', "--torch-threads -3: must be at least 1"),
+])
+def test_run_checks_run_lists_stage_values_and_common_options_before_running_anything(tmp_path, table, expected):
+    """A bare string where a list belongs was read letter by letter (an evaluate step per letter), and a bad
+    evaluate value stopped the run only after every training: now each is one line before anything runs."""
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f'workdir = "{tmp_path / "w"}"\n' + table)
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "w").exists()
+
+
+def test_stage_commands_check_their_config_file_and_common_values(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[evaluatee]\nlimit = 3\n")  # a misspelt table was ignored without a word
+    result = runner.invoke(app, ["evaluate", "--config", str(cfg), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and "unknown table [evaluatee]" in result.output
+    for args, expected in ((["--torch-threads", "-3"], "--torch-threads -3: must be at least 1"),
+                           (["--device", "CPU"], "--device 'CPU': expected auto, cpu or cuda[:N]")):
+        result = runner.invoke(app, ["pretrain", "--workdir", str(tmp_path / "w"), *args])
+        assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output
+    monkeypatch.setenv("OMP_NUM_THREADS", "abc")
+    result = runner.invoke(app, ["prepare", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and "OMP_NUM_THREADS='abc': expected a number of threads" in result.output
+
+
+def test_help_shows_bracketed_text_as_written():
+    """Help is rich markup: "[pretrain]" and "[run] seeds" vanished as unknown tags."""
+    result = runner.invoke(app, ["pretrain", "--help"], terminal_width=200)
+    assert "TOML table: [pretrain]" in result.output and "cuda[:N]" in result.output
+    result = runner.invoke(app, ["run", "--help"], terminal_width=200)
+    assert "(overrides [run] seeds)" in result.output
+    result = runner.invoke(app, ["ablate", "--help"], terminal_width=200)
+    assert "[ablate] ks" in result.output
+
+
+def test_a_stage_that_fails_before_writing_anything_leaves_no_partial(tmp_path):
+    """A malformed corpus stops prepare inside its stage: no empty .partial/ is left for status to call an
+    interrupted run."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"turns": ["a"')
+    result = runner.invoke(app, ["prepare", "--input", str(bad), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and "bad.jsonl:1: invalid JSON" in result.output
+    assert not list((tmp_path / "w" / "prepare").glob("*.partial"))
+    result = runner.invoke(app, ["status", str(tmp_path / "w")])
+    assert "interrupted" not in result.output
+
+
+@pytest.mark.parametrize("args", [["status", "--json", "WORKDIR"], ["approaches", "--json"]])
+def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path, args):
+    """`cldg status --json | head -1`: the pipe closes before cldg writes; it was 'internal error:
+    BrokenPipeError', exit 1 (approaches: exit 1 and nothing said). Now exit 141, as a SIGPIPE'd tool, silent."""
+    import subprocess
+    import sys
+
+    (tmp_path / "w").mkdir()
+    cmd = [sys.executable, "-m", "cldg.cli", *[str(tmp_path / "w") if a == "WORKDIR" else a for a in args]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before cldg has started
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and b"error" not in err and b"Traceback" not in err, err
+
+
 def test_progress_shows_rate_and_eta_for_steps_and_neither_for_the_pipelines_uneven_stages():
     """A training's bar gives steps/s and an ETA; the pipeline's bar, whose stages take seconds to hours, gives
     neither (it said "51.3 stages/s ... eta 0:00:01" with hours of training ahead)."""

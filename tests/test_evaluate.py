@@ -168,6 +168,24 @@ def test_compare_bad_input(greedy_run, model_workdir, tmp_path):
     short = evaluate(workdir, decoding="greedy", limit=3)
     with pytest.raises(CldgError, match="other pairs"):
         compare_runs([greedy_run.path, short.path], workdir, None, True)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CldgError, match="--out .*afile: is a file"):
+        compare_runs([greedy_run.path, greedy_run.path], workdir, tmp_path / "afile", True)
+
+
+def test_models_go_by_their_approach_or_stage_name_and_a_typo_lists_the_names(greedy_run, model_workdir, tmp_path):
+    """`compare reference` and `evaluate --model mle` name the same model as `compare mle` and `--model reference`
+    (each took only one of the two); a mistyped name lists the names instead of a missing manifest.json."""
+    from cldg.artifacts import ArtifactStore
+    from cldg.model_artifacts import resolve_model
+    from cldg.tools.compare import resolve_run
+
+    workdir, reference, _ = model_workdir
+    store = ArtifactStore(workdir)
+    assert resolve_model(store, "mle").path.resolve() == resolve_model(store, "reference").path.resolve()
+    assert resolve_run("reference", workdir) == resolve_run("mle", workdir)
+    with pytest.raises(CldgError, match=r"model 'Reference': not a model name \(.*mle.*reference.*\)"):
+        resolve_model(store, "Reference")
 
 
 def fill(sheet, dest, key, choose):
@@ -237,6 +255,44 @@ def test_human_eval_malformed_sheets(greedy_run, beam_run, tmp_path):
         score_sheets([dup], tmp_path / "missing.json", True)
     with pytest.raises(CldgError, match="at least one item"):
         export_sheets(greedy_run.path, beam_run.path, 0, tmp_path / "x", seed=1)
+
+
+def test_human_eval_export_keeps_a_key_in_use_and_score_rejects_another_keys_sheet(greedy_run, beam_run, tmp_path):
+    """Exporting again into a folder that holds another export's key stops (sheets handed out against it would
+    score against the new key without a word); the same export again keeps the sheet; a sheet scored against
+    another key is one line naming its row; a sheet with fewer items counts its own items."""
+    from cldg.tools.human_eval import export_sheets, score_sheets
+
+    out = export_sheets(greedy_run.path, beam_run.path, 5, tmp_path / "he", seed=3)
+    key = json.loads(open(out["key"]).read())
+    filled = fill(out["sheet"], tmp_path / "he" / "sheet.csv", key, lambda i, s: "1")  # filled in place
+    before = open(filled, encoding="utf-8").read()
+    assert export_sheets(greedy_run.path, beam_run.path, 5, tmp_path / "he", seed=3) == out  # a rerun: kept
+    assert open(filled, encoding="utf-8").read() == before
+    with pytest.raises(CldgError, match=r"already holds sheet\.csv and key\.json of another export.*--force"):
+        export_sheets(greedy_run.path, beam_run.path, 5, tmp_path / "he", seed=14)
+    assert json.loads(open(out["key"]).read()) == key
+    other = export_sheets(greedy_run.path, beam_run.path, 5, tmp_path / "he14", seed=14)
+    with pytest.raises(CldgError, match=r"sheet\.csv:2: item 1's context is not the key's"):
+        score_sheets([filled], other["key"], True)
+    export_sheets(greedy_run.path, beam_run.path, 5, tmp_path / "he", seed=14, force=True)
+    assert json.loads(open(out["key"]).read()) != key
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CldgError, match="afile: is a file"):
+        export_sheets(greedy_run.path, beam_run.path, 5, tmp_path / "afile", seed=3)
+
+    # two annotators, one of whom filled 3 of the 5 items: each is scored on their own items
+    key = json.loads(open(other["key"]).read())
+    full = fill(other["sheet"], tmp_path / "full.csv", key, lambda i, s: "1" if s == "A" else "2")  # always A
+    rows = list(csv.DictReader(open(other["sheet"], encoding="utf-8")))[:3]
+    short = tmp_path / "short.csv"
+    with open(short, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "preference": "tie"} for r in rows)
+    result = score_sheets([full, short], other["key"], True)
+    assert result["per_annotator"][str(full)]["items"] == 5 and result["per_annotator"][str(short)]["items"] == 3
+    assert result["overall"]["items"] == 3
 
 
 # ---------------------------------------------------------------- readable text, --input

@@ -191,6 +191,9 @@ def test_vec_file_reading(tmp_path):
     p.write_text("hello 1 2 3\nworld 1 2\n")
     with pytest.raises(CldgError, match=r"v.vec:2: expected 3 numbers after the word, got 2"):
         read_vec_file(p, vocab, 5)
+    p.write_text("2 3\nhello 1 2\nworld 1 2 3\n")  # the header's dimension: line 2 is the wrong one
+    with pytest.raises(CldgError, match=r"v.vec:2: expected 3 numbers after the word \(the header's dimension\), got 2"):
+        read_vec_file(p, vocab, 5)
 
 
 # ---- the stage, through the CLI ----

@@ -38,18 +38,20 @@ class Config(DecodingOptions):
     prepare_dir: Path | None = option(None, "With --model hf:PATH: the prepare artifact whose split it is scored on "
                                       "(default: latest; a model artifact brings its own).", fingerprint=False)
 
+    def problems(self) -> list[str]:
+        """What is wrong with these values, one line each (`cldg run` asks before any stage runs)."""
+        return super().problems() + [msg for bad, msg in (
+            (self.limit < 0, "--limit must be >= 0 (0 = all)"),
+            (self.batch_size < 1, "--batch-size must be at least 1"),
+            (not 0 <= self.contrastive_alpha <= 1, "--contrastive-alpha must be in [0, 1]"),
+            (self.contrastive_alpha > 0 and bool(self.no_repeat_ngram or self.block_context_ngram),
+             "--no-repeat-ngram and --block-context-ngram are not applied by contrastive search "
+             "(--contrastive-alpha): set them to 0")) if bad]
+
 
 def check_config(cfg: Config) -> None:
     """Bad values stop the stage with one line naming the option."""
-    problems = cfg.problems() + [msg for bad, msg in ((cfg.limit < 0, "--limit must be >= 0 (0 = all)"),
-                                                      (cfg.batch_size < 1, "--batch-size must be at least 1"),
-                                                      (not 0 <= cfg.contrastive_alpha <= 1,
-                                                       "--contrastive-alpha must be in [0, 1]"),
-                                                      (cfg.contrastive_alpha > 0 and bool(cfg.no_repeat_ngram
-                                                                                          or cfg.block_context_ngram),
-                                                       "--no-repeat-ngram and --block-context-ngram are not applied by "
-                                                       "contrastive search (--contrastive-alpha): set them to 0"))
-                if bad]
+    problems = cfg.problems()
     if problems:
         raise CldgError(f"evaluate: {problems[0]}")
 

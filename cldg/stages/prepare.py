@@ -65,6 +65,11 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         dialogues = subset_dialogues(dialogues, cfg.max_dialogues, cfg.max_pairs, common.seed)
         splits = split_dialogues(dialogues, cfg.valid_fraction, cfg.test_fraction, common.seed)
         tables = make_pairs(splits, cfg.max_context_turns)
+        for s, option_name in (("valid", "--valid-fraction"), ("test", "--test-fraction")):
+            if len(tables[s]) == 0:  # training validates on it, evaluate scores it: say so now, not stages later
+                console.print(f"[yellow]warning:[/] the {s} split has no pairs ({len(dialogues)} dialogues, "
+                              f"{option_name} {getattr(cfg, option_name[2:].replace('-', '_'))}): give a larger "
+                              f"corpus or a larger {option_name}", highlight=False)
         for s in SPLITS:
             write_pairs_parquet(tables[s], run.dir / f"pairs-{s}.parquet")
         timings["read_and_pair_s"] = round(time.time() - t0, 3)

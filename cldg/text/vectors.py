@@ -61,7 +61,7 @@ def read_vec_file(path: Path, vocab: list[str], n_special: int, lowercase: bool 
     """
     index = {w: i for i, w in enumerate(vocab) if i >= n_special}
     mat = has = None
-    dim = None
+    dim = header_dim = None
     try:
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -70,11 +70,15 @@ def read_vec_file(path: Path, vocab: list[str], n_special: int, lowercase: bool 
                     continue
                 word, _, rest = line.partition(" ")
                 if lineno == 1 and word.isdigit() and rest.isdigit():
-                    continue  # header
+                    header_dim = int(rest)  # header 'count dim'
+                    continue
                 if dim is None:
                     dim = len(rest.split(" ")) if rest else 0
                     if dim < 1:
                         raise CldgError(f"{path}:{lineno}: expected 'word v1 v2 ...'")
+                    if header_dim is not None and dim != header_dim:
+                        raise CldgError(f"{path}:{lineno}: expected {header_dim} numbers after the word (the header's "
+                                        f"dimension), got {dim}")
                     mat = np.zeros((len(vocab), dim), dtype=np.float32)
                     has = np.zeros(len(vocab), dtype=np.uint8)
                 i = index.get(word.lower() if lowercase else word)

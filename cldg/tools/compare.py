@@ -59,11 +59,12 @@ def resolve_run(spec: Path, workdir: Path) -> Path:
     under = Path(workdir) / "eval" / spec
     if (under / "manifest.json").is_file():
         return under
-    by_name = {a.name: a for a in approaches()}
+    # an approach by its name (mle) or by the model it makes (reference), as evaluate and chat take them
+    by_name = {a.name: a for a in approaches()} | {a.makes: a for a in approaches()}
     if str(spec) in by_name:
         return newest_evaluation(by_name[str(spec)], Path(workdir))
-    raise CldgError(f"{spec}: not an evaluate artifact (no manifest.json there or in {Path(workdir) / 'eval'}) nor an "
-                    f"approach ({', '.join(by_name)})")
+    raise CldgError(f"{spec}: not an evaluate artifact (no manifest.json there or in {Path(workdir) / 'eval'}) nor a "
+                    f"model or approach ({', '.join(sorted(by_name))})")
 
 
 def newest_evaluation(approach, workdir: Path) -> Path:
@@ -152,6 +153,8 @@ def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> 
 def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json: bool) -> dict:
     """Table (best per metric in bold), differences against the first run with 95% bootstrap
     intervals; with out_dir, comparison.{json,md,png}. Returns the comparison as a dict."""
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CldgError(f"--out {out_dir}: is a file, not a folder")
     from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
     if not runs:

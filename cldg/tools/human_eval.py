@@ -41,32 +41,54 @@ def _generations(run: Path) -> dict[int, dict]:
     return out
 
 
-def export_sheets(run_a: Path, run_b: Path, n: int, out_dir: Path, seed: int) -> dict:
+def export_sheets(run_a: Path, run_b: Path, n: int, out_dir: Path, seed: int, force: bool = False) -> dict:
     from cldg.progress import console
 
     if n < 1:
         raise CldgError(f"human-eval export: -n {n}: need at least one item")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CldgError(f"--out {out_dir}: is a file, not a folder")
     a, b = _generations(run_a), _generations(run_b)
     shared = sorted(set(a) & set(b))
     if not shared:
         raise CldgError(f"{run_a} and {run_b} share no test pairs")
     rng = random.Random(seed)
     chosen = rng.sample(shared, min(n, len(shared)))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     key = {"system_a": str(run_a), "system_b": str(run_b), "items": {}}
+    rows = []
+    for item, pid in enumerate(chosen, 1):
+        a_first = rng.random() < 0.5
+        first, second = (a[pid], b[pid]) if a_first else (b[pid], a[pid])
+        context = " / ".join(a[pid]["context"])
+        rows.append([item, context, first["generated"], second["generated"], ""])
+        # the context too: score checks that a sheet is this key's (not one exported with another seed)
+        key["items"][str(item)] = {"pair_id": pid, "response_1": "A" if a_first else "B", "context": context}
+    result = {"sheet": str(out_dir / "sheet.csv"), "key": str(out_dir / "key.json"), "items": len(chosen)}
+    there = [p for p in (out_dir / "sheet.csv", out_dir / "key.json") if p.exists()]
+    if there and not force:
+        try:
+            same = json.loads((out_dir / "key.json").read_text()) == key
+        except (OSError, ValueError):
+            same = False
+        if same:  # the same export again (a rerun of `cldg run`): keep the sheet, perhaps being filled in place
+            console.print(f"human-eval: {out_dir / 'key.json'} is this export's key already - sheets kept")
+            return result
+        # sheets handed out against that key would score against a new one without a word
+        raise CldgError(f"--out {out_dir}: already holds {' and '.join(p.name for p in there)} of another export - "
+                        "choose another folder, or --force to replace them")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CldgError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     with open(out_dir / "sheet.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(FIELDS)
-        for item, pid in enumerate(chosen, 1):
-            a_first = rng.random() < 0.5
-            first, second = (a[pid], b[pid]) if a_first else (b[pid], a[pid])
-            w.writerow([item, " / ".join(a[pid]["context"]), first["generated"], second["generated"], ""])
-            key["items"][str(item)] = {"pair_id": pid, "response_1": "A" if a_first else "B"}
+        w.writerows(rows)
     (out_dir / "key.json").write_text(json.dumps(key, indent=2))
     console.print(f"human-eval: {len(chosen)} items in {out_dir / 'sheet.csv'}; the key is {out_dir / 'key.json'} "
                   "(keep it away from annotators). Fill 'preference' with 1, 2 or tie.")
-    return {"sheet": str(out_dir / "sheet.csv"), "key": str(out_dir / "key.json"), "items": len(chosen)}
+    return result
 
 
 def read_sheet(path: Path, key: dict) -> dict[str, str]:
@@ -86,6 +108,10 @@ def read_sheet(path: Path, key: dict) -> dict[str, str]:
                     raise CldgError(f"{path}:{line}: item {item!r} is not in the key")
                 if item in out:
                     raise CldgError(f"{path}:{line}: item {item} appears twice")
+                expected = key["items"][item].get("context")  # keys before 2026-12-01 do not hold it
+                if expected is not None and "context" in row and (row["context"] or "").strip() != expected.strip():
+                    raise CldgError(f"{path}:{line}: item {item}'s context is not the key's - this sheet was exported "
+                                    "with another key (another seed or pair of runs)")
                 if pref not in CHOICES:
                     raise CldgError(f"{path}:{line}: preference {pref!r} must be 1, 2 or tie")
                 first = key["items"][item]["response_1"]
@@ -128,7 +154,11 @@ def score_sheets(sheets: list[Path], key_path: Path, as_json: bool) -> dict:
     names = [str(s) for s in sheets]
     if len(set(names)) < len(names):
         raise CldgError("human-eval score: the same sheet is given twice")
-    per = {name: _wlt([x[i] for i in items]) for name, x in zip(names, labels)}
+    # each annotator on every item they filled; the majority and kappa on the items all sheets have
+    per = {name: _wlt([x[i] for i in sorted(x, key=int)]) for name, x in zip(names, labels)}
+    if any(len(x) != len(items) for x in labels):
+        console.print(f"[yellow]warning:[/] the sheets fill different items ({', '.join(f'{n}: {len(x)}' for n, x in zip(names, labels))}); "
+                      f"the majority and kappa use the {len(items)} items all of them have", highlight=False)
     majority = []
     for i in items:
         votes = [x[i] for x in labels]

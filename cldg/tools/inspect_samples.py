@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cldg.artifacts import ArtifactStore
+from cldg.errors import CldgError
 from cldg.stages.mine import SCHEMA
 
 
@@ -20,6 +21,8 @@ def inspect_samples(workdir: Path, samples_dir: Path | None, n: int, seed: int, 
     from cldg.progress import console
     from cldg.retrieval.mining import read_samples
 
+    if n < 1:
+        raise CldgError(f"-n {n}: show at least one pair")
     store = ArtifactStore(workdir)
     samples = store.resolve_input("samples", samples_dir, SCHEMA, "--samples")
     prepared = Artifact.load(Path(samples.manifest["inputs"]["prepare"]["path"]))
