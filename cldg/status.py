@@ -224,6 +224,8 @@ def print_long(workdir: Path, rows: list[dict]) -> None:
 
 
 def show_status(workdir: Path, as_json: bool = False, verify: bool = False, long: bool = False) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise CldgError(f"{workdir}: a file, not a workdir (a folder of artifacts)")
     if not workdir.is_dir():
         raise CldgError(f"{workdir}: no such workdir (run `cldg prepare --workdir {workdir}` to start one)")
     rows = collect_status(workdir, verify=verify)

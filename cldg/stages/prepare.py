@@ -110,11 +110,11 @@ def prepare_config(cfg: Config, common: CommonOptions) -> dict:
     config = fingerprint_config(cfg) | {"seed": common.seed}
     if cfg.input is not None:
         if not Path(cfg.input).is_file():
-            raise CldgError(f"--input {cfg.input}: no such file")
+            raise CldgError(f"--input {cfg.input}: " + ("a folder, not a file" if Path(cfg.input).is_dir() else "no such file"))
         config["input_sha256"] = sha256_file(Path(cfg.input))
     if cfg.vectors is not None:
         if not Path(cfg.vectors).is_file():
-            raise CldgError(f"--vectors {cfg.vectors}: no such file")
+            raise CldgError(f"--vectors {cfg.vectors}: " + ("a folder, not a file" if Path(cfg.vectors).is_dir() else "no such file"))
         config["vectors_sha256"] = sha256_file(Path(cfg.vectors))
     return config
 
