@@ -347,6 +347,8 @@ def test_evaluate_on_another_corpus_file(model_workdir, tmp_path):
     metrics = json.loads(art.file("metrics.json").read_text())
     assert metrics["split"] == "input" and metrics["responses"] == 3
     assert 0 < metrics["oov_rate_reference"] < 1  # "zyzzyva" at least is unknown
+    oov = f"{100 * metrics['oov_rate_reference']:.1f}% of the human responses'"
+    assert oov in art.file("report.md").read_text()  # shown, not only in metrics.json
     with pytest.raises(CldgError, match="no such file"):
         ev.run(ev.Config(model="reference", input=tmp_path / "missing.txt"),
                CommonOptions(workdir=workdir, seed=5, device="cpu"))

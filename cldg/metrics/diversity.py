@@ -37,4 +37,5 @@ def generated_entropy(responses: list[list[str]], n: int) -> float:
     """Entropy (bits) of the generated n-gram distribution (Zhang et al., 2018)."""
     c = Counter(g for r in responses for g in ngrams(r, n))
     total = sum(c.values())
-    return -sum(v / total * math.log2(v / total) for v in c.values()) if total else 0.0
+    # 0.0 - (not unary minus): one distinct n-gram gives 0.0, not -0.0 ("-0.000 bits" in the tables)
+    return 0.0 - sum(v / total * math.log2(v / total) for v in c.values()) if total else 0.0

@@ -320,6 +320,9 @@ def print_metrics_table(metrics: dict, title: str | None = None) -> None:
         console.print(table)
     console.print(f"(BLEU, Dist, Avg./Ext./Gre./Coh. in %; Ent in bits)  sacreBLEU {metrics['sacrebleu']:.2f}; "
                   f"generated n-gram entropy {metrics['gen_entropy1']:.3f} / {metrics['gen_entropy2']:.3f} bits")
+    if "oov_rate_reference" in metrics:  # on someone else's test set (--input) it explains a poor score
+        console.print(f"words outside the model's vocabulary: {100 * metrics['oov_rate_reference']:.1f}% of the human "
+                      f"responses', {100 * metrics['oov_rate_context']:.1f}% of the contexts'")
 
 
 def markdown_report(metrics: dict, outputs: list[str], contexts: list[list[str]], references: list[str],
@@ -332,8 +335,11 @@ def markdown_report(metrics: dict, outputs: list[str], contexts: list[list[str]]
              f"| {metrics['model']} | " + " | ".join(fmt(k, metrics[k]) for _, k in cols) + " |", "",
              f"- sacreBLEU (corpus): {metrics['sacrebleu']:.2f}",
              f"- generated-n-gram entropy: {metrics['gen_entropy1']:.3f} (1-gram), {metrics['gen_entropy2']:.3f} (2-gram) bits",
-             f"- decoding: {metrics['decoding']}" + (f", {speed} responses/s" if speed is not None else ""),
-             "", "## Examples", ""]
+             f"- decoding: {metrics['decoding']}" + (f", {speed} responses/s" if speed is not None else "")]
+    if "oov_rate_reference" in metrics:
+        lines.append(f"- words outside the model's vocabulary: {100 * metrics['oov_rate_reference']:.1f}% of the human "
+                     f"responses', {100 * metrics['oov_rate_context']:.1f}% of the contexts'")
+    lines += ["", "## Examples", ""]
     for i in range(min(examples, len(outputs))):
         lines += [f"- **context**: {' / '.join(contexts[i])}", f"  - **reference**: {references[i]}",
                   f"  - **generated**: {outputs[i]}"]
