@@ -64,8 +64,10 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
     """Run fn; turn cldg errors into one line + exit 2, Ctrl-C into exit 130 and SIGTERM into exit 143 (both
     after the stage has saved its progress), crashes into exit 1.
     quiet: nothing but errors on the console while fn runs (--json: stdout carries the JSON)."""
-    was_quiet = console.quiet
-    console.quiet = quiet
+    from cldg.progress import results
+
+    was_quiet = console.quiet, results.quiet
+    console.quiet = results.quiet = quiet
     previous = None
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -91,7 +93,7 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
     except Exception as exc:  # an internal error: one line, traceback on request
         raise_internal(exc)
     finally:
-        console.quiet = was_quiet
+        console.quiet, results.quiet = was_quiet
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -287,11 +289,13 @@ def approaches_command(as_json: JsonOpt = False) -> None:
         # characters a line
         from rich.padding import Padding
 
-        console.print("[bold]Learning approaches[/bold] (cldg/approaches/)")
+        from cldg.progress import results
+
+        results.print("[bold]Learning approaches[/bold] (cldg/approaches/)")
         for r in rows:
-            console.print(f"\n[bold]{r['name']}[/bold]  {r['command']}  [dim](needs {', '.join(r['needs'])}; "
+            results.print(f"\n[bold]{r['name']}[/bold]  {r['command']}  [dim](needs {', '.join(r['needs'])}; "
                           f"makes {r['makes']})[/dim]")
-            console.print(Padding(r["description"], (0, 0, 0, 2)))
+            results.print(Padding(r["description"], (0, 0, 0, 2)))
 
     guarded(go, quiet=as_json)
 

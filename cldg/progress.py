@@ -14,6 +14,9 @@ from rich.progress import (
 from rich.text import Text
 
 console = Console(stderr=True)
+# What a command was asked to show (the tables of status, compare, approaches, inspect-samples, human-eval score)
+# goes to stdout, so that `cldg status > s.txt` holds it; progress, logs and errors stay on stderr.
+results = Console()
 
 
 class RateColumn(ProgressColumn):

@@ -27,7 +27,7 @@ from rich.table import Table
 from cldg.artifacts import MANIFEST, VerifiedCache, artifact_problems, flock_held
 from cldg.filestat import stat_key
 from cldg.errors import CldgError, CorruptArtifactError
-from cldg.progress import console
+from cldg.progress import console, results
 from cldg.stages import ARTIFACT_ORDER
 
 
@@ -199,12 +199,12 @@ def status_table(workdir: Path, rows: list[dict]) -> Table:
 
 
 def print_long(workdir: Path, rows: list[dict]) -> None:
-    console.print(f"[bold]cldg artifacts in {workdir}[/]", highlight=False)
+    results.print(f"[bold]cldg artifacts in {workdir}[/]", highlight=False)
     for r in rows:
         check = r.get("check", "")
         style = STATE_STYLE.get(check, "")
         flags = ", latest" if r.get("latest") else ""
-        console.print(f"\n[bold]{r['stage']}/{r['fingerprint']}[/]  [{style}]{check}[/]{flags}", highlight=False)
+        results.print(f"\n[bold]{r['stage']}/{r['fingerprint']}[/]  [{style}]{check}[/]{flags}", highlight=False)
         grid = Table.grid(padding=(0, 2))
         grid.add_column(no_wrap=True)
         grid.add_column(overflow="fold")
@@ -220,7 +220,7 @@ def print_long(workdir: Path, rows: list[dict]) -> None:
             grid.add_row("  so far", ", ".join(x for x in (_size(r.get("bytes")), r.get("progress")) if x))
         for p in r.get("problems", []):
             grid.add_row("  [red]corrupt[/]", p)
-        console.print(grid, highlight=False)
+        results.print(grid, highlight=False)
 
 
 def show_status(workdir: Path, as_json: bool = False, verify: bool = False, long: bool = False) -> None:
@@ -233,14 +233,14 @@ def show_status(workdir: Path, as_json: bool = False, verify: bool = False, long
     if as_json:
         print(json.dumps(rows, indent=2))
     elif not rows:
-        console.print(f"{workdir}: no artifacts yet")
+        results.print(f"{workdir}: no artifacts yet")
     elif long:
         print_long(workdir, rows)
     else:
-        console.print(status_table(workdir, rows))
+        results.print(status_table(workdir, rows))
         for r in rows:
             if r.get("progress"):
-                console.print(f"{r['stage']} {r['fingerprint'][:8]}: {r['progress']}", highlight=False)
+                results.print(f"{r['stage']} {r['fingerprint'][:8]}: {r['progress']}", highlight=False)
     if problems:
         if not as_json and not long:
             for p in problems[:-1]:

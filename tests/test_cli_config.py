@@ -154,6 +154,19 @@ def test_a_stage_that_fails_before_writing_anything_leaves_no_partial(tmp_path):
     assert "interrupted" not in result.output
 
 
+def test_what_a_command_shows_goes_to_stdout_and_its_errors_to_stderr(tmp_path):
+    """`cldg status > s.txt` and `cldg approaches > a.txt` hold the table (it went to stderr, the file was empty)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "w").mkdir()
+    res = subprocess.run([sys.executable, "-m", "cldg.cli", "approaches"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Learning approaches" in res.stdout and "contrastive" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "cldg.cli", "status", str(tmp_path / "none")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "no such workdir" in res.stderr and not res.stdout
+
+
 @pytest.mark.parametrize("args", [["status", "--json", "WORKDIR"], ["approaches", "--json"]])
 def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path, args):
     """`cldg status --json | head -1`: the pipe closes before cldg writes; it was 'internal error:

@@ -263,7 +263,7 @@ def test_inspect_samples_shows_groups_with_texts_and_scores(mining_env, full_run
             if g["side"] == "response":
                 assert g["text"] in train_responses and g["text"] != entry["response"]
     inspect_samples(mining_env[0], None, n=1, seed=1, as_json=False)  # the rich tables render
-    assert "r+1" in capsys.readouterr().err
+    assert "r+1" in capsys.readouterr().out  # what was asked for goes to stdout
     with pytest.raises(CldgError, match="-n -2: show at least one pair"):  # was an internal ValueError
         inspect_samples(mining_env[0], None, n=-2, seed=1, as_json=False)
 

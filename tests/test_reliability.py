@@ -185,7 +185,7 @@ def test_status_through_the_cli_at_80_columns(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cldg.cli", "status", str(tmp_path)], capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "80"}, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert max(len(ln) for ln in res.stderr.splitlines()) <= 80 and "verified" in res.stderr
+    assert max(len(ln) for ln in res.stdout.splitlines()) <= 80 and "verified" in res.stdout  # asked for: stdout
 
 
 # -- two writers ---------------------------------------------------------------------------------------

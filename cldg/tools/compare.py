@@ -214,14 +214,14 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
 def _print_table(header: list[str], rows: list) -> None:
     from rich.table import Table
 
-    from cldg.progress import console
+    from cldg.progress import results
 
     table = Table(title="cldg compare (best in bold; BLEU/Dist/embedding in %, Ent in bits)")
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for label, values, diffs in rows:
         table.add_row(label, *[f"[bold green]{v}[/]" if b else v for v, b in values], *diffs)
-    console.print(table)
+    results.print(table)
 
 
 def plot_comparison(path: Path, names: list[str], metrics: list[dict]) -> None:

@@ -137,7 +137,7 @@ def score_sheets(sheets: list[Path], key_path: Path, as_json: bool) -> dict:
     from rich.table import Table
 
     from cldg.metrics.stats import cohens_kappa
-    from cldg.progress import console
+    from cldg.progress import console, results
 
     try:
         key = json.loads(Path(key_path).read_text())
@@ -175,7 +175,7 @@ def score_sheets(sheets: list[Path], key_path: Path, as_json: bool) -> dict:
             table.add_column(col)
         for name, r in list(per.items()) + [("overall (majority)", result["overall"])]:
             table.add_row(name, f"{100 * r['win']:.1f}", f"{100 * r['loss']:.1f}", f"{100 * r['tie']:.1f}", str(r["items"]))
-        console.print(table)
+        results.print(table)
         if kappas:
-            console.print("Cohen's kappa: " + ", ".join(f"{k}: {v:.3f}" for k, v in kappas.items()))
+            results.print("Cohen's kappa: " + ", ".join(f"{k}: {v:.3f}" for k, v in kappas.items()))
     return result

@@ -18,7 +18,7 @@ def inspect_samples(workdir: Path, samples_dir: Path | None, n: int, seed: int, 
 
     from cldg.artifacts import Artifact
     from cldg.data.pairs import read_pairs
-    from cldg.progress import console
+    from cldg.progress import results
     from cldg.retrieval.mining import read_samples
 
     if n < 1:
@@ -61,5 +61,5 @@ def inspect_samples(workdir: Path, samples_dir: Path | None, n: int, seed: int, 
             label = ("r" if g["side"] == "response" else "c") + ("+" if g["polarity"] == "pos" else "-")
             style = "green" if g["polarity"] == "pos" else "red"
             table.add_row(f"[{style}]{label}{g['rank'] + 1}[/]", g["text"], f"{g['matcher_prob']:.3f}", f"{g['weight']:+.3f}")
-        console.print(table)
+        results.print(table)
     return {"pairs": report}
