@@ -47,15 +47,11 @@ class Config(options_like(TrainOptions, omit=("grad_clip", "evals_per_epoch"), *
     max_valid_pairs: int = option(1000, "Valid contexts used by the periodic checks (0 = all).")
     final_valid_pairs: int = option(0, "Valid contexts of the final MSN / BM25 / BoW comparison (0 = all).")
     score_batch_size: int = option(256, "Pairs per batch when scoring.", fingerprint=False)
-    threads: int = option(0, "torch CPU threads (0: torch's default; 1 is often fastest on a busy machine).",
-                          fingerprint=False)
 
 
 def run(cfg: Config, common: CommonOptions) -> Artifact:
     import shutil
     import time
-
-    import torch
 
     from cldg.matching.msn import save_msn
     from cldg.matching.training import MatcherTrainConfig, train_msn
@@ -73,8 +69,6 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
             return run.existing
         set_seed(common.seed)
         device = resolve_device(common.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         tok = DialogueTokenizer.load(prepared.file("tokenizer.json"))
         model = build_msn(cfg, prepared, tok.vocab_size)
         t0 = time.time()
