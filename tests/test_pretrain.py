@@ -22,14 +22,17 @@ VALID = batch_of(random_pairs(6, seed=6))
 CFG = TrainConfig(lr=1e-2, epochs=2, eval_every=3, patience=5)  # 8 batches of 4 per epoch -> 16 steps
 
 
-def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg=CFG):
-    """A tiny `name` model on 32 random pairs; loss_fn records every loss and raises `exc` at step `fail_at`."""
+def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg=CFG, after_forward=False):
+    """A tiny `name` model on 32 random pairs; loss_fn records every loss and raises `exc` at step `fail_at`
+    (after the forward has drawn its dropout masks with `after_forward`)."""
     model = tiny(name, seed=0)  # dropout 0.1: resume must restore the RNG too
 
     def loss_fn(m, batch, step):
-        if fail_at is not None and step + 1 == fail_at:
+        if fail_at is not None and step + 1 == fail_at and not after_forward:
             raise exc("stop here")
         loss, n = nll_loss(m(batch), batch.response_out, PAD)
+        if fail_at is not None and step + 1 == fail_at:
+            raise exc("stop here")
         losses.append(loss.item())
         return loss, {"tokens": n, "nll": loss.item()}
 
@@ -74,6 +77,48 @@ def test_resume_after_ctrl_c_or_crash_continues_at_the_same_step_with_the_same_l
     t.fit()
     assert again == pytest.approx(full[6:], abs=1e-5)
     assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
+
+
+def test_ctrl_c_after_the_forward_or_inside_the_optimizer_step_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Ctrl-C once the step's forward has drawn its dropout masks: the checkpoint keeps the RNG from before the
+    step (it kept the advanced one, and the resumed run drew other masks: the full-chitchat contrastive run
+    parted from its uninterrupted twin after a SIGTERM). Ctrl-C inside Adam's update waits for the update to
+    finish (it could save half-updated weights). Either way the rerun gives the uninterrupted run's losses
+    exactly."""
+    import signal
+
+    full = []
+    t = make_trainer("seq2seq", tmp_path / "full", full)
+    t.fit()
+    final = params(t.model)
+
+    first, again = [], []
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer("seq2seq", tmp_path / "fwd", first, fail_at=8, after_forward=True).fit()
+    t = make_trainer("seq2seq", tmp_path / "fwd", again)
+    t.fit()
+    assert first + again == full  # exactly: the same masks, the same arithmetic
+    assert all(torch.equal(final[k], v) for k, v in params(t.model).items())
+
+    real_step = torch.optim.Adam.step
+    calls = []
+
+    def step_with_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # SIGINT arrives while the update runs
+            signal.raise_signal(signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_with_ctrl_c)
+    first, again = [], []
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer("seq2seq", tmp_path / "opt", first).fit()
+    assert json.loads((tmp_path / "opt/resume/last.json").read_text())["step"] == 5  # the update finished first
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    t = make_trainer("seq2seq", tmp_path / "opt", again)
+    t.fit()
+    assert first + again == full
+    assert all(torch.equal(final[k], v) for k, v in params(t.model).items())
 
 
 def test_save_every_bounds_what_a_kill_9_between_checks_costs(tmp_path):

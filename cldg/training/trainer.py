@@ -172,18 +172,21 @@ class Trainer:
                 "config": self.cfg.loop_settings()}
 
     def _before_step(self) -> None:
-        """For a recipe whose loss changes state itself (recipes/__init__.py, updates_in_loss): a copy of the
-        weights, buffers and RNG from before this step, which _undo_half_step puts back."""
-        if getattr(self.recipe, "updates_in_loss", False):
-            self._step_start = ({k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                                torch.get_rng_state(),
-                                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        """The RNG from before this step (its forward draws dropout masks), and for a recipe whose loss changes
+        state itself (recipes/__init__.py, updates_in_loss) the weights and buffers too: what _undo_half_step
+        puts back when Ctrl-C stops the step, so that the rerun draws the same masks (it drew others, and a
+        resumed run parted from an uninterrupted one)."""
+        weights = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                   if getattr(self.recipe, "updates_in_loss", False) else None)
+        self._step_start = (weights, torch.get_rng_state(),
+                            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
     def _undo_half_step(self) -> None:
         if self._step_start is None:
             return
         weights, rng, cuda_rng = self._step_start
-        self.model.load_state_dict(weights)
+        if weights is not None:
+            self.model.load_state_dict(weights)
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
@@ -201,10 +204,11 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                self.optimizer.step()
-                self.state["step"] += 1
-                self.state["batch_in_epoch"] += 1
-                self._step_start = None  # the step is whole: Ctrl-C from here on keeps it
+                with signals_deferred():  # Ctrl-C inside Adam's update would save half-updated weights
+                    self.optimizer.step()
+                    self.state["step"] += 1
+                    self.state["batch_in_epoch"] += 1
+                    self._step_start = None  # the step is whole: Ctrl-C from here on keeps it
                 self._record(loss, info, grad_norm, progress, task)
                 if self._check_due():
                     if self._check():
@@ -269,6 +273,31 @@ class Trainer:
     def load_best(self) -> None:
         """Put the best checkpoint's weights into the model (falls back to the current weights)."""
         checkpoint.load_model_only(self.run_dir / "resume", "best", self.model)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (in the main thread; elsewhere
+    signals are not delivered anyway), so that an optimizer step and the step counter move together."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if arrived:
+            handler = previous[arrived[0]]
+            if callable(handler):
+                handler(arrived[0], None)  # Python's SIGINT handler raises KeyboardInterrupt, cldg's SIGTERM one Terminated
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(arrived[0])
 
 
 class _NoProgress(contextlib.nullcontext):
