@@ -89,6 +89,8 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
         if exc.filename is None:
             raise_internal(exc)
         # a path the user gave (or the workdir) that cannot be read or written: one line naming it
+        if os.environ.get("CLDG_DEBUG"):
+            console.print_exception()
         _die(f"{exc.filename}: {exc.strerror or exc}", 2)
     except Exception as exc:  # an internal error: one line, traceback on request
         raise_internal(exc)

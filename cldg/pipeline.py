@@ -33,9 +33,10 @@ from typing import Any
 
 from rich.table import Table
 
-from cldg.approaches import model_stages
+from cldg.approaches import approaches, model_stages
 from cldg.artifacts import Artifact
 from cldg.config import CommonOptions, config_from_table, load_toml
+from cldg.training.options import train_option_problems
 from cldg.errors import CldgError
 from cldg.progress import console, make_progress
 from cldg.stages import BY_TABLE, STAGES, stage_module
@@ -143,11 +144,14 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
         skip.add("train_matcher")
     absent = {a for s in STAGES if s.table in OPTIONAL_TABLES and s.table not in doc for a in s.artifacts}
     # every approach's model, but a baseline's only when the config trains it
+    makes = {a.name: a.makes for a in approaches()}  # an approach's name (mle) for the model it makes (reference)
     models = run_table.get("evaluate_models", [m for m in model_stages() if m not in absent])
-    for model in _str_list(models, f"{where} [run] evaluate_models"):
+    models = [makes.get(m, m) for m in _str_list(models, f"{where} [run] evaluate_models", allow_empty=True)]
+    for model in models:
         if model not in model_stages() and not model.startswith("hf:") and not Path(model).is_dir():
-            raise CldgError(f"{where} [run] evaluate_models: {model!r} is not a model ({', '.join(model_stages())}), "
-                            "a model artifact directory or hf:PATH")
+            raise CldgError(f"{where} [run] evaluate_models: {model!r} is not a model "
+                            f"({', '.join(sorted(set(model_stages()) | set(makes)))}), a model artifact directory "
+                            "or hf:PATH")
     steps = []
     for table, module, label in PIPELINE:
         if table in skip or (table in OPTIONAL_TABLES and table not in doc):
@@ -189,7 +193,7 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
         module = stage_module(BY_TABLE[table])
         values = {**extra, **(table_overrides or {}).get(table, {})}
         cfg = config_from_table(module.Config, doc.get(table, {}), f"{where} [{table}]", values)
-        problems = cfg.problems() if callable(getattr(cfg, "problems", None)) else []
+        problems = (cfg.problems() if callable(getattr(cfg, "problems", None)) else []) + train_option_problems(cfg)
         if problems:  # here, not when the stage's turn comes after hours of the stages before it
             raise CldgError(f"{where} [{table}]: {problems[0]}")
         steps.append(Step(table, module, label, cfg))
@@ -282,7 +286,10 @@ def export_human_eval_sheets(evals: list[Artifact], n: int, out: Path, seed: int
 
     for other in evals[1:]:
         sub = out / f"{model(evals[0])}-vs-{model(other)}" / (f"seed-{seed}" if several else "")
-        export_sheets(evals[0].path, other.path, n, sub, seed)
+        try:
+            export_sheets(evals[0].path, other.path, n, sub, seed)
+        except CldgError as exc:  # sheets of an earlier run stay: they may be with annotators; the run goes on
+            console.print(f"[yellow]warning:[/] human-eval sheets not written: {exc}", highlight=False, soft_wrap=True)
 
 
 def _print_summary(results: list[StepResult], total: float) -> None:

@@ -27,10 +27,13 @@ def configure_runtime(deterministic: bool = True, threads: int = 0) -> int:
     the README's Reproducibility section."""
     import torch
 
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp and not (omp.isdigit() and int(omp) > 0):
-        raise CldgError(f"OMP_NUM_THREADS={omp!r}: expected a number of threads of at least 1 (or unset it)")
-    n = threads or int(omp or 0) or min(os.cpu_count() or 1, 8)
+    n = threads
+    if not n:
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        first = omp.split(",")[0].strip()  # OpenMP's nested form "4,2": the outer level is torch's
+        if omp and not (first.isdigit() and int(first) > 0):
+            raise CldgError(f"OMP_NUM_THREADS={omp!r}: expected a number of threads of at least 1 (or unset it)")
+        n = int(first or 0) or min(os.cpu_count() or 1, 8)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     if deterministic:

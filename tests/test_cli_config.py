@@ -107,6 +107,8 @@ def test_run_rejects_unknown_table_before_running_anything(tmp_path):
     ('[evaluate]\nbeam_size = 0\n', "[evaluate]: --beam-size must be at least 1"),
     ('device = "tpu"\n', "--device 'tpu': expected auto, cpu or cuda[:N]"),
     ('torch_threads = -3\n', "--torch-threads -3: must be at least 1"),
+    ('[pretrain]\nsave_every = -1\n', "[pretrain]: --save-every -1: must be 0"),
+    ('[contrastive_train]\npatience = 0\n', "[contrastive_train]: --patience 0: must be at least 1"),
 ])
 def test_run_checks_run_lists_stage_values_and_common_options_before_running_anything(tmp_path, table, expected):
     """A bare string where a list belongs was read letter by letter (an evaluate step per letter), and a bad
@@ -116,6 +118,37 @@ def test_run_checks_run_lists_stage_values_and_common_options_before_running_any
     result = runner.invoke(app, ["run", str(cfg)])
     assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output and not (tmp_path / "w").exists()
+
+
+def test_run_takes_approach_names_for_the_models_to_evaluate(tmp_path):
+    from cldg.pipeline import plan_steps
+
+    labels = [label for _, _, label, _ in plan_steps({"run": {"evaluate_models": ["mle", "contrastive"]}}, "p.toml")]
+    assert "evaluate (reference)" in labels and "evaluate (contrastive)" in labels
+    assert not [label for _, _, label, _ in plan_steps({"run": {"evaluate_models": []}}, "p.toml")
+                if label.startswith("evaluate")]
+
+
+def test_signals_deferred_hands_a_signal_to_its_own_handler_once_the_block_ends():
+    import signal
+
+    from cldg.training.trainer import signals_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("after the signal")  # the block runs to its end first
+    assert done == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_stage_commands_check_their_config_file_and_common_values(tmp_path, monkeypatch):

@@ -62,8 +62,10 @@ def export_sheets(run_a: Path, run_b: Path, n: int, out_dir: Path, seed: int, fo
         first, second = (a[pid], b[pid]) if a_first else (b[pid], a[pid])
         context = " / ".join(a[pid]["context"])
         rows.append([item, context, first["generated"], second["generated"], ""])
-        # the context too: score checks that a sheet is this key's (not one exported with another seed)
-        key["items"][str(item)] = {"pair_id": pid, "response_1": "A" if a_first else "B", "context": context}
+        # the context and responses too: score checks that a sheet is this key's (not one exported with another
+        # seed), and an export of rebuilt evaluations (other responses) is not taken for this one
+        key["items"][str(item)] = {"pair_id": pid, "response_1": "A" if a_first else "B", "context": context,
+                                   "responses": [first["generated"], second["generated"]]}
     result = {"sheet": str(out_dir / "sheet.csv"), "key": str(out_dir / "key.json"), "items": len(chosen)}
     there = [p for p in (out_dir / "sheet.csv", out_dir / "key.json") if p.exists()]
     if there and not force:

@@ -30,3 +30,15 @@ class TrainOptions:
     def loop_settings(self) -> dict:
         """What the trainer's summary records: every field but batch_size (the recipe batches, not the loop)."""
         return {f.name: getattr(self, f.name) for f in fields(TrainOptions) if f.name != "batch_size"}
+
+
+def train_option_problems(cfg) -> list[str]:
+    """What is wrong with a config's training-loop values, one line each: the Trainer refuses them, and `cldg run`
+    asks before any stage runs (a stage Config made with options_like has the fields, not TrainOptions' methods)."""
+    checks = [("lr", lambda v: v > 0, "must be positive"), ("batch_size", lambda v: v >= 1, "must be at least 1"),
+              ("epochs", lambda v: v >= 1, "must be at least 1"), ("max_steps", lambda v: v >= 0, "must be >= 0"),
+              ("evals_per_epoch", lambda v: v >= 1, "must be at least 1"),
+              ("eval_every", lambda v: v >= 0, "must be >= 0"), ("patience", lambda v: v >= 1, "must be at least 1"),
+              ("save_every", lambda v: v >= 0, "must be 0 (only at checks) or a number of steps")]
+    return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: {msg}" for name, ok, msg in checks
+            if hasattr(cfg, name) and not ok(getattr(cfg, name))]

@@ -33,8 +33,11 @@ from cldg.training.recipes import Recipe
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainOptions, run_dir: Path, device: torch.device, recipe: Recipe,
                  params: Iterable[nn.Parameter] | None = None):
-        if cfg.save_every < 0:
-            raise CldgError(f"--save-every {cfg.save_every}: must be 0 (only at checks) or a number of steps")
+        from cldg.training.options import train_option_problems
+
+        problems = train_option_problems(cfg)
+        if problems:
+            raise CldgError(problems[0])
         self.cfg, self.run_dir, self.device, self.recipe = cfg, Path(run_dir), device, recipe
         self.model = model.to(device)
         self.batches_per_epoch = max(recipe.batches_per_epoch, 1)
@@ -278,26 +281,32 @@ class Trainer:
 @contextlib.contextmanager
 def signals_deferred():
     """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (in the main thread; elsewhere
-    signals are not delivered anyway), so that an optimizer step and the step counter move together."""
+    signals are not delivered anyway), so that an optimizer step and the step counter move together. The
+    handlers are swapped with both signals blocked, so none lands between two swaps and is lost."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    both = {signal.SIGINT, signal.SIGTERM}
     arrived: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, both)
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in both}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if arrived:
-            handler = previous[arrived[0]]
-            if callable(handler):
-                handler(arrived[0], None)  # Python's SIGINT handler raises KeyboardInterrupt, cldg's SIGTERM one Terminated
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(arrived[0])
+        signal.pthread_sigmask(signal.SIG_BLOCK, both)
+        try:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one arriving meanwhile goes to the restored handler
+        if arrived:  # to its own handler: Python's SIGINT one raises KeyboardInterrupt, cldg's SIGTERM one Terminated
+            signal.raise_signal(arrived[0])
 
 
 class _NoProgress(contextlib.nullcontext):
