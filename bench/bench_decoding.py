@@ -27,6 +27,7 @@ search cannot beat however cheap the rest of its step were.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -158,6 +159,16 @@ def bench_seq2seq(args, device) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def switched_off(owner, flag: str):
+    """A fast path's switch set to False for the block (the variant it replaced, timed beside it)."""
+    setattr(owner, flag, False)
+    try:
+        yield
+    finally:
+        setattr(owner, flag, True)
+
+
 def bench_trained(args, device) -> dict:
     """A trained model (a `reference` or `contrastive` artifact) on the test contexts of its prepare artifact, as
     `cldg evaluate` decodes them (greedy and beam 5, trigram blocking, max_len 25; contexts in length order):
@@ -182,11 +193,8 @@ def bench_trained(args, device) -> dict:
     singles = [chunk[::max(1, len(chunk) // args.trained_single)][:args.trained_single] for chunk in rounds]
 
     def keep_finished(m, batch, cfg, g):
-        search.DROP_FINISHED = False
-        try:
+        with switched_off(search, "DROP_FINISHED"):
             return generate(m, batch, cfg, g)
-        finally:
-            search.DROP_FINISHED = True
 
     out = {"model_dir": str(art.path), "model": getattr(model, "name", None), "contexts": len(enc),
            "single_contexts": sum(len(c) for c in singles)}
@@ -227,11 +235,8 @@ def bench_transformer(args, device) -> dict:
         return generate(m, batch, c, g)
 
     def uncached(m, batch, c, g):
-        m.use_kv_cache = False
-        try:
+        with switched_off(m, "use_kv_cache"):
             return generate(m, batch, c, g)
-        finally:
-            m.use_kv_cache = True
 
     timed(cached, model, single[0][:1], cfg, 1, device)
     timed(uncached, model, single[0][:1], cfg, 1, device)
