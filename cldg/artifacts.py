@@ -369,6 +369,8 @@ class StageRun:
         """A run that stopped before writing anything (bad input found inside the stage, no GPU, Ctrl-C at once)
         leaves no .partial/ behind, which `status` would list as an interrupted run. Under the lock; a partial
         holding any work (checkpoints, chunks) is kept for the rerun to resume."""
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            return  # under torchrun the other ranks may be opening this .partial right now: leave it
         if self.dir.is_dir() and all(p.name.endswith(".lock") or p.name == ".inputs.json" for p in self.dir.iterdir()):
             shutil.rmtree(self.dir, ignore_errors=True)
 
