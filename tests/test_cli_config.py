@@ -90,6 +90,11 @@ def test_unknown_key_in_stage_table_names_it(tmp_path):
 def test_status_on_missing_workdir_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no such workdir" in result.output
+    (tmp_path / "afile").write_text("x")
+    result = runner.invoke(app, ["status", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "a file, not a workdir" in result.output
+    result = runner.invoke(app, ["prepare", "--input", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and f"--input {tmp_path}: a folder, not a file" in " ".join(result.output.split())
 
 
 def test_run_rejects_unknown_table_before_running_anything(tmp_path):

@@ -86,6 +86,7 @@ def test_ent_n_against_training_counts():
 def test_generated_entropy():
     assert diversity.generated_entropy([["a", "b"], ["a", "c"]], 1) == pytest.approx(1.5)  # p = 1/2, 1/4, 1/4
     assert diversity.generated_entropy([["a", "a"]], 1) == 0.0
+    assert str(diversity.generated_entropy([["a", "a"]], 1)) == "0.0"  # not -0.0 ("-0.000 bits" in the tables)
     assert diversity.generated_entropy([["a"], []], 2) == 0.0
 
 
