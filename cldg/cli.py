@@ -53,11 +53,16 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-def raise_internal(exc: BaseException) -> typing.NoReturn:
-    """An internal error: one line, the traceback with CLDG_DEBUG=1."""
+def _die_with_traceback_on_request(message: str, code: int) -> typing.NoReturn:
+    """_die, and the traceback of the exception being handled with CLDG_DEBUG=1."""
     if os.environ.get("CLDG_DEBUG"):
         console.print_exception()
-    _die(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
+    _die(message, code)
+
+
+def raise_internal(exc: BaseException) -> typing.NoReturn:
+    """An internal error: one line, the traceback with CLDG_DEBUG=1."""
+    _die_with_traceback_on_request(f"internal error: {type(exc).__name__}: {exc} (set CLDG_DEBUG=1 for the traceback)", 1)
 
 
 def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
@@ -89,9 +94,7 @@ def guarded(fn: Callable[[], Any], quiet: bool = False) -> Any:
         if exc.filename is None:
             raise_internal(exc)
         # a path the user gave (or the workdir) that cannot be read or written: one line naming it
-        if os.environ.get("CLDG_DEBUG"):
-            console.print_exception()
-        _die(f"{exc.filename}: {exc.strerror or exc}", 2)
+        _die_with_traceback_on_request(f"{exc.filename}: {exc.strerror or exc}", 2)
     except Exception as exc:  # an internal error: one line, traceback on request
         raise_internal(exc)
     finally:

@@ -12,6 +12,14 @@ class CldgError(Exception):
     exit_code = 2
 
 
+def require_file(path, option: str) -> None:
+    """A file an option names must be one: else one line, "no such file" or "a folder, not a file"."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise CldgError(f"{option} {path}: " + ("a folder, not a file" if Path(path).is_dir() else "no such file"))
+
+
 class MissingArtifactError(CldgError):
     """An input artifact is missing or has an incompatible schema."""
 

@@ -13,16 +13,15 @@ MODEL_SCHEMA = 1
 def resolve_model(store: ArtifactStore, spec: str | Path) -> Artifact:
     """A model artifact's name ('reference', 'contrastive': what an approach makes) -> the latest of that stage;
     anything else is an artifact directory."""
-    from cldg.approaches import approaches, model_stages
+    from cldg.approaches import model_name_stages, model_stages
 
-    makes = {a.name: a.makes for a in approaches()}  # an approach's name (mle) for the model it makes (reference)
-    if str(spec) in model_stages() or str(spec) in makes:
-        art = store.resolve_input(makes.get(str(spec), str(spec)), None, MODEL_SCHEMA, "--model")
+    stages = model_name_stages()
+    if str(spec) in stages:
+        art = store.resolve_input(stages[str(spec)], None, MODEL_SCHEMA, "--model")
     else:
         if not Path(spec).exists():  # a mistyped name reads better as one than as a missing directory
-            names = sorted(set(model_stages()) | set(makes))
-            raise MissingArtifactError(f"model {spec!r}: not a model name ({', '.join(names)}) nor a model artifact "
-                                       "directory")
+            raise MissingArtifactError(f"model {spec!r}: not a model name ({', '.join(sorted(stages))}) nor a model "
+                                       "artifact directory")
         art = Artifact.load(Path(spec))
         if art.stage not in model_stages():
             raise MissingArtifactError(f"{spec}: a '{art.stage}' artifact is not a model")

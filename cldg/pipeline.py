@@ -33,7 +33,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cldg.approaches import approaches, model_stages
+from cldg.approaches import model_name_stages, model_stages
 from cldg.artifacts import Artifact
 from cldg.config import CommonOptions, config_from_table, load_toml
 from cldg.training.options import train_option_problems
@@ -144,14 +144,13 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
         skip.add("train_matcher")
     absent = {a for s in STAGES if s.table in OPTIONAL_TABLES and s.table not in doc for a in s.artifacts}
     # every approach's model, but a baseline's only when the config trains it
-    makes = {a.name: a.makes for a in approaches()}  # an approach's name (mle) for the model it makes (reference)
+    stages = model_name_stages()  # 'mle' evaluates the model it makes, 'reference'
     models = run_table.get("evaluate_models", [m for m in model_stages() if m not in absent])
-    models = [makes.get(m, m) for m in _str_list(models, f"{where} [run] evaluate_models", allow_empty=True)]
+    models = [stages.get(m, m) for m in _str_list(models, f"{where} [run] evaluate_models", allow_empty=True)]
     for model in models:
         if model not in model_stages() and not model.startswith("hf:") and not Path(model).is_dir():
-            raise CldgError(f"{where} [run] evaluate_models: {model!r} is not a model "
-                            f"({', '.join(sorted(set(model_stages()) | set(makes)))}), a model artifact directory "
-                            "or hf:PATH")
+            raise CldgError(f"{where} [run] evaluate_models: {model!r} is not a model ({', '.join(sorted(stages))}), "
+                            "a model artifact directory or hf:PATH")
     steps = []
     for table, module, label in PIPELINE:
         if table in skip or (table in OPTIONAL_TABLES and table not in doc):

@@ -105,3 +105,9 @@ def get_approach(name: str) -> Approach:
 def model_stages() -> tuple[str, ...]:
     """The artifact directories that hold trained dialogue models ('reference', 'contrastive')."""
     return tuple(a.makes for a in approaches())
+
+
+def model_name_stages() -> dict[str, str]:
+    """Every name a trained model goes by in evaluate, chat, compare and [run] evaluate_models, and the model stage
+    it names: the stage itself ('reference') and the approach that makes it ('mle' -> 'reference')."""
+    return {a.makes: a.makes for a in approaches()} | {a.name: a.makes for a in approaches()}

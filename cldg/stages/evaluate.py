@@ -15,7 +15,7 @@ from cldg.artifacts import Artifact, ArtifactStore
 from cldg.choices import EVAL_SPLITS, INPUT_FORMATS, is_hf_spec
 from cldg.config import CommonOptions, fingerprint_config, option
 from cldg.decoding.options import DecodingOptions
-from cldg.errors import CldgError
+from cldg.errors import CldgError, require_file
 from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
 SCHEMA = 1
@@ -214,8 +214,7 @@ def evaluation_config(cfg: Config, common: CommonOptions, source: EvalModel) -> 
     if cfg.input is not None:
         from cldg.artifacts import sha256_file
 
-        if not Path(cfg.input).is_file():
-            raise CldgError(f"--input {cfg.input}: no such file")
+        require_file(cfg.input, "--input")
         config["input_sha256"] = sha256_file(Path(cfg.input))
     return config
 

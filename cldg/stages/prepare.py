@@ -65,11 +65,12 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         dialogues = subset_dialogues(dialogues, cfg.max_dialogues, cfg.max_pairs, common.seed)
         splits = split_dialogues(dialogues, cfg.valid_fraction, cfg.test_fraction, common.seed)
         tables = make_pairs(splits, cfg.max_context_turns)
-        for s, option_name in (("valid", "--valid-fraction"), ("test", "--test-fraction")):
+        for s in ("valid", "test"):
             if len(tables[s]) == 0:  # training validates on it, evaluate scores it: say so now, not stages later
-                console.print(f"[yellow]warning:[/] the {s} split has no pairs ({len(dialogues)} dialogues, "
-                              f"{option_name} {getattr(cfg, option_name[2:].replace('-', '_'))}): give a larger "
-                              f"corpus or a larger {option_name}", highlight=False)
+                flag = f"--{s}-fraction"
+                console.print(f"[yellow]warning:[/] the {s} split has no pairs ({len(dialogues)} dialogues, {flag} "
+                              f"{getattr(cfg, f'{s}_fraction')}): give a larger corpus or a larger {flag}",
+                              highlight=False)
         for s in SPLITS:
             write_pairs_parquet(tables[s], run.dir / f"pairs-{s}.parquet")
         timings["read_and_pair_s"] = round(time.time() - t0, 3)
@@ -105,16 +106,14 @@ def check_options(cfg: Config) -> None:
 
 def prepare_config(cfg: Config, common: CommonOptions) -> dict:
     """The fingerprinted config: the corpus and vectors files count by their content, not only their names."""
-    from cldg.errors import CldgError
+    from cldg.errors import require_file
 
     config = fingerprint_config(cfg) | {"seed": common.seed}
     if cfg.input is not None:
-        if not Path(cfg.input).is_file():
-            raise CldgError(f"--input {cfg.input}: " + ("a folder, not a file" if Path(cfg.input).is_dir() else "no such file"))
+        require_file(cfg.input, "--input")
         config["input_sha256"] = sha256_file(Path(cfg.input))
     if cfg.vectors is not None:
-        if not Path(cfg.vectors).is_file():
-            raise CldgError(f"--vectors {cfg.vectors}: " + ("a folder, not a file" if Path(cfg.vectors).is_dir() else "no such file"))
+        require_file(cfg.vectors, "--vectors")
         config["vectors_sha256"] = sha256_file(Path(cfg.vectors))
     return config
 

@@ -51,7 +51,7 @@ def _tokenizer_words(art: Artifact):
 def resolve_run(spec: Path, workdir: Path) -> Path:
     """A run is an eval artifact directory, the name of one under WORKDIR/eval (a fingerprint or 'latest'), or an
     approach (`cldg approaches`: mle, contrastive): the newest evaluation of that approach's latest model."""
-    from cldg.approaches import approaches
+    from cldg.approaches import approaches, model_name_stages
 
     spec = Path(spec)
     if (spec / "manifest.json").is_file():
@@ -59,12 +59,11 @@ def resolve_run(spec: Path, workdir: Path) -> Path:
     under = Path(workdir) / "eval" / spec
     if (under / "manifest.json").is_file():
         return under
-    # an approach by its name (mle) or by the model it makes (reference), as evaluate and chat take them
-    by_name = {a.name: a for a in approaches()} | {a.makes: a for a in approaches()}
-    if str(spec) in by_name:
-        return newest_evaluation(by_name[str(spec)], Path(workdir))
+    stages = model_name_stages()  # a model by its stage (reference) or its approach (mle), as evaluate takes it
+    if str(spec) in stages:
+        return newest_evaluation(next(a for a in approaches() if a.makes == stages[str(spec)]), Path(workdir))
     raise CldgError(f"{spec}: not an evaluate artifact (no manifest.json there or in {Path(workdir) / 'eval'}) nor a "
-                    f"model or approach ({', '.join(sorted(by_name))})")
+                    f"model or approach ({', '.join(sorted(stages))})")
 
 
 def newest_evaluation(approach, workdir: Path) -> Path:
