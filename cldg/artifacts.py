@@ -46,6 +46,8 @@ from cldg.filestat import stat_key, written_before
 from cldg.stages import maker as stage_maker
 
 MANIFEST = "manifest.json"
+RUN_RECORD = ".run.json"  # in .partial/: the run's stage, config and inputs, while it runs (StageRun._record_run)
+BOOKKEEPING = (".inputs.json", RUN_RECORD)  # files a .partial holds from its start: not work to resume
 VERIFIED_CACHE = ".verified.json"
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -320,13 +322,27 @@ class StageRun:
         if (self.dir / MANIFEST).is_file() and self._finish_interrupted_commit():
             self._unlock()
             return self._reuse()
-        if any(not p.name.endswith(".lock") and p.name != ".inputs.json" for p in self.dir.iterdir()) and not any(
+        if any(not p.name.endswith(".lock") and p.name not in BOOKKEEPING for p in self.dir.iterdir()) and not any(
                 flock_held(p) for p in self.dir.glob(".*.lock")):  # (not a live worker's, in a shared partial)
             self.resumed = True
             from cldg.progress import console
 
             console.print(f"{self.stage}: found {self.dir} from an interrupted run", highlight=False, soft_wrap=True)
+        self._record_run()
         return self
+
+    def _record_run(self) -> None:
+        """.partial/.run.json: what the manifest will say of this run (stage, config, inputs), so that its work
+        in progress can be read before it ends (`cldg evaluate --model DIR.partial`, the best checkpoint)."""
+        record = {"stage": self.stage, "schema": self.schema, "fingerprint": self.fingerprint, "config": self.config,
+                  "inputs": self._manifest_inputs()}
+        tmp = self.dir / f"{RUN_RECORD}.{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, self.dir / RUN_RECORD)
+
+    def _manifest_inputs(self) -> dict[str, dict[str, str]]:
+        return {k: {"fingerprint": a.fingerprint, "path": str(a.path), "build": self.input_builds[k]}
+                for k, a in self.inputs.items()}
 
     def _lock(self) -> None:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -371,7 +387,7 @@ class StageRun:
         holding any work (checkpoints, chunks) is kept for the rerun to resume."""
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             return  # under torchrun the other ranks may be opening this .partial right now: leave it
-        if self.dir.is_dir() and all(p.name.endswith(".lock") or p.name == ".inputs.json" for p in self.dir.iterdir()):
+        if self.dir.is_dir() and all(p.name.endswith(".lock") or p.name in BOOKKEEPING for p in self.dir.iterdir()):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _finish_interrupted_commit(self) -> bool:
@@ -458,8 +474,7 @@ class StageRun:
             "fingerprint": self.fingerprint,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": self.config,
-            "inputs": {k: {"fingerprint": a.fingerprint, "path": str(a.path), "build": self.input_builds[k]}
-                       for k, a in self.inputs.items()},
+            "inputs": self._manifest_inputs(),
             "rows": rows or {},
             "timings": timings,
             "files": files,

@@ -2,6 +2,7 @@
 and the truncation limits it was trained with. The models library itself knows nothing of the artifact store."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from cldg.artifacts import Artifact, ArtifactStore
@@ -22,6 +23,9 @@ def resolve_model(store: ArtifactStore, spec: str | Path) -> Artifact:
         if not Path(spec).exists():  # a mistyped name reads better as one than as a missing directory
             raise MissingArtifactError(f"model {spec!r}: not a model name ({', '.join(sorted(stages))}) nor a model "
                                        "artifact directory")
+        if is_in_progress(spec):
+            raise MissingArtifactError(f"{spec}: a training still in progress - `cldg evaluate --model {spec}` scores "
+                                       "its best checkpoint so far; here it can be used once it ends")
         art = Artifact.load(Path(spec))
         if art.stage not in model_stages():
             raise MissingArtifactError(f"{spec}: a '{art.stage}' artifact is not a model")
@@ -66,3 +70,64 @@ def model_limits(art: Artifact):
     if "max_context_turns" not in cfg:
         cfg = Artifact.load(Path(art.manifest["inputs"]["reference"]["path"])).config
     return Limits.from_config(cfg)
+
+
+def is_in_progress(spec) -> bool:
+    """Is `spec` the .partial directory of a run that has not ended?"""
+    return Path(spec).name.endswith(".partial") and Path(spec).is_dir()
+
+
+@dataclass
+class CheckpointInProgress:
+    """The best checkpoint so far of a training that is still running (or was stopped and not resumed): what
+    `cldg evaluate --model WORKDIR/STAGE/FP.partial` scores. `run` reads as the artifact will (stage, config,
+    inputs, from .partial/.run.json); its path is the .partial directory."""
+    run: Artifact
+    weights: bytes        # best.safetensors as read, once (training may write a newer one meanwhile)
+    sha256: str
+    step: int             # the check that made it
+    criterion: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.stage}@{self.step}"
+
+
+def load_in_progress(partial: Path, stages: tuple[str, ...]) -> CheckpointInProgress:
+    """The best checkpoint of the training in `partial`; one line naming what is missing otherwise."""
+    import hashlib
+    import json
+    import time
+
+    from cldg.artifacts import RUN_RECORD
+
+    partial = Path(partial)
+    resume = partial / "resume"
+    try:
+        record = json.loads((partial / RUN_RECORD).read_text())
+        run = Artifact(str(record["stage"]), str(record["fingerprint"]), partial.resolve(), record)
+    except FileNotFoundError:
+        raise MissingArtifactError(f"{partial}: no {RUN_RECORD} (started by an older cldg) - rerun its stage, which "
+                                   "resumes where it stopped and records it, then evaluate it") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MissingArtifactError(f"{partial / RUN_RECORD}: unreadable ({type(exc).__name__}: {exc})") from None
+    if run.stage not in stages:
+        raise MissingArtifactError(f"{partial}: a '{run.stage}' run in progress, not a model's")
+    if not (resume / "model.json").is_file():
+        raise MissingArtifactError(f"{partial}: its checkpoints are not the model the stage saves (or it was started "
+                                   "by an older cldg) - evaluate it when it ends")
+    for _ in range(5):  # best.safetensors and best.json are two files: read them until they agree
+        try:
+            weights = (resume / "best.safetensors").read_bytes()
+            best = json.loads((resume / "best.json").read_text())
+        except FileNotFoundError:
+            raise MissingArtifactError(f"{partial}: no best checkpoint yet (it comes with the first validation)") \
+                from None
+        except (OSError, ValueError) as exc:
+            raise MissingArtifactError(f"{resume / 'best.json'}: unreadable ({type(exc).__name__}: {exc})") from None
+        digest = hashlib.sha256(weights).hexdigest()
+        if best.get("sha256") == digest:
+            return CheckpointInProgress(run, weights, digest, int(best["step"]), float(best["criterion"]))
+        time.sleep(1)  # the training is writing a new best between the two reads
+    raise MissingArtifactError(f"{partial}: its best checkpoint and {resume / 'best.json'} disagree - if the "
+                               "training is not running, rerun its stage once to rewrite them")

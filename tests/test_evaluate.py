@@ -356,3 +356,90 @@ def test_evaluate_on_another_corpus_file(model_workdir, tmp_path):
     bad.write_text('{"turns": ["a", "b"]}\n{not json\n')
     with pytest.raises(CldgError, match="bad.jsonl:2"):
         ev.run(ev.Config(model="reference", input=bad), CommonOptions(workdir=workdir, seed=5, device="cpu"))
+
+
+def test_evaluate_scores_a_training_in_progress_by_its_best_checkpoint(prepared_workdir, tmp_path, monkeypatch):
+    """`cldg evaluate --model WORKDIR/reference/FP.partial` while training goes on (here: stopped by Ctrl-C after
+    its third check): the best checkpoint so far, named reference@STEP; its perplexity of the valid split is the
+    one that check measured. Chat and compare do not take it; a partial without a best checkpoint says so."""
+    import math
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cldg.cli import app
+    from cldg.training.trainer import Trainer
+
+    _, prepared = prepared_workdir
+    real_check, checks = Trainer._check, []
+
+    def check_then_ctrl_c(self):
+        stop = real_check(self)
+        checks.append(self.state["step"])
+        if len(checks) == 3:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(Trainer, "_check", check_then_ctrl_c)
+    runner = CliRunner()
+    res = runner.invoke(app, ["pretrain", "--workdir", str(tmp_path), "--prepare-dir", str(prepared.path),
+                              "--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1", "--batch-size", "16",
+                              "--epochs", "3", "--lr", "3e-3", "--device", "cpu", "--seed", "1"])
+    assert res.exit_code == 130, res.output
+    monkeypatch.undo()
+    (partial,) = (tmp_path / "reference").glob("*.partial")
+    log = [json.loads(line) for line in (partial / "train-log.jsonl").read_text().splitlines()]
+    valid = [r for r in log if r["type"] == "valid"]
+    assert len(valid) == 3
+    best = min(valid, key=lambda r: r["criterion"])
+
+    res = runner.invoke(app, ["evaluate", "--workdir", str(tmp_path), "--model", str(partial), "--split", "valid",
+                              "--max-len", "10", "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.output)
+    assert metrics["model"] == f"reference@{best['step']}"
+    assert metrics["reference_ppl"] == pytest.approx(math.exp(best["criterion"]), rel=1e-4)
+    (art,) = [p for p in (tmp_path / "eval").iterdir() if (p / "manifest.json").is_file() and not p.is_symlink()]
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert "model" not in manifest["inputs"] and manifest["config"]["model_sha256"] == metrics["model_fingerprint"]
+
+    # not taken where a finished model is needed
+    res = runner.invoke(app, ["chat", str(partial), "--workdir", str(tmp_path)], input="")
+    assert res.exit_code == 2 and "still in progress" in res.output
+    # a best checkpoint that does not match its record (rewritten by hand, or mid-write for ever) is refused
+    broken = tmp_path / "reference" / "broken.partial"
+    shutil.copytree(partial, broken)
+    (broken / "resume" / "best.safetensors").write_bytes((broken / "resume" / "best.safetensors").read_bytes() + b" ")
+    res = runner.invoke(app, ["evaluate", "--workdir", str(tmp_path), "--model", str(broken), "--device", "cpu"])
+    assert res.exit_code == 2 and "disagree" in res.output and "Traceback" not in res.output
+    (broken / "resume" / "best.json").unlink()
+    res = runner.invoke(app, ["evaluate", "--workdir", str(tmp_path), "--model", str(broken), "--device", "cpu"])
+    assert res.exit_code == 2 and "no best checkpoint yet" in res.output
+
+
+def test_checkpoints_are_described_only_when_they_are_the_model_the_stage_saves(tmp_path):
+    """resume/model.json is written for a registry model whose recipe saves it as trained, not for one whose
+    `finish` makes another model of it (MMI's backward model joined to its forward one)."""
+    import torch
+    from test_models import FunctionRecipe, batch_of, random_pairs, tiny
+
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import nll_loss
+    from cldg.training.options import TrainOptions
+    from cldg.training.trainer import Trainer
+
+    batch = batch_of(random_pairs(4, seed=1))
+
+    def run(run_dir, is_model):
+        recipe = FunctionRecipe(lambda epoch, start: [batch][start:],
+                                lambda m, b, step: (nll_loss(m(b), b.response_out, PAD)[0], {}),
+                                lambda m: {"criterion": nll_loss(m(batch), batch.response_out, PAD)[0].item()}, 1)
+        if not is_model:
+            recipe.checkpoint_is_model = False
+        Trainer(tiny("seq2seq", seed=0), TrainOptions(lr=1e-2, epochs=1), run_dir, torch.device("cpu"), recipe).fit()
+        return run_dir / "resume"
+
+    described = run(tmp_path / "a", True)
+    assert json.loads((described / "model.json").read_text())["name"] == "seq2seq"
+    assert json.loads((described / "best.json").read_text())["step"] == 1
+    assert not (run(tmp_path / "b", False) / "model.json").exists()

@@ -62,13 +62,25 @@ def save_model(directory: Path, model) -> None:
         return model.save(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
+    save_model_meta(directory, model)
+
+
+def save_model_meta(directory: Path, model) -> None:
+    """model.json alone: what rebuilds `model` (a registry model) before its weights are loaded into it."""
     meta = {"name": model.name, "config": model.config_dict(), "vocab_size": model.vocab_size}
-    (directory / "model.json").write_text(json.dumps(meta, indent=2))
+    (Path(directory) / "model.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_model(directory: Path, device: Any = "cpu"):
-    """Rebuild a model from `model.json` and load its safetensors weights (eval mode)."""
-    from safetensors.torch import load_file
+def is_registry_model(model) -> bool:
+    """A model `build_model` rebuilds from its model.json (not an hf: model, nor a training-time wrapper)."""
+    _load_all()
+    return isinstance(getattr(model, "name", None), str) and model.name in MODELS and hasattr(model, "config_dict")
+
+
+def load_model(directory: Path, device: Any = "cpu", weights: bytes | None = None):
+    """Rebuild a model from `model.json` and load its safetensors weights (eval mode); `weights`: the bytes of
+    another safetensors file to load instead of model.safetensors (a training's checkpoint)."""
+    from safetensors.torch import load, load_file
 
     directory = Path(directory)
     meta_path = directory / "model.json"
@@ -80,7 +92,8 @@ def load_model(directory: Path, device: Any = "cpu"):
 
         return load_saved_hf_model(directory, meta, device)
     model = build_model(meta["name"], meta["vocab_size"], **meta["config"])
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device="cpu"))
+    model.load_state_dict(load(weights) if weights is not None else load_file(str(directory / "model.safetensors"),
+                                                                            device="cpu"))
     return model.to(device).eval()
 
 

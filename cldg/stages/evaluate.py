@@ -1,6 +1,7 @@
 """Decode the test contexts with a trained model and score the responses (the paper's Table 2 metrics).
 
 --model reference | contrastive | any approach's model (the latest of that stage) | a model artifact directory |
+a training's WORKDIR/STAGE/FP.partial directory while it runs (its best checkpoint so far, named STAGE@STEP) |
 hf:PATH (a pretrained transformers directory as it is, on the latest prepare artifact's split). Writes
 `generations.jsonl` (context, reference, generated, per-response metrics), `metrics.json`,
 `report.md` and PNG plots, and prints the metrics laid out like the paper's Table 2.
@@ -25,7 +26,8 @@ JSON_OUTPUT = "metrics.json"
 @dataclass
 class Config(DecodingOptions):
     model: str = option("contrastive", "reference, contrastive, another approach's model, a model artifact directory, "
-                        "or hf:PATH (a local transformers directory as it is).")
+                        "a training's .partial directory (its best checkpoint so far, while it runs), or hf:PATH (a "
+                        "local transformers directory as it is).")
     split: str = option("test", "Split to evaluate.", choices=EVAL_SPLITS)
     input: Path | None = option(None, "Score on this corpus file instead of a split (any format `prepare` reads; "
                                 "every pair of it is a test pair; tokenized with the model's own tokenizer).")
@@ -166,17 +168,20 @@ class EvalModel:
     limits: object        # cldg.data.batching.Limits: context turns (and the tokens of a cldg model)
     inputs: dict          # the eval artifact's inputs
     spec: str | Path      # what load() loads
+    weights: bytes | None = None  # a training's checkpoint to load into spec's model.json instead of its weights
 
     def load(self, device):
         from cldg.models import load_model
         from cldg.models.hf import load_hf_model
 
-        return load_hf_model(self.spec, device).eval() if is_hf_spec(self.spec) else load_model(self.spec, device)
+        return load_hf_model(self.spec, device).eval() if is_hf_spec(self.spec) else \
+            load_model(self.spec, device, self.weights)
 
 
 def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
     from cldg.data.batching import Limits
-    from cldg.model_artifacts import model_limits, model_prepare, resolve_model
+    from cldg.approaches import model_stages
+    from cldg.model_artifacts import is_in_progress, load_in_progress, model_limits, model_prepare, resolve_model
 
     if is_hf_spec(cfg.model):
         from cldg.approaches.mle import MLEOptions
@@ -188,6 +193,11 @@ def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
         return EvalModel(cfg.model, digest, prepared, Limits(
             o.max_context_turns, o.max_turn_len, o.max_context_len, o.max_response_len), {"prepare": prepared},
             cfg.model)
+    if is_in_progress(cfg.model):  # a training not ended: its best checkpoint so far, named STAGE@STEP
+        best = load_in_progress(Path(cfg.model), model_stages())
+        prepared = model_prepare(best.run)
+        return EvalModel(best.label, best.sha256[:16], prepared, model_limits(best.run), {"prepare": prepared},
+                         best.run.path / "resume", best.weights)
     art = resolve_model(store, cfg.model)
     prepared = model_prepare(art)
     return EvalModel(art.stage, art.fingerprint, prepared, model_limits(art), {"model": art, "prepare": prepared},
@@ -209,7 +219,7 @@ def evaluation_config(cfg: Config, common: CommonOptions, source: EvalModel) -> 
     (the input fingerprint tells models apart), and an --input file counts by its content, not its name."""
     config = fingerprint_config(cfg) | {"seed": common.seed, "model": source.label}
     config |= {"contrastive_alpha": cfg.contrastive_alpha} if cfg.contrastive_alpha else {}
-    if "model" not in source.inputs:  # a bare hf: directory: its content, as an input's fingerprint would
+    if "model" not in source.inputs:  # a bare hf: directory or a checkpoint: its content, as an input's would
         config["model_sha256"] = source.fingerprint
     if cfg.input is not None:
         from cldg.artifacts import sha256_file

@@ -84,6 +84,35 @@ class Trainer:
             self._trim_log()
         return found is not None
 
+    def _save_best(self, criterion: float) -> None:
+        """best.safetensors, and best.json saying which check made it, with the file's sha256 so that a reader
+        while training goes on (`cldg evaluate --model RUN.partial`) knows the weights it read are those."""
+        from cldg.artifacts import sha256_file
+
+        resume = self.run_dir / "resume"
+        checkpoint.save_model_only(resume, "best", self.model)
+        record = {"step": self.state["step"], "epoch": self.state["epoch"], "criterion": criterion,
+                  "sha256": sha256_file(resume / "best.safetensors")}
+        checkpoint.atomic_write(resume / "best.json", lambda p: p.write_text(json.dumps(record)))
+
+    def _describe_checkpoints(self) -> None:
+        """resume/model.json, when a checkpoint is the whole model the stage will save (a registry model, and a
+        recipe whose `finish` does not make another model of it, as MMI's does): what rebuilds the model around
+        best.safetensors, so that the best checkpoint can be evaluated before training ends."""
+        from cldg.models import is_registry_model, save_model_meta
+
+        from cldg.artifacts import sha256_file
+
+        resume = self.run_dir / "resume"
+        if self.dist.rank == 0 and getattr(self.recipe, "checkpoint_is_model", True) and is_registry_model(self.model):
+            resume.mkdir(parents=True, exist_ok=True)
+            save_model_meta(resume, self.model)
+            if (resume / "best.safetensors").is_file() and not (resume / "best.json").is_file() \
+                    and self.state.get("best_step") is not None:  # a checkpoint of cldg <= 0.1.0's trainer
+                record = {"step": self.state["best_step"], "epoch": None, "criterion": self.state["best"],
+                          "sha256": sha256_file(resume / "best.safetensors")}
+                checkpoint.atomic_write(resume / "best.json", lambda p: p.write_text(json.dumps(record)))
+
     def _trim_log(self) -> None:
         """After a crash the log may hold records past the checkpoint (all of them if it died before its
         first one) and a line cut short by kill -9; the rerun logs those steps again, so keep only whole
@@ -124,7 +153,7 @@ class Trainer:
         if improved:
             self.state.update(best=crit, bad_checks=0, best_step=self.state["step"])
             if self.dist.rank == 0:
-                checkpoint.save_model_only(self.run_dir / "resume", "best", self.model)
+                self._save_best(crit)
         else:
             self.state["bad_checks"] += 1
             self.state["lr_factor"] *= self.cfg.lr_decay
@@ -139,6 +168,7 @@ class Trainer:
         from cldg.progress import make_progress
 
         resumed = self._resume()
+        self._describe_checkpoints()
         if resumed and self.dist.rank == 0:
             from cldg.progress import console
 

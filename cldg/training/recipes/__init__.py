@@ -21,6 +21,11 @@ A recipe is an object with (torchtune's recipes, made small):
                                                   copy of them from before each step and puts it back when
                                                   Ctrl-C stops a step halfway, so the rerun replays the
                                                   step once, not on top of its half
+    checkpoint_is_model: bool                    optional, default True: False when `finish` makes another
+                                                  model of the trained one (MMI joins the backward model to
+                                                  its forward one); the trainer then writes no
+                                                  resume/model.json, and `cldg evaluate` refuses the run's
+                                                  checkpoints before it ends (they are not the model it saves)
 
 The losses themselves live in cldg/training/losses.py and cldg/training/objectives.py (never in a model); a recipe
 only applies them. Recipes: `mle.MLERecipe` (pretrain; `pairs.PairsRecipe` for an hf: model),

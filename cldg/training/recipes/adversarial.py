@@ -48,6 +48,7 @@ def padded_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class AdversarialRecipe(MLERecipe):
+    checkpoint_is_model = False  # the policy inside the trained pair is what finish saves
     progress_keys = ("reward", "d_acc", "baseline")
     updates_in_loss = True  # sampling, rollouts, the baseline and the discriminator's turn happen inside loss()
 

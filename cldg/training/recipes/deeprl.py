@@ -92,6 +92,7 @@ def load_backward(path, vocab_size: int, device):
 
 
 class DeepRLRecipe(MLERecipe):
+    checkpoint_is_model = False  # the policy inside the trained wrapper is what finish saves
     progress_keys = ("reward", "ease", "flow", "coherence", "turns")
     updates_in_loss = True  # sampled dialogues (the RNG) and the baseline move inside loss()
 

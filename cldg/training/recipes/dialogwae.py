@@ -69,6 +69,7 @@ class DialogWAETraining(nn.Module):
 
 
 class DialogWAERecipe(MLERecipe):
+    checkpoint_is_model = False  # the WAE inside the trained pair is what finish saves
     progress_keys = ("critic", "gp")
     updates_in_loss = True  # the critic and generator updates happen inside loss()
 

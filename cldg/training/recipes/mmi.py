@@ -45,6 +45,7 @@ def response_lm(tok, contexts, responses, limits: Limits) -> EncodedPairs:
 
 
 class MMIRecipe(MLERecipe):
+    checkpoint_is_model = False  # the backward model is trained; finish joins it to the forward one
 
     def __init__(self, train, valid, batch_size, seed, device, forward, tok, limits, tune, cfg):
         super().__init__(train, valid, batch_size, seed, device)
