@@ -27,6 +27,32 @@ from cldg.errors import CldgError
 from cldg.progress import console
 from cldg.stages import STAGES as STAGE_REGISTRY
 
+def _keep_option_names_whole() -> None:
+    """In --help, put an option's negative form under it ("--no-positive-group" over "--with-positive-group")
+    instead of in a column of its own: with both columns at 80 characters rich cut 16 names to
+    "--refresh-refere…", unusable. The name column is never wrapped; the help text wraps instead, and folds
+    what has no space to wrap at."""
+    import typer.rich_utils
+    from rich.table import Table
+    from rich.text import Text
+
+    class OptionsTable(Table):
+        def add_row(self, *cells, **kwargs) -> None:
+            cells, at = list(cells), len(cells) - 6  # [required marker], long, short, negative long, short, type, help
+            if at >= 0 and isinstance(cells[at], Text) and isinstance(cells[at + 2], Text) and cells[at + 2].plain:
+                cells[at], cells[at + 2] = Text.assemble(cells[at], "\n", cells[at + 2]), Text("")
+            for part in getattr(cells[-1], "renderables", ()) if at >= 0 else ():  # the help: text, default
+                if isinstance(part, Text):
+                    part.overflow = "fold"  # a long default without spaces ("0,0.1,...,1") breaks, not "…"
+            super().add_row(*cells, **kwargs)
+            if at >= 0:
+                self.columns[at].no_wrap = True
+
+    typer.rich_utils.Table = OptionsTable
+
+
+_keep_option_names_whole()
+
 app = typer.Typer(
     name="cldg",
     help="Group-wise contrastive learning for neural dialogue generation (Cai et al., 2020).",

@@ -171,12 +171,13 @@ def test_stage_commands_check_their_config_file_and_common_values(tmp_path, monk
 
 
 def test_help_shows_bracketed_text_as_written():
-    """Help is rich markup: "[pretrain]" and "[run] seeds" vanished as unknown tags."""
-    result = runner.invoke(app, ["pretrain", "--help"], terminal_width=200)
+    """Help is rich markup: "[pretrain]" and "[run] seeds" vanished as unknown tags. (rich takes its width from
+    COLUMNS, not from CliRunner's terminal_width: wide, so that no phrase is broken over two lines.)"""
+    result = runner.invoke(app, ["pretrain", "--help"], env={"COLUMNS": "200"})
     assert "TOML table: [pretrain]" in result.output and "cuda[:N]" in result.output
-    result = runner.invoke(app, ["run", "--help"], terminal_width=200)
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert "(overrides [run] seeds)" in result.output
-    result = runner.invoke(app, ["ablate", "--help"], terminal_width=200)
+    result = runner.invoke(app, ["ablate", "--help"], env={"COLUMNS": "200"})
     assert "[ablate] ks" in result.output
 
 
@@ -234,3 +235,25 @@ def test_progress_shows_rate_and_eta_for_steps_and_neither_for_the_pipelines_une
     rows = {t.description: [str(c.render(t)) for c in shown] for t in p.tasks}
     assert rows["train"][0].endswith("steps/s") and rows["train"][1].startswith("eta ")
     assert rows["pipeline"] == ["", ""]
+
+
+def test_help_at_80_columns_shows_every_option_name_whole():
+    """rich cut 16 option names to "--refresh-refere…" at 80 columns (the long and the negative names each had a
+    column); now the negative form sits under its option and no name or default is cut."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = [[name] for name in group.commands if name != "human-eval"]
+    commands += [["human-eval", name] for name in group.commands["human-eval"].commands]
+    for path in commands:
+        command = group
+        for name in path:
+            command = command.commands[name]
+        result = runner.invoke(app, [*path, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output, (path, result.output)
+        assert max(len(line) for line in result.output.splitlines()) <= 80
+        for param in command.params:
+            for opt in [*param.opts, *param.secondary_opts]:
+                if opt.startswith("--"):
+                    assert opt in result.output, (path, opt)
