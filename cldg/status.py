@@ -36,6 +36,16 @@ def _partial_state(path: Path, fp: str) -> str:
     return "running" if any(p.exists() and flock_held(p) for p in locks) else "interrupted"
 
 
+def _scorable_best(path: Path) -> int | None:
+    """The step of a training's best checkpoint so far, when `cldg evaluate --model PATH` can score it."""
+    resume = path / "resume"
+    if not (resume / "model.json").is_file() or not (path / ".run.json").is_file():
+        return None
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return int(json.loads((resume / "best.json").read_text())["step"])
+    return None
+
+
 def _partial_progress(path: Path) -> str | None:
     """How far an artifact in progress got, from its files: a training's last logged step and validations
     (the tail of train-log.jsonl), or mining's pairs in finished chunks; None when it left neither."""
@@ -218,6 +228,9 @@ def print_long(workdir: Path, rows: list[dict]) -> None:
                 grid.add_row("  rows", counts)
         else:
             grid.add_row("  so far", ", ".join(x for x in (_size(r.get("bytes")), r.get("progress")) if x))
+            best = _scorable_best(Path(r["path"]))
+            if best is not None:
+                grid.add_row("  score it", f"cldg evaluate --model {r['path']}  (its best checkpoint, step {best:,})")
         for p in r.get("problems", []):
             grid.add_row("  [red]corrupt[/]", p)
         results.print(grid, highlight=False)

@@ -393,6 +393,8 @@ def test_evaluate_scores_a_training_in_progress_by_its_best_checkpoint(prepared_
     assert len(valid) == 3
     best = min(valid, key=lambda r: r["criterion"])
 
+    res = runner.invoke(app, ["status", str(tmp_path), "--long"], env={"COLUMNS": "250"})
+    assert f"score it  cldg evaluate --model {partial}" in res.output and f"step {best['step']:,})" in res.output
     res = runner.invoke(app, ["evaluate", "--workdir", str(tmp_path), "--model", str(partial), "--split", "valid",
                               "--max-len", "10", "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
