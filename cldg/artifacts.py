@@ -48,6 +48,16 @@ from cldg.stages import maker as stage_maker
 MANIFEST = "manifest.json"
 RUN_RECORD = ".run.json"  # in .partial/: the run's stage, config and inputs, while it runs (StageRun._record_run)
 BOOKKEEPING = (".inputs.json", RUN_RECORD)  # files a .partial holds from its start: not work to resume
+
+
+def is_bookkeeping(name: str) -> bool:
+    """A .partial's own records, or one's temp file a crash left (".run.json.host.123"): not work to resume."""
+    return name.endswith(".lock") or name in BOOKKEEPING or name.startswith(tuple(b + "." for b in BOOKKEEPING))
+
+
+def _temp_name(path: Path) -> Path:
+    """A temp file beside `path` that no other process writes, on this machine or another sharing the disk."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}")
 VERIFIED_CACHE = ".verified.json"
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -302,7 +312,7 @@ class StageRun:
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if before != builds:
-            tmp = self.dir / f".inputs.json.{os.getpid()}"
+            tmp = _temp_name(record)
             tmp.write_text(json.dumps(builds))
             os.replace(tmp, record)
 
@@ -322,7 +332,7 @@ class StageRun:
         if (self.dir / MANIFEST).is_file() and self._finish_interrupted_commit():
             self._unlock()
             return self._reuse()
-        if any(not p.name.endswith(".lock") and p.name not in BOOKKEEPING for p in self.dir.iterdir()) and not any(
+        if any(not is_bookkeeping(p.name) for p in self.dir.iterdir()) and not any(
                 flock_held(p) for p in self.dir.glob(".*.lock")):  # (not a live worker's, in a shared partial)
             self.resumed = True
             from cldg.progress import console
@@ -336,9 +346,12 @@ class StageRun:
         in progress can be read before it ends (`cldg evaluate --model DIR.partial`, the best checkpoint)."""
         record = {"stage": self.stage, "schema": self.schema, "fingerprint": self.fingerprint, "config": self.config,
                   "inputs": self._manifest_inputs()}
-        tmp = self.dir / f"{RUN_RECORD}.{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, self.dir / RUN_RECORD)
+        tmp = _temp_name(self.dir / RUN_RECORD)
+        try:
+            tmp.write_text(json.dumps(record, indent=2, default=str))
+            os.replace(tmp, self.dir / RUN_RECORD)
+        except OSError:  # a convenience: a full disk is for the stage's own writes to report
+            tmp.unlink(missing_ok=True)
 
     def _manifest_inputs(self) -> dict[str, dict[str, str]]:
         return {k: {"fingerprint": a.fingerprint, "path": str(a.path), "build": self.input_builds[k]}
@@ -387,7 +400,7 @@ class StageRun:
         holding any work (checkpoints, chunks) is kept for the rerun to resume."""
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             return  # under torchrun the other ranks may be opening this .partial right now: leave it
-        if self.dir.is_dir() and all(p.name.endswith(".lock") or p.name in BOOKKEEPING for p in self.dir.iterdir()):
+        if self.dir.is_dir() and all(is_bookkeeping(p.name) for p in self.dir.iterdir()):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _finish_interrupted_commit(self) -> bool:

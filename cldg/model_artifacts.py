@@ -83,7 +83,8 @@ class CheckpointInProgress:
     `cldg evaluate --model WORKDIR/STAGE/FP.partial` scores. `run` reads as the artifact will (stage, config,
     inputs, from .partial/.run.json); its path is the .partial directory."""
     run: Artifact
-    weights: bytes        # best.safetensors as read, once (training may write a newer one meanwhile)
+    meta: dict            # resume/model.json, and
+    weights: bytes        # best.safetensors, as read once (the training may write newer ones, or end, meanwhile)
     sha256: str
     step: int             # the check that made it
     criterion: float
@@ -113,9 +114,14 @@ def load_in_progress(partial: Path, stages: tuple[str, ...]) -> CheckpointInProg
         raise MissingArtifactError(f"{partial / RUN_RECORD}: unreadable ({type(exc).__name__}: {exc})") from None
     if run.stage not in stages:
         raise MissingArtifactError(f"{partial}: a '{run.stage}' run in progress, not a model's")
-    if not (resume / "model.json").is_file():
-        raise MissingArtifactError(f"{partial}: its checkpoints are not the model the stage saves (or it was started "
-                                   "by an older cldg) - evaluate it when it ends")
+    try:
+        meta = json.loads((resume / "model.json").read_text())
+    except FileNotFoundError:
+        raise MissingArtifactError(f"{partial}: no scorable checkpoint - none yet (one comes with the first "
+                                   "validation), its checkpoints are not the model the stage saves, or it was "
+                                   "started by an older cldg; evaluate it when it ends") from None
+    except (OSError, ValueError) as exc:
+        raise MissingArtifactError(f"{resume / 'model.json'}: unreadable ({type(exc).__name__}: {exc})") from None
     for _ in range(5):  # best.safetensors and best.json are two files: read them until they agree
         try:
             weights = (resume / "best.safetensors").read_bytes()
@@ -127,7 +133,7 @@ def load_in_progress(partial: Path, stages: tuple[str, ...]) -> CheckpointInProg
             raise MissingArtifactError(f"{resume / 'best.json'}: unreadable ({type(exc).__name__}: {exc})") from None
         digest = hashlib.sha256(weights).hexdigest()
         if best.get("sha256") == digest:
-            return CheckpointInProgress(run, weights, digest, int(best["step"]), float(best["criterion"]))
+            return CheckpointInProgress(run, meta, weights, digest, int(best["step"]), float(best["criterion"]))
         time.sleep(1)  # the training is writing a new best between the two reads
     raise MissingArtifactError(f"{partial}: its best checkpoint and {resume / 'best.json'} disagree - if the "
                                "training is not running, rerun its stage once to rewrite them")

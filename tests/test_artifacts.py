@@ -117,6 +117,26 @@ def test_crash_leaves_no_complete_artifact_and_resume_keeps_partial(tmp_path):
         assert (run.dir / "resume-checkpoint.txt").read_text() == "step 5"
 
 
+def test_a_run_records_itself_in_its_partial_and_its_records_are_not_work_to_resume(tmp_path):
+    """.partial/.run.json says what the manifest will (stage, config, inputs) while the run goes on; it, and a temp
+    file of it that a crash left, are not work: a run that stops before writing any is dropped, not kept for
+    `status` to call interrupted."""
+    store = ArtifactStore(tmp_path)
+    with store.begin("prepare", 1, {"a": 1}) as prepared:
+        (prepared.dir / "x.txt").write_text("x")
+        prep = prepared.commit()
+    with pytest.raises(RuntimeError):
+        with store.begin("reference", 1, {"lr": 1e-3}, {"prepare": prep}) as run:
+            record = json.loads((run.dir / ".run.json").read_text())
+            assert record["stage"] == "reference" and record["fingerprint"] == run.fingerprint
+            assert record["config"] == {"lr": 1e-3} and record["inputs"]["prepare"]["path"] == str(prep.path)
+            (run.dir / ".run.json.otherhost.123").write_text("{")  # left by a crash mid-write
+            raise RuntimeError("no GPU")
+    assert not list((tmp_path / "reference").glob("*.partial"))
+    with store.begin("reference", 1, {"lr": 1e-3}, {"prepare": prep}) as run:
+        assert not run.resumed
+
+
 def test_lock_keeps_two_runs_out(tmp_path):
     store = ArtifactStore(tmp_path)
     with store.begin("prepare", 1, {"a": 1}):

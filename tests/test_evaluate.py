@@ -422,6 +422,8 @@ def test_evaluate_scores_a_training_in_progress_by_its_best_checkpoint(prepared_
 def test_checkpoints_are_described_only_when_they_are_the_model_the_stage_saves(tmp_path):
     """resume/model.json is written for a registry model whose recipe saves it as trained, not for one whose
     `finish` makes another model of it (MMI's backward model joined to its forward one)."""
+    import hashlib
+
     import torch
     from test_models import FunctionRecipe, batch_of, random_pairs, tiny
 
@@ -443,5 +445,23 @@ def test_checkpoints_are_described_only_when_they_are_the_model_the_stage_saves(
 
     described = run(tmp_path / "a", True)
     assert json.loads((described / "model.json").read_text())["name"] == "seq2seq"
-    assert json.loads((described / "best.json").read_text())["step"] == 1
+    best = json.loads((described / "best.json").read_text())
+    assert best["step"] == 1
+    assert best["sha256"] == hashlib.sha256((described / "best.safetensors").read_bytes()).hexdigest()
     assert not (run(tmp_path / "b", False) / "model.json").exists()
+
+    # a resumed run whose best.json names other weights (an older cldg saved its best) describes it again
+    (described / "best.json").write_text(json.dumps(best | {"sha256": "0" * 64}))
+    (described / "model.json").unlink()
+    run(tmp_path / "a", True)
+    assert json.loads((described / "best.json").read_text())["sha256"] == best["sha256"]
+    assert (described / "model.json").is_file()
+
+    # a training that fails before its first check writes nothing to describe (its .partial can be dropped)
+    def failing(run_dir):
+        recipe = FunctionRecipe(lambda epoch, start: [batch][start:], lambda m, b, step: 1 / 0, lambda m: {}, 1)
+        Trainer(tiny("seq2seq", seed=0), TrainOptions(lr=1e-2, epochs=1), run_dir, torch.device("cpu"), recipe).fit()
+
+    with pytest.raises(ZeroDivisionError):
+        failing(tmp_path / "c")
+    assert not (tmp_path / "c" / "resume").exists()

@@ -62,13 +62,12 @@ def save_model(directory: Path, model) -> None:
         return model.save(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
-    save_model_meta(directory, model)
+    (directory / "model.json").write_text(json.dumps(model_meta(model), indent=2))
 
 
-def save_model_meta(directory: Path, model) -> None:
-    """model.json alone: what rebuilds `model` (a registry model) before its weights are loaded into it."""
-    meta = {"name": model.name, "config": model.config_dict(), "vocab_size": model.vocab_size}
-    (Path(directory) / "model.json").write_text(json.dumps(meta, indent=2))
+def model_meta(model) -> dict:
+    """What model.json holds: what rebuilds `model` (a registry model) before its weights are loaded into it."""
+    return {"name": model.name, "config": model.config_dict(), "vocab_size": model.vocab_size}
 
 
 def is_registry_model(model) -> bool:
@@ -77,10 +76,9 @@ def is_registry_model(model) -> bool:
     return isinstance(getattr(model, "name", None), str) and model.name in MODELS and hasattr(model, "config_dict")
 
 
-def load_model(directory: Path, device: Any = "cpu", weights: bytes | None = None):
-    """Rebuild a model from `model.json` and load its safetensors weights (eval mode); `weights`: the bytes of
-    another safetensors file to load instead of model.safetensors (a training's checkpoint)."""
-    from safetensors.torch import load, load_file
+def load_model(directory: Path, device: Any = "cpu"):
+    """Rebuild a model from `model.json` and load its safetensors weights (eval mode)."""
+    from safetensors.torch import load_file
 
     directory = Path(directory)
     meta_path = directory / "model.json"
@@ -91,9 +89,13 @@ def load_model(directory: Path, device: Any = "cpu", weights: bytes | None = Non
         from cldg.models.hf import load_saved_hf_model
 
         return load_saved_hf_model(directory, meta, device)
+    return load_model_from(meta, load_file(str(directory / "model.safetensors"), device="cpu"), device)
+
+
+def load_model_from(meta: dict, state: dict, device: Any = "cpu"):
+    """A registry model rebuilt from its model.json content `meta` with the weights `state` (eval mode)."""
     model = build_model(meta["name"], meta["vocab_size"], **meta["config"])
-    model.load_state_dict(load(weights) if weights is not None else load_file(str(directory / "model.safetensors"),
-                                                                            device="cpu"))
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

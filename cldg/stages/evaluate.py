@@ -155,7 +155,17 @@ def run(cfg: Config, common: CommonOptions) -> Artifact:
         return run.commit(rows={"responses": n},
                           timings={"decode_s": round(decode_s, 2), "metrics_s": round(metrics_s, 2),
                                    "responses_per_second": speed},
-                          extra={"metrics": {k: metrics[k] for _, k in TABLE_LAYOUT + EXTRA_LAYOUT}})
+                          extra={"metrics": {k: metrics[k] for _, k in TABLE_LAYOUT + EXTRA_LAYOUT}}
+                          | checkpoint_record(source))
+
+
+def checkpoint_record(source: "EvalModel") -> dict:
+    """For a training's checkpoint, which run and check it came from (two runs' STAGE@STEP labels may match)."""
+    best = source.checkpoint
+    if best is None:
+        return {}
+    return {"checkpoint": {"run": str(best.run.path), "stage": best.run.stage, "fingerprint": best.run.fingerprint,
+                           "step": best.step, "valid_criterion": best.criterion, "sha256": best.sha256}}
 
 
 @dataclass
@@ -168,14 +178,17 @@ class EvalModel:
     limits: object        # cldg.data.batching.Limits: context turns (and the tokens of a cldg model)
     inputs: dict          # the eval artifact's inputs
     spec: str | Path      # what load() loads
-    weights: bytes | None = None  # a training's checkpoint to load into spec's model.json instead of its weights
+    checkpoint: object = None  # cldg.model_artifacts.CheckpointInProgress: a training's best so far, held in memory
 
     def load(self, device):
-        from cldg.models import load_model
+        from cldg.models import load_model, load_model_from
         from cldg.models.hf import load_hf_model
 
-        return load_hf_model(self.spec, device).eval() if is_hf_spec(self.spec) else \
-            load_model(self.spec, device, self.weights)
+        if self.checkpoint is not None:
+            from safetensors.torch import load
+
+            return load_model_from(self.checkpoint.meta, load(self.checkpoint.weights), device)
+        return load_hf_model(self.spec, device).eval() if is_hf_spec(self.spec) else load_model(self.spec, device)
 
 
 def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
@@ -197,7 +210,7 @@ def resolve_eval_model(store: ArtifactStore, cfg: Config) -> EvalModel:
         best = load_in_progress(Path(cfg.model), model_stages())
         prepared = model_prepare(best.run)
         return EvalModel(best.label, best.sha256[:16], prepared, model_limits(best.run), {"prepare": prepared},
-                         best.run.path / "resume", best.weights)
+                         best.run.path, best)
     art = resolve_model(store, cfg.model)
     prepared = model_prepare(art)
     return EvalModel(art.stage, art.fingerprint, prepared, model_limits(art), {"model": art, "prepare": prepared},

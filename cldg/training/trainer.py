@@ -15,6 +15,7 @@ in DDP, each rank takes its share of the batches (the recipe's `batches`), and r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -85,33 +86,45 @@ class Trainer:
         return found is not None
 
     def _save_best(self, criterion: float) -> None:
-        """best.safetensors, and best.json saying which check made it, with the file's sha256 so that a reader
+        """best.safetensors, and best.json saying which check made it with the weights' sha256, so that a reader
         while training goes on (`cldg evaluate --model RUN.partial`) knows the weights it read are those."""
-        from cldg.artifacts import sha256_file
+        from safetensors.torch import save
 
         resume = self.run_dir / "resume"
-        checkpoint.save_model_only(resume, "best", self.model)
-        record = {"step": self.state["step"], "epoch": self.state["epoch"], "criterion": criterion,
-                  "sha256": sha256_file(resume / "best.safetensors")}
+        resume.mkdir(parents=True, exist_ok=True)
+        data = save({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()})
+        checkpoint.atomic_write(resume / "best.safetensors", lambda p: p.write_bytes(data))
+        self._describe_best(self.state["step"], self.state["epoch"], criterion, hashlib.sha256(data).hexdigest())
+
+    def _describe_best(self, step: int, epoch: int | None, criterion: float, sha256: str) -> None:
+        """resume/best.json, and resume/model.json when the checkpoint is the whole model the stage will save (a
+        registry model, and a recipe whose `finish` makes no other model of it, as MMI's does): what rebuilds
+        the model around best.safetensors, so that it can be scored before training ends."""
+        from cldg.models import is_registry_model, model_meta
+
+        resume = self.run_dir / "resume"
+        record = {"step": step, "epoch": epoch, "criterion": criterion, "sha256": sha256}
         checkpoint.atomic_write(resume / "best.json", lambda p: p.write_text(json.dumps(record)))
+        if getattr(self.recipe, "checkpoint_is_model", True) and is_registry_model(self.model) \
+                and not (resume / "model.json").is_file():
+            meta = model_meta(self.model)
+            checkpoint.atomic_write(resume / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
 
-    def _describe_checkpoints(self) -> None:
-        """resume/model.json, when a checkpoint is the whole model the stage will save (a registry model, and a
-        recipe whose `finish` does not make another model of it, as MMI's does): what rebuilds the model around
-        best.safetensors, so that the best checkpoint can be evaluated before training ends."""
-        from cldg.models import is_registry_model, save_model_meta
-
+    def _describe_resumed_best(self) -> None:
+        """A resumed run whose best.json is missing or names other weights (its best checkpoint was saved by an
+        older cldg) gets one from the loop state: the rerun makes its best checkpoint scorable."""
         from cldg.artifacts import sha256_file
 
-        resume = self.run_dir / "resume"
-        if self.dist.rank == 0 and getattr(self.recipe, "checkpoint_is_model", True) and is_registry_model(self.model):
-            resume.mkdir(parents=True, exist_ok=True)
-            save_model_meta(resume, self.model)
-            if (resume / "best.safetensors").is_file() and not (resume / "best.json").is_file() \
-                    and self.state.get("best_step") is not None:  # a checkpoint of cldg <= 0.1.0's trainer
-                record = {"step": self.state["best_step"], "epoch": None, "criterion": self.state["best"],
-                          "sha256": sha256_file(resume / "best.safetensors")}
-                checkpoint.atomic_write(resume / "best.json", lambda p: p.write_text(json.dumps(record)))
+        best = self.run_dir / "resume" / "best.safetensors"
+        if self.dist.rank != 0 or not best.is_file() or self.state.get("best_step") is None:
+            return
+        digest = sha256_file(best)
+        try:
+            recorded = json.loads((best.parent / "best.json").read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != digest or not (best.parent / "model.json").is_file():
+            self._describe_best(self.state["best_step"], None, self.state["best"], digest)
 
     def _trim_log(self) -> None:
         """After a crash the log may hold records past the checkpoint (all of them if it died before its
@@ -168,7 +181,8 @@ class Trainer:
         from cldg.progress import make_progress
 
         resumed = self._resume()
-        self._describe_checkpoints()
+        if resumed:
+            self._describe_resumed_best()
         if resumed and self.dist.rank == 0:
             from cldg.progress import console
 
