@@ -18,13 +18,18 @@ from cldg.errors import CldgError
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
-           fingerprint: bool = True, default_factory: Any = dataclasses.MISSING, flag: str | None = None):
+           fingerprint: bool = True, default_factory: Any = dataclasses.MISSING, flag: str | None = None,
+           fingerprinted_unless: Any = dataclasses.MISSING):
     """A config field that is also a CLI option.
 
     choices: allowed string values; fingerprint=False: the value does not change the output (threads,
-    batch size for scoring, paths of inputs already fingerprinted, ...); flag: CLI name if not derived.
+    batch size for scoring, paths of inputs already fingerprinted, ...); flag: CLI name if not derived;
+    fingerprinted_unless: in the fingerprint only when it is not this value, the behaviour from before the
+    option existed (so that the artifacts made then keep their fingerprints and are reused).
     """
     meta = {"help": help, "choices": choices, "fingerprint": fingerprint, "flag": flag}
+    if fingerprinted_unless is not dataclasses.MISSING:
+        meta["fingerprinted_unless"] = fingerprinted_unless
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -171,6 +176,8 @@ def fingerprint_config(cfg: Any) -> dict[str, Any]:
     for f in dataclasses.fields(cfg):
         if f.metadata.get("fingerprint", True):
             v = getattr(cfg, f.name)
+            if "fingerprinted_unless" in f.metadata and v == f.metadata["fingerprinted_unless"]:
+                continue
             out[f.name] = str(v) if isinstance(v, Path) else v
     if isinstance(out.get("model"), str) and out["model"] in MODEL_REVISIONS:
         out["model_revision"] = MODEL_REVISIONS[out["model"]]

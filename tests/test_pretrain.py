@@ -236,6 +236,41 @@ def test_early_stopping_after_patience_checks_and_the_log(tmp_path):
         "steps"] == 8
 
 
+def test_lr_patience_and_decay_follow_torchs_reduce_on_plateau_as_the_released_code_does(tmp_path):
+    """--lr-patience 3 --lr-decay 0.8 (the released code's RNN schedule, ParlAI's reduceonplateau on torch's
+    ReduceLROnPlateau): the rate falls once 4 checks in a row have not improved, then the count starts again; an
+    improvement resets it. The LR each check leaves equals torch's scheduler fed the same criteria. The defaults
+    (halve at every check without improvement) stay out of the fingerprint, so earlier artifacts are reused."""
+    from cldg.config import fingerprint_config
+    from cldg.stages import pretrain
+
+    criteria = [5.0, 4.0, 4.5, 4.2, 4.1, 4.3, 4.4, 4.6, 4.7, 4.8, 3.0, 3.5, 3.6]
+    cfg = TrainConfig(lr=1e-2, epochs=50, eval_every=1, patience=20, max_steps=len(criteria), lr_patience=3,
+                      lr_decay=0.8)
+    t = make_trainer("seq2seq", tmp_path, [], cfg=cfg)
+    queue = list(criteria)
+    t.recipe.validate = lambda m: {"criterion": queue.pop(0)}
+    t.fit()
+    valid = [json.loads(line) for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "valid"]
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=3, threshold=0)
+    expected = []
+    for c in criteria:
+        plateau.step(c)
+        expected.append(optimizer.param_groups[0]["lr"])
+    assert [r["lr"] for r in valid] == pytest.approx(expected)
+    assert expected[-1] < expected[0]  # the sequence does make it decay
+
+    assert "lr_patience" not in fingerprint_config(pretrain.Config()) and "lr_decay" not in fingerprint_config(
+        pretrain.Config())
+    released = fingerprint_config(pretrain.Config(lr_patience=3, lr_decay=0.8))
+    assert released["lr_patience"] == 3 and released["lr_decay"] == 0.8
+    with pytest.raises(CldgError, match="--lr-decay 0"):
+        make_trainer("seq2seq", tmp_path / "bad", [], cfg=TrainConfig(lr_decay=0))
+
+
 def test_pretrain_stage_writes_the_reference_artifact(prepared_workdir, tmp_path):
     from cldg.config import CommonOptions
     from cldg.data.batching import Limits

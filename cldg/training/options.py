@@ -21,10 +21,14 @@ class TrainOptions:
     evals_per_epoch: int = option(2, "Validations per epoch.")
     eval_every: int = option(0, "Validate every N steps instead (0: --evals-per-epoch decides).")
     patience: int = option(5, "Checks without improvement before stopping.")
+    lr_decay: float = option(0.5, "Factor on the learning rate when the criterion has stopped improving (1: a "
+                             "constant rate).", fingerprinted_unless=0.5)
+    lr_patience: int = option(0, "Checks without improvement before each --lr-decay (0: at every one). The released "
+                              "code's RNNs (ParlAI's reduceonplateau): --lr-patience 3 --lr-decay 0.8.",
+                              fingerprinted_unless=0)
     save_every: int = option(0, "Also save a resumable checkpoint every N steps between checks (0: only at checks); "
                              "a kill -9 or a lost machine then costs at most N steps.", fingerprint=False)
-    # not options (the paper's recipe for every system)
-    lr_decay: float = 0.5         # LR factor when a check does not improve (1.0 = off)
+    # not an option
     bf16: bool = True             # autocast on CUDA
 
     def loop_settings(self) -> dict:
@@ -39,6 +43,8 @@ def train_option_problems(cfg) -> list[str]:
               ("epochs", lambda v: v >= 1, "must be at least 1"), ("max_steps", lambda v: v >= 0, "must be >= 0"),
               ("evals_per_epoch", lambda v: v >= 1, "must be at least 1"),
               ("eval_every", lambda v: v >= 0, "must be >= 0"), ("patience", lambda v: v >= 1, "must be at least 1"),
-              ("save_every", lambda v: v >= 0, "must be 0 (only at checks) or a number of steps")]
+              ("save_every", lambda v: v >= 0, "must be 0 (only at checks) or a number of steps"),
+              ("lr_decay", lambda v: 0 < v <= 1, "must be in (0, 1] (1: a constant rate)"),
+              ("lr_patience", lambda v: v >= 0, "must be >= 0")]
     return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: {msg}" for name, ok, msg in checks
             if hasattr(cfg, name) and not ok(getattr(cfg, name))]

@@ -7,7 +7,8 @@ The recipe says what is trained (its batches, its loss, its validation; the cont
 cldg/training/recipes/__init__.py); the trainer owns how: each step, forward + loss under bf16 autocast on
 CUDA, a NaN/inf check, backward, gradient clipping, an Adam step; every `1/evals_per_epoch` epoch (or
 `eval_every` steps) a validation, a best/last checkpoint and early stopping after `patience` checks without
-improvement; the learning rate halves when a check does not improve. Checkpoints (model safetensors +
+improvement; the learning rate is multiplied by `lr_decay` when `lr_patience` + 1 checks in a row have not improved
+(by default it halves at every check that does not). Checkpoints (model safetensors +
 optimizer/RNG state + LR factor + position in the epoch) live in `run_dir/resume/`, so a rerun after a
 crash or Ctrl-C continues at the same step with the same batches. Under `torchrun` the model is wrapped
 in DDP, each rank takes its share of the batches (the recipe's `batches`), and rank 0 alone writes files.
@@ -48,7 +49,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # stateful LR factor
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_checks": 0,
-                      "lr_factor": 1.0, "stopped": None}
+                      "lr_bad_checks": 0, "lr_factor": 1.0, "stopped": None}
         # evals_per_epoch checks at fixed places in each epoch, the last on its last batch (a step count would
         # drift off the epoch's end when evals_per_epoch does not divide it)
         n = max(cfg.evals_per_epoch, 1)
@@ -113,12 +114,10 @@ class Trainer:
     def _describe_resumed_best(self) -> None:
         """A resumed run whose best.json is missing or names other weights (its best checkpoint was saved by an
         older cldg) gets one from the loop state: the rerun makes its best checkpoint scorable."""
-        from cldg.artifacts import sha256_file
-
         best = self.run_dir / "resume" / "best.safetensors"
         if self.dist.rank != 0 or not best.is_file() or self.state.get("best_step") is None:
             return
-        digest = sha256_file(best)
+        digest = hashlib.sha256(best.read_bytes()).hexdigest()
         try:
             recorded = json.loads((best.parent / "best.json").read_text()).get("sha256")
         except (OSError, ValueError, AttributeError):
@@ -164,13 +163,18 @@ class Trainer:
         crit = float(metrics["criterion"])
         improved = crit < self.state["best"] - 1e-6
         if improved:
-            self.state.update(best=crit, bad_checks=0, best_step=self.state["step"])
+            self.state.update(best=crit, bad_checks=0, lr_bad_checks=0, best_step=self.state["step"])
             if self.dist.rank == 0:
                 self._save_best(crit)
         else:
             self.state["bad_checks"] += 1
-            self.state["lr_factor"] *= self.cfg.lr_decay
-            self._apply_lr()
+            # torch's ReduceLROnPlateau, which the released code uses: decay once more than lr_patience checks in a
+            # row have not improved, then count again (lr_patience 0: at every such check)
+            self.state["lr_bad_checks"] = self.state.get("lr_bad_checks", 0) + 1
+            if self.state["lr_bad_checks"] > self.cfg.lr_patience:
+                self.state["lr_factor"] *= self.cfg.lr_decay
+                self.state["lr_bad_checks"] = 0
+                self._apply_lr()
         self._log({"type": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **metrics,
                    "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"]})
         self.last_valid = metrics
