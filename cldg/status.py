@@ -24,7 +24,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from cldg.artifacts import MANIFEST, VerifiedCache, artifact_problems, flock_held
+from cldg.artifacts import MANIFEST, RUN_RECORD, VerifiedCache, artifact_problems, flock_held
 from cldg.filestat import stat_key
 from cldg.errors import CldgError, CorruptArtifactError
 from cldg.progress import console, results
@@ -39,7 +39,7 @@ def _partial_state(path: Path, fp: str) -> str:
 def _scorable_best(path: Path) -> int | None:
     """The step of a training's best checkpoint so far, when `cldg evaluate --model PATH` can score it."""
     resume = path / "resume"
-    if not (resume / "model.json").is_file() or not (path / ".run.json").is_file():
+    if not (resume / "model.json").is_file() or not (path / RUN_RECORD).is_file():
         return None
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         return int(json.loads((resume / "best.json").read_text())["step"])

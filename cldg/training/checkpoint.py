@@ -20,12 +20,21 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_model_only(directory: Path, tag: str, model: torch.nn.Module) -> None:
-    from safetensors.torch import save_file
+def save_model_only(directory: Path, tag: str, model: torch.nn.Module, hashed: bool = False) -> str | None:
+    """`tag`.safetensors; hashed: serialized in memory first, and its sha256 returned (what a reader checks the
+    file against), at the cost of one more copy of the weights while it is written."""
+    import hashlib
+
+    from safetensors.torch import save, save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(directory / f"{tag}.safetensors", lambda p: save_file(state, str(p)))
+    if not hashed:
+        atomic_write(directory / f"{tag}.safetensors", lambda p: save_file(state, str(p)))
+        return None
+    data = save(state)
+    atomic_write(directory / f"{tag}.safetensors", lambda p: p.write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_model_only(directory: Path, tag: str, model: torch.nn.Module) -> bool:

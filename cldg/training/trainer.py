@@ -49,7 +49,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # stateful LR factor
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_checks": 0,
-                      "lr_bad_checks": 0, "lr_factor": 1.0, "stopped": None}
+                      "lr_factor": 1.0, "stopped": None}
         # evals_per_epoch checks at fixed places in each epoch, the last on its last batch (a step count would
         # drift off the epoch's end when evals_per_epoch does not divide it)
         n = max(cfg.evals_per_epoch, 1)
@@ -89,13 +89,8 @@ class Trainer:
     def _save_best(self, criterion: float) -> None:
         """best.safetensors, and best.json saying which check made it with the weights' sha256, so that a reader
         while training goes on (`cldg evaluate --model RUN.partial`) knows the weights it read are those."""
-        from safetensors.torch import save
-
-        resume = self.run_dir / "resume"
-        resume.mkdir(parents=True, exist_ok=True)
-        data = save({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()})
-        checkpoint.atomic_write(resume / "best.safetensors", lambda p: p.write_bytes(data))
-        self._describe_best(self.state["step"], self.state["epoch"], criterion, hashlib.sha256(data).hexdigest())
+        digest = checkpoint.save_model_only(self.run_dir / "resume", "best", self.model, hashed=True)
+        self._describe_best(self.state["step"], self.state["epoch"], criterion, digest)
 
     def _describe_best(self, step: int, epoch: int | None, criterion: float, sha256: str) -> None:
         """resume/best.json, and resume/model.json when the checkpoint is the whole model the stage will save (a
@@ -163,17 +158,15 @@ class Trainer:
         crit = float(metrics["criterion"])
         improved = crit < self.state["best"] - 1e-6
         if improved:
-            self.state.update(best=crit, bad_checks=0, lr_bad_checks=0, best_step=self.state["step"])
+            self.state.update(best=crit, bad_checks=0, best_step=self.state["step"])
             if self.dist.rank == 0:
                 self._save_best(crit)
         else:
             self.state["bad_checks"] += 1
             # torch's ReduceLROnPlateau, which the released code uses: decay once more than lr_patience checks in a
             # row have not improved, then count again (lr_patience 0: at every such check)
-            self.state["lr_bad_checks"] = self.state.get("lr_bad_checks", 0) + 1
-            if self.state["lr_bad_checks"] > self.cfg.lr_patience:
+            if self.state["bad_checks"] % (self.cfg.lr_patience + 1) == 0:
                 self.state["lr_factor"] *= self.cfg.lr_decay
-                self.state["lr_bad_checks"] = 0
                 self._apply_lr()
         self._log({"type": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **metrics,
                    "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"]})
