@@ -67,7 +67,9 @@ def _partial_progress(path: Path) -> str | None:
             last = checks[-1]
             value = f"ppl {last['ppl']:.1f}" if isinstance(last.get("ppl"), (int, float)) else \
                 f"criterion {last['criterion']:.4g}"
-            text += f"; valid {value} at step {last['step']:,} (epoch {int(last.get('epoch', 0)) + 1})"
+            trained = f", {_duration(last['elapsed_s'])} trained" if isinstance(last.get("elapsed_s"), (int, float)) \
+                else ""  # logs of older runs hold no elapsed_s
+            text += f"; valid {value} at step {last['step']:,} (epoch {int(last.get('epoch', 0)) + 1}{trained})"
             stale = 0
             for r in reversed(checks):
                 if r.get("improved", True):

@@ -53,10 +53,10 @@ def write_jsonl(path: Path, dialogues: list[dict]) -> Path:
 
 
 def without_timings(value):
-    """A metrics dict less its wall-clock entries (train_seconds, ...), which no two runs share."""
+    """A metrics dict less its wall-clock entries (train_seconds, sittings, ...), which no two runs share."""
     if isinstance(value, dict):
         return {k: without_timings(v) for k, v in value.items()
-                if not (k.endswith("seconds") or k.endswith("_s") or k in ("speed", "timings"))}
+                if not (k.endswith("seconds") or k.endswith("_s") or k in ("speed", "timings", "sittings"))}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value

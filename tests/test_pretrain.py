@@ -22,12 +22,17 @@ VALID = batch_of(random_pairs(6, seed=6))
 CFG = TrainConfig(lr=1e-2, epochs=2, eval_every=3, patience=5)  # 8 batches of 4 per epoch -> 16 steps
 
 
-def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg=CFG, after_forward=False):
+def make_trainer(name, run_dir, losses, fail_at=None, exc=KeyboardInterrupt, cfg=CFG, after_forward=False,
+                 seconds_per_step=0.0):
     """A tiny `name` model on 32 random pairs; loss_fn records every loss and raises `exc` at step `fail_at`
-    (after the forward has drawn its dropout masks with `after_forward`)."""
+    (after the forward has drawn its dropout masks with `after_forward`); each step takes at least
+    `seconds_per_step`."""
+    import time
+
     model = tiny(name, seed=0)  # dropout 0.1: resume must restore the RNG too
 
     def loss_fn(m, batch, step):
+        time.sleep(seconds_per_step)
         if fail_at is not None and step + 1 == fail_at and not after_forward:
             raise exc("stop here")
         loss, n = nll_loss(m(batch), batch.response_out, PAD)
@@ -140,6 +145,27 @@ def test_save_every_bounds_what_a_kill_9_between_checks_costs(tmp_path):
     assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in params(t.model).items())
     with pytest.raises(CldgError, match="--save-every -1"):
         make_trainer("seq2seq", tmp_path / "bad", [], cfg=TrainConfig(save_every=-1))
+
+
+def test_a_run_over_two_sittings_reports_the_time_of_both(tmp_path):
+    """metrics.json's train_s and each check's elapsed_s count every sitting, not the last one only: a run that
+    spans a crash or several machines says how long it really trained."""
+    import time
+
+    with pytest.raises(KeyboardInterrupt):  # sitting 1: 7 slow steps, saved at step 7 on the way out
+        make_trainer("seq2seq", tmp_path, [], fail_at=8, seconds_per_step=0.1).fit()
+    first = json.loads((tmp_path / "resume/last.json").read_text())
+    assert first["step"] == 7 and first["train_seconds"] >= 0.7 and first["sittings"] == 1
+    start = time.time()
+    summary = make_trainer("seq2seq", tmp_path, []).fit()  # sitting 2: the 9 other steps, fast
+    second = time.time() - start
+    assert second < 0.7  # so that the sum below cannot come from this sitting alone
+    assert summary["sittings"] == 2 and summary["steps"] == 16
+    assert first["train_seconds"] + 0.0 <= summary["train_seconds"] <= first["train_seconds"] + second + 0.1
+    checks = [json.loads(line) for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
+              if json.loads(line)["type"] == "valid"]
+    elapsed = [c["elapsed_s"] for c in checks]
+    assert elapsed == sorted(elapsed) and all(e >= 0.7 for c, e in zip(checks, elapsed) if c["step"] > 7)
 
 
 def test_a_crash_inside_a_checkpoint_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):

@@ -48,8 +48,11 @@ class Trainer:
         trainable = list(params) if params is not None else [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # stateful LR factor
+        # train_seconds: the wall time of every sitting up to the last save, so that a run that spans several
+        # (a crash, Ctrl-C, a machine lost) reports its whole time and not its last sitting's
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_checks": 0,
-                      "lr_factor": 1.0, "stopped": None}
+                      "lr_factor": 1.0, "stopped": None, "train_seconds": 0.0, "sittings": 0}
+        self._sitting_start, self._seconds_before = time.time(), 0.0
         # evals_per_epoch checks at fixed places in each epoch, the last on its last batch (a step count would
         # drift off the epoch's end when evals_per_epoch does not divide it)
         n = max(cfg.evals_per_epoch, 1)
@@ -64,7 +67,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- checkpoints -------------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        """Training seconds so far, over every sitting."""
+        return round(self._seconds_before + time.time() - self._sitting_start, 1)
+
     def _save(self, tag: str) -> None:
+        self.state["train_seconds"] = self._elapsed()
         if self.dist.rank == 0:
             checkpoint.save(self.run_dir / "resume", tag, self.model, self.optimizer, self.state)
         distributed.barrier(self.dist)
@@ -169,7 +177,7 @@ class Trainer:
                 self.state["lr_factor"] *= self.cfg.lr_decay
                 self._apply_lr()
         self._log({"type": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **metrics,
-                   "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"]})
+                   "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"], "elapsed_s": self._elapsed()})
         self.last_valid = metrics
         return self.state["bad_checks"] >= self.cfg.patience
 
@@ -180,6 +188,9 @@ class Trainer:
         resumed = self._resume()
         if resumed:
             self._describe_resumed_best()
+        # a checkpoint saved before train_seconds was kept holds none: its run's time counts from this sitting
+        self._seconds_before, self._sitting_start = float(self.state.get("train_seconds") or 0.0), time.time()
+        self.state["sittings"] = int(self.state.get("sittings") or 0) + 1
         if resumed and self.dist.rank == 0:
             from cldg.progress import console
 
@@ -188,7 +199,7 @@ class Trainer:
         self.last_valid: dict[str, float] = {}
         own_progress = progress is None
         progress = progress or (make_progress() if self.dist.rank == 0 else _NoProgress())
-        t_start = time.time()
+        t_start = self._sitting_start
         with (progress if own_progress else contextlib.nullcontext()):
             task = progress.add_task(description, total=self.total_steps, completed=self.state["step"], unit="steps",
                                      status="resumed" if resumed else "")
@@ -212,7 +223,8 @@ class Trainer:
         epochs_completed = self.state["epoch"] + int(self.state["batch_in_epoch"] >= self.batches_per_epoch)
         return {"steps": self.state["step"], "epochs_completed": epochs_completed, "best_criterion": self.state["best"],
                 "best_step": self.state.get("best_step"), "stopped": self.state["stopped"],
-                "last_valid": self.last_valid, "train_seconds": round(time.time() - t_start, 2),
+                "last_valid": self.last_valid, "train_seconds": round(self._elapsed(), 2),
+                "sittings": self.state["sittings"],
                 "config": self.cfg.loop_settings()}
 
     def _before_step(self) -> None:
