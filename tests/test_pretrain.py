@@ -159,13 +159,33 @@ def test_a_run_over_two_sittings_reports_the_time_of_both(tmp_path):
     start = time.time()
     summary = make_trainer("seq2seq", tmp_path, []).fit()  # sitting 2: the 9 other steps, fast
     second = time.time() - start
-    assert second < 0.7  # so that the sum below cannot come from this sitting alone
     assert summary["sittings"] == 2 and summary["steps"] == 16
-    assert first["train_seconds"] + 0.0 <= summary["train_seconds"] <= first["train_seconds"] + second + 0.1
+    assert summary["train_seconds"] > second  # not this sitting's alone
+    assert first["train_seconds"] <= summary["train_seconds"] <= first["train_seconds"] + second + 0.1
     checks = [json.loads(line) for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
               if json.loads(line)["type"] == "valid"]
     elapsed = [c["elapsed_s"] for c in checks]
     assert elapsed == sorted(elapsed) and all(e >= 0.7 for c, e in zip(checks, elapsed) if c["step"] > 7)
+
+
+def test_a_run_resumed_from_a_checkpoint_without_its_time_says_the_time_is_unknown(tmp_path):
+    """A checkpoint saved by an older cldg holds no train_seconds: the resumed run's checks must not claim that
+    training began with this sitting (status would say "12m trained" of a run of hours)."""
+    import time
+
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer("seq2seq", tmp_path, [], fail_at=8, seconds_per_step=0.05).fit()
+    last = tmp_path / "resume/last.json"
+    old = {k: v for k, v in json.loads(last.read_text()).items() if k not in ("train_seconds", "sittings")}
+    last.write_text(json.dumps(old))
+    start = time.time()
+    summary = make_trainer("seq2seq", tmp_path, []).fit()
+    assert summary["sittings"] is None and 0 < summary["train_seconds"] <= time.time() - start  # this sitting's
+    checks = [json.loads(line) for line in (tmp_path / "train-log.jsonl").read_text().splitlines()]
+    checks = [c for c in checks if c["type"] == "valid"]
+    assert all("elapsed_s" in c for c in checks if c["step"] <= 7)  # logged by the first sitting
+    assert not any("elapsed_s" in c for c in checks if c["step"] > 7)
+    assert json.loads(last.read_text())["train_seconds"] is None  # and it stays unknown in later saves
 
 
 def test_a_crash_inside_a_checkpoint_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):

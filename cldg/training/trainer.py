@@ -67,8 +67,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _elapsed(self) -> float:
-        """Training seconds so far, over every sitting."""
+    def _elapsed(self) -> float | None:
+        """Training seconds so far, over every sitting; None for a run resumed from a checkpoint that did not
+        keep them (saved by an older cldg), whose earlier sittings' time is unknown."""
+        if self._seconds_before is None:
+            return None
         return round(self._seconds_before + time.time() - self._sitting_start, 1)
 
     def _save(self, tag: str) -> None:
@@ -88,7 +91,8 @@ class Trainer:
                                 f"{-seen[1].item()} to {seen[0].item()}, -1 = none); resuming under DDP needs the "
                                 "workdir on a filesystem that every rank sees")
         if found is not None:
-            self.state.update(found)
+            # a checkpoint saved before the time trained was kept: the run's earlier time is unknown, not 0
+            self.state.update({"train_seconds": None, "sittings": None}, **found)
             self._apply_lr()
         if self.dist.rank == 0:
             self._trim_log()
@@ -177,7 +181,8 @@ class Trainer:
                 self.state["lr_factor"] *= self.cfg.lr_decay
                 self._apply_lr()
         self._log({"type": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **metrics,
-                   "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"], "elapsed_s": self._elapsed()})
+                   "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"],
+                   **({} if self._elapsed() is None else {"elapsed_s": self._elapsed()})})
         self.last_valid = metrics
         return self.state["bad_checks"] >= self.cfg.patience
 
@@ -188,9 +193,9 @@ class Trainer:
         resumed = self._resume()
         if resumed:
             self._describe_resumed_best()
-        # a checkpoint saved before train_seconds was kept holds none: its run's time counts from this sitting
-        self._seconds_before, self._sitting_start = float(self.state.get("train_seconds") or 0.0), time.time()
-        self.state["sittings"] = int(self.state.get("sittings") or 0) + 1
+        self._seconds_before, self._sitting_start = self.state["train_seconds"], time.time()
+        if self.state["sittings"] is not None:
+            self.state["sittings"] += 1
         if resumed and self.dist.rank == 0:
             from cldg.progress import console
 
@@ -223,7 +228,9 @@ class Trainer:
         epochs_completed = self.state["epoch"] + int(self.state["batch_in_epoch"] >= self.batches_per_epoch)
         return {"steps": self.state["step"], "epochs_completed": epochs_completed, "best_criterion": self.state["best"],
                 "best_step": self.state.get("best_step"), "stopped": self.state["stopped"],
-                "last_valid": self.last_valid, "train_seconds": round(self._elapsed(), 2),
+                "last_valid": self.last_valid,
+                # the whole time; this sitting's alone when the run began under an older cldg (sittings None)
+                "train_seconds": round(self._elapsed() if self._elapsed() is not None else time.time() - t_start, 2),
                 "sittings": self.state["sittings"],
                 "config": self.cfg.loop_settings()}
 
