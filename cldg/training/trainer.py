@@ -180,9 +180,10 @@ class Trainer:
             if self.state["bad_checks"] % (self.cfg.lr_patience + 1) == 0:
                 self.state["lr_factor"] *= self.cfg.lr_decay
                 self._apply_lr()
+        elapsed = self._elapsed()
         self._log({"type": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **metrics,
                    "improved": improved, "lr": self.cfg.lr * self.state["lr_factor"],
-                   **({} if self._elapsed() is None else {"elapsed_s": self._elapsed()})})
+                   **({} if elapsed is None else {"elapsed_s": elapsed})})
         self.last_valid = metrics
         return self.state["bad_checks"] >= self.cfg.patience
 
@@ -226,11 +227,12 @@ class Trainer:
         self.state["stopped"] = self.state.get("stopped") or "done"
         # the last batch of an epoch may end training before the epoch counter moves on
         epochs_completed = self.state["epoch"] + int(self.state["batch_in_epoch"] >= self.batches_per_epoch)
+        elapsed = self._elapsed()
         return {"steps": self.state["step"], "epochs_completed": epochs_completed, "best_criterion": self.state["best"],
                 "best_step": self.state.get("best_step"), "stopped": self.state["stopped"],
                 "last_valid": self.last_valid,
                 # the whole time; this sitting's alone when the run began under an older cldg (sittings None)
-                "train_seconds": round(self._elapsed() if self._elapsed() is not None else time.time() - t_start, 2),
+                "train_seconds": round(elapsed if elapsed is not None else time.time() - t_start, 2),
                 "sittings": self.state["sittings"],
                 "config": self.cfg.loop_settings()}
 
