@@ -238,9 +238,12 @@ class StageRun:
     """One attempt at producing an artifact; use through `ArtifactStore.begin` as a context manager."""
 
     def __init__(self, store: "ArtifactStore", stage: str, schema: int, config: dict[str, Any],
-                 inputs: dict[str, Artifact], force: bool, exclusive: bool = True):
+                 inputs: dict[str, Artifact], force: bool, exclusive: bool = True, follower: bool = False):
         self.store, self.stage, self.schema, self.config = store, stage, schema, config
-        self.exclusive = exclusive  # False: the stage takes finer locks itself (e.g. one per mining shard)
+        self.exclusive = exclusive and not follower  # False: the stage takes finer locks itself (one per mining shard)
+        # a DDP rank other than 0: it opens what rank 0 settled and writes nothing into the .partial, so rank 0 may
+        # drop a .partial it left unstarted without another rank re-creating it a moment later
+        self.follower = follower
         self.inputs = inputs
         self.input_builds = {k: build_id(a) for k, a in sorted(inputs.items())}  # what this run is made from
         self.fingerprint = compute_fingerprint(stage, schema, config,
@@ -328,6 +331,9 @@ class StageRun:
             if self._reusable():  # committed while we waited for the lock
                 self._unlock()
                 return self._reuse()
+        if self.follower:
+            self._open_as_follower()
+            return self
         self._check_partial_inputs()
         if (self.dir / MANIFEST).is_file() and self._finish_interrupted_commit():
             self._unlock()
@@ -340,6 +346,19 @@ class StageRun:
             console.print(f"{self.stage}: found {self.dir} from an interrupted run", highlight=False, soft_wrap=True)
         self._record_run()
         return self
+
+    def _open_as_follower(self) -> None:
+        """Read-only: the .partial as rank 0 left it (absent when the workdir is not shared, or when rank 0 has
+        already stopped and dropped it), refused in one line if rank 0 recorded other input builds."""
+        try:
+            before = json.loads((self.dir / ".inputs.json").read_text())
+            names = [p.name for p in self.dir.iterdir()]
+        except (OSError, ValueError):
+            return
+        if before != self.input_builds:
+            raise CldgError(f"{self.dir}: rank 0 opened it for other builds of its inputs than this rank reads - "
+                            "every rank needs the same workdir (a filesystem that every rank sees)")
+        self.resumed = any(not is_bookkeeping(n) for n in names)
 
     def _record_run(self) -> None:
         """.partial/.run.json: what the manifest will say of this run (stage, config, inputs), so that its work
@@ -397,9 +416,8 @@ class StageRun:
     def _drop_if_unstarted(self) -> None:
         """A run that stopped before writing anything (bad input found inside the stage, no GPU, Ctrl-C at once)
         leaves no .partial/ behind, which `status` would list as an interrupted run. Under the lock; a partial
-        holding any work (checkpoints, chunks) is kept for the rerun to resume."""
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-            return  # under torchrun the other ranks may be opening this .partial right now: leave it
+        holding any work (checkpoints, chunks) is kept for the rerun to resume. Under torchrun too: the other ranks
+        open it as followers, which never write into it."""
         if self.dir.is_dir() and all(is_bookkeeping(p.name) for p in self.dir.iterdir()):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -589,8 +607,8 @@ class ArtifactStore:
         self.root = Path(root)
 
     def begin(self, stage: str, schema: int, config: dict[str, Any], inputs: dict[str, Artifact] | None = None,
-              force: bool = False, exclusive: bool = True) -> StageRun:
-        return StageRun(self, stage, schema, config, inputs or {}, force, exclusive)
+              force: bool = False, exclusive: bool = True, follower: bool = False) -> StageRun:
+        return StageRun(self, stage, schema, config, inputs or {}, force, exclusive, follower)
 
     def set_latest(self, stage: str, final: Path) -> None:
         """Point `latest` at a complete artifact: a new symlink renamed over the old one (atomic)."""

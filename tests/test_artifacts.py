@@ -137,6 +137,30 @@ def test_a_run_records_itself_in_its_partial_and_its_records_are_not_work_to_res
         assert not run.resumed
 
 
+def test_a_follower_rank_reads_the_partial_and_writes_nothing_into_it(tmp_path):
+    """A DDP rank other than 0 opens what rank 0 settled: it finds rank 0's work to resume, creates no .partial
+    where there is none (rank 0 stopped and dropped it, or the workdir is not shared), and refuses in one line a
+    .partial that rank 0 opened for other builds of the inputs."""
+    store = ArtifactStore(tmp_path)
+    with store.begin("prepare", 1, {"a": 1}) as prepared:
+        (prepared.dir / "x.txt").write_text("x")
+        prep = prepared.commit()
+    with store.begin("reference", 1, {"lr": 1e-3}, {"prepare": prep}, follower=True) as run:
+        assert not run.resumed and not run.dir.exists()
+    with pytest.raises(RuntimeError):
+        with store.begin("reference", 1, {"lr": 1e-3}, {"prepare": prep}) as run:  # rank 0's run, interrupted
+            (run.dir / "resume-checkpoint.txt").write_text("step 5")
+            raise RuntimeError("killed")
+    before = sorted(p.name for p in run.dir.iterdir())
+    with store.begin("reference", 1, {"lr": 1e-3}, {"prepare": prep}, follower=True) as follower:
+        assert follower.resumed and follower.dir == run.dir
+    assert sorted(p.name for p in run.dir.iterdir()) == before
+    (run.dir / ".inputs.json").write_text(json.dumps({"prepare": "another-build"}))
+    with pytest.raises(CldgError, match="rank 0 opened it for other builds"):
+        with store.begin("reference", 1, {"lr": 1e-3}, {"prepare": prep}, follower=True):
+            pass
+
+
 def test_lock_keeps_two_runs_out(tmp_path):
     store = ArtifactStore(tmp_path)
     with store.begin("prepare", 1, {"a": 1}):

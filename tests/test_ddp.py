@@ -298,3 +298,45 @@ def test_when_rank_0_cannot_open_the_artifact_every_rank_stops_with_one_line(pre
     assert (tmp_path / "open-outcome-0.txt").read_text().startswith("no space left")
     assert "rank 0 could not open the artifact" in (tmp_path / "open-outcome-1.txt").read_text()
     assert not (work / "reference").exists() or not any((work / "reference").iterdir())
+
+
+def _fails_inside_the_stage_worker(rank: int, port: int, out: str, workdir: str) -> None:
+    _join_as(rank, port)
+    import time
+
+    from cldg.config import CommonOptions
+    from cldg.errors import CldgError
+    from cldg.stages import pretrain
+
+    real_build = pretrain.build_native
+
+    def bad_input_inside(*args, **kwargs):  # what a stage finds only once it has opened its artifact
+        if rank == 1:
+            time.sleep(1.0)  # rank 0 stops and drops first, then rank 1 fails: it must not leave the .partial back
+        raise CldgError("train.jsonl: line 3: not valid JSON")
+
+    pretrain.build_native = bad_input_inside
+    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
+    try:
+        pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
+        outcome = "trained"
+    except CldgError as e:
+        outcome = str(e)
+    finally:
+        pretrain.build_native = real_build
+    with open(os.path.join(out, f"inside-outcome-{rank}.txt"), "w") as fh:
+        fh.write(outcome)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_a_ddp_run_that_fails_before_writing_anything_leaves_no_partial(prepared_workdir, tmp_path):
+    """Every rank stops on bad input found inside the stage: rank 0 drops the .partial it opened (status would list
+    it as an interrupted run), and the other ranks, which only read it, do not create it again."""
+    workdir, _ = prepared_workdir
+    work = tmp_path / "work"
+    shutil.copytree(workdir / "prepare", work / "prepare", symlinks=True)
+    _spawn_two(_fails_inside_the_stage_worker, str(tmp_path), str(work))
+    for rank in (0, 1):
+        assert (tmp_path / f"inside-outcome-{rank}.txt").read_text() == "train.jsonl: line 3: not valid JSON"
+    assert not list((work / "reference").glob("*.partial"))

@@ -71,7 +71,7 @@ def begin_on_ranks(store, info: DistInfo, *args, **kwargs):
         if not _rank0_opened(info, None):
             raise CldgError(f"rank {info.rank}: rank 0 could not open the artifact (its own error says why); "
                             "stopping too")
-        with store.begin(*args, exclusive=False, **kwargs) as run:
+        with store.begin(*args, follower=True, **kwargs) as run:
             yield run
 
 
