@@ -257,3 +257,32 @@ def test_help_at_80_columns_shows_every_option_name_whole():
             for opt in [*param.opts, *param.secondary_opts]:
                 if opt.startswith("--"):
                     assert opt in result.output, (path, opt)
+
+
+def test_run_options_and_the_run_table_reach_the_plan(tmp_path, monkeypatch):
+    """`[run] seeds` and `seed_stages` from the TOML, and `run --seeds/--force/--device/--workdir` over them, are
+    what the pipeline plans with (which seeds, which stages rerun per seed, the common options)."""
+    import cldg.pipeline as pipeline
+
+    plans = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, **kw: plans.append(pipeline.load_plan(config, **kw)))
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f'workdir = "{tmp_path / "w"}"\nseed = 2\ndevice = "auto"\n'
+                   '[run]\nseeds = [3, 4]\nseed_stages = ["contrastive_train", "evaluate"]\n')
+    assert runner.invoke(app, ["run", str(cfg)]).exit_code == 0
+    plan = plans[-1]
+    assert plan.seeds == [3, 4] and plan.seed_stages == {"contrastive_train", "evaluate"}
+    assert plan.common.workdir == tmp_path / "w" and not plan.common.force and plan.common.device == "auto"
+    assert "pretrain" in [s.table for s in plan.steps]  # built once: not a seed stage here
+
+    result = runner.invoke(app, ["run", str(cfg), "--seeds", "7", "--force", "--device", "cpu",
+                                 "--workdir", str(tmp_path / "other")])
+    assert result.exit_code == 0, result.output
+    plan = plans[-1]
+    assert plan.seeds == [7] and plan.common.force and plan.common.device == "cpu"
+    assert plan.common.workdir == tmp_path / "other"
+
+    cfg.write_text(f'workdir = "{tmp_path / "w"}"\nseed = 2\n')  # no [run]: the top-level seed, the default stages
+    assert runner.invoke(app, ["run", str(cfg)]).exit_code == 0
+    assert plans[-1].seeds == [2] and plans[-1].seed_stages == set(pipeline.DEFAULT_SEED_STAGES)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "other").exists()

@@ -519,3 +519,45 @@ def test_contrastive_train_with_refresh_and_anneal_runs_and_cleans_up(inputs):
         (math.tanh(-3.5) + 1) / 2)
     assert art.config["refresh_reference_every"] == 2 and art.config["nll_anneal"]
     assert not any(p.name.startswith("resume") for p in art.path.iterdir())
+
+
+STAGE_ABLATIONS = [{}, {"k": 1}, {"no_group": True}, {"no_positive_group": True}, {"no_negative_group": True},
+                   {"response_side_only": True}, {"context_side_only": True}, {"no_matching_scores": True}]
+
+
+@pytest.mark.parametrize("flags", STAGE_ABLATIONS, ids=lambda f: next(iter(f), "full"))
+def test_the_stage_trains_on_the_groups_its_options_name(inputs, flags):
+    """`contrastive-train --no-group` etc. reach the groups by name: the stage's train groups equal
+    build_groups under GroupOptions(**flags), and each option changes them (a dropped or swapped option fails)."""
+    from cldg.retrieval.mining import read_samples
+    from cldg.stages import contrastive
+
+    _, prepared, reference, samples = inputs
+    cfg = contrastive.Config(**{"k": 2, **flags}, max_valid_groups=3)
+    data = contrastive.load_groups(cfg, prepared, reference, samples)
+    table = read_samples(samples.path)
+    want = build_groups(table, "train", GroupOptions(**{"k": 2, **flags}))
+    assert slots(data.train, 0) == slots(want, 0) and len(data.train) == len(want)
+    for g in range(len(want)):
+        assert slots(data.train, g) == slots(want, g), g
+    if flags:
+        assert any(slots(data.train, g) != slots(build_groups(table, "train", GroupOptions(k=2)), g)
+                   for g in range(len(want))), "the option changed nothing"
+    assert len(data.valid) == 3  # --max-valid-groups
+    # the reference cache covers every sequence of the full groups, whichever ablation runs
+    assert data.sequences == (build_groups(table, "train", GroupOptions(k=2)).sequences()
+                              | build_groups(table, "valid", GroupOptions(k=2)).sequences())
+
+
+def test_the_stage_applies_the_loss_its_options_name():
+    """--loss, --mle-weight, --beta, --mle-warmup-steps, --nll-anneal and --anneal-speed reach the objective by name
+    (it is built positionally); --no-matching-scores turns eq4 into eq3, and the metrics say which was applied."""
+    from cldg.stages import contrastive
+    from cldg.training.recipes.contrastive import ContrastiveObjective
+
+    cfg = contrastive.Config(loss="eq2", mle_weight=0.25, beta=0.5, mle_warmup_steps=7, nll_anneal=True,
+                             anneal_speed=3.0)
+    assert contrastive.objective(cfg) == ContrastiveObjective(variant="eq2", mle_weight=0.25, beta=0.5,
+                                                             mle_warmup_steps=7, nll_anneal=True, anneal_speed=3.0)
+    assert contrastive.applied_loss(contrastive.Config(no_matching_scores=True)) == "eq3"
+    assert contrastive.applied_loss(contrastive.Config(no_matching_scores=True, loss="soft")) == "soft"

@@ -465,3 +465,14 @@ def test_checkpoints_are_described_only_when_they_are_the_model_the_stage_saves(
     with pytest.raises(ZeroDivisionError):
         failing(tmp_path / "c")
     assert not (tmp_path / "c" / "resume").exists()
+
+
+def test_temperature_shapes_sampling(model_workdir, greedy_run):
+    """--temperature reaches the sampler: near 0, top-k sampling is the greedy search; at 2 it is not."""
+    workdir = model_workdir[0]
+    greedy = [g["generated"] for g in read_generations(greedy_run)]
+    cold = evaluate(workdir, decoding="topk", top_k=50, temperature=1e-5)
+    hot = evaluate(workdir, decoding="topk", top_k=50, temperature=2.0)
+    assert [g["generated"] for g in read_generations(cold)] == greedy
+    assert [g["generated"] for g in read_generations(hot)] != greedy
+    assert cold.config["temperature"] == 1e-5
