@@ -286,3 +286,22 @@ def test_run_options_and_the_run_table_reach_the_plan(tmp_path, monkeypatch):
     assert runner.invoke(app, ["run", str(cfg)]).exit_code == 0
     assert plans[-1].seeds == [2] and plans[-1].seed_stages == set(pipeline.DEFAULT_SEED_STAGES)
     assert not (tmp_path / "w").exists() and not (tmp_path / "other").exists()
+
+
+def test_a_stage_command_takes_its_config_table_and_the_command_line_wins(tmp_path, monkeypatch):
+    """defaults < TOML (top level for the common options, [pretrain] for the stage) < command line, also when the
+    command line names a value equal to the default."""
+    from cldg.stages import pretrain
+
+    seen = []
+    monkeypatch.setattr(pretrain, "run", lambda cfg, common: seen.append((cfg, common)))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'workdir = "{tmp_path / "w"}"\nseed = 9\n'
+                   '[pretrain]\nhidden_size = 32\nlr = 0.002\nepochs = 3\nmodel = "hran"\n')
+    result = runner.invoke(app, ["pretrain", "--config", str(cfg), "--lr", "0.005", "--epochs", "10", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    stage, common = seen[-1]
+    assert (stage.hidden_size, stage.model) == (32, "hran")          # from the TOML
+    assert (stage.lr, stage.epochs, common.seed) == (0.005, 10, 4)   # the command line over the TOML (10: the default)
+    assert stage.batch_size == pretrain.Config().batch_size and common.workdir == tmp_path / "w"
+    assert common.config == cfg

@@ -384,3 +384,23 @@ def test_evals_per_epoch_checks_fall_at_fixed_places_in_every_epoch_the_last_on_
     valid = [json.loads(line)["step"] for line in (tmp_path / "train-log.jsonl").read_text().splitlines()
              if '"valid"' in line]
     assert valid == [3, 6, 8, 11, 14, 16] and summary["epochs_completed"] == 2
+
+
+def test_grad_clip_bounds_the_gradient_norm_of_every_step(tmp_path, monkeypatch):
+    """--grad-clip reaches the update: every step's gradients are clipped to that norm before Adam sees them."""
+    import cldg.training.trainer as trainer_module
+
+    real_clip, norms = torch.nn.utils.clip_grad_norm_, []
+
+    def clip_and_measure(params, max_norm, *a, **kw):
+        params = list(params)
+        before = real_clip(params, max_norm, *a, **kw)
+        norms.append((float(before), float(torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in params if p.grad is not None]))), max_norm))
+        return before
+
+    monkeypatch.setattr(trainer_module.nn.utils, "clip_grad_norm_", clip_and_measure)
+    make_trainer("seq2seq", tmp_path, [], cfg=TrainConfig(lr=1e-2, epochs=1, eval_every=8, grad_clip=0.05)).fit()
+    assert len(norms) == 8 and all(max_norm == 0.05 for *_, max_norm in norms)
+    assert all(before > 0.05 for before, *_ in norms)  # the bound did bite
+    assert all(after == pytest.approx(0.05, rel=1e-3) for _, after, _ in norms)
