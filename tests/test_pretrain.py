@@ -404,3 +404,31 @@ def test_grad_clip_bounds_the_gradient_norm_of_every_step(tmp_path, monkeypatch)
     assert len(norms) == 8 and all(max_norm == 0.05 for *_, max_norm in norms)
     assert all(before > 0.05 for before, *_ in norms)  # the bound did bite
     assert all(after == pytest.approx(0.05, rel=1e-3) for _, after, _ in norms)
+
+
+def test_pretrain_size_and_limit_options_reach_the_model_and_the_data(prepared_workdir, tmp_path):
+    """The size options build the model they name (model.json, which every later stage loads), the limits are
+    saved with the reference (the refcache and evaluation read them there) and --max-*-pairs subsample."""
+    import shutil
+
+    from cldg.cli import app
+    from cldg.data.batching import Limits
+
+    workdir, _ = prepared_workdir
+    shutil.copytree(workdir / "prepare", tmp_path / "prepare", symlinks=True)
+    res = CliRunner().invoke(app, [
+        "pretrain", "--workdir", str(tmp_path), "--model", "transformer", "--embedding-dim", "16", "--num-heads", "4",
+        "--num-layers", "2", "--ffn-dim", "24", "--max-context-turns", "2", "--max-turn-len", "9",
+        "--max-context-len", "40", "--max-response-len", "12", "--max-train-pairs", "20", "--max-valid-pairs", "5",
+        "--batch-size", "8", "--max-steps", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    art = tmp_path / "reference" / "latest"
+    meta = json.loads((art / "model.json").read_text())["config"]
+    assert (meta["num_layers"], meta["num_heads"], meta["ffn_dim"]) == (2, 4, 24)
+    assert meta["max_positions"] == 40 + 8
+    model = load_model(art, "cpu")
+    assert len(model.encoder.layers) == 2 and len(model.decoder.layers) == 2
+    assert model.encoder.layers[0].linear1.out_features == 24 and model.encoder.layers[0].self_attn.num_heads == 4
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert Limits.from_config(manifest["config"]) == Limits(2, 9, 40, 12)
+    assert (manifest["rows"]["train_pairs"], manifest["rows"]["valid_pairs"]) == (20, 5)
