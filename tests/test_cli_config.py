@@ -134,6 +134,18 @@ def test_run_takes_approach_names_for_the_models_to_evaluate(tmp_path):
                 if label.startswith("evaluate")]
 
 
+def test_run_skip_leaves_out_the_stages_it_names_and_a_bm25_config_needs_no_matcher():
+    from cldg.pipeline import plan_steps
+
+    tables = [t for t, *_ in plan_steps({"run": {"skip": ["index", "train_matcher"]}}, "p.toml")]
+    assert "index" not in tables and "train_matcher" not in tables
+    assert tables[:3] == ["prepare", "mine_samples", "pretrain"]
+    assert "train_matcher" not in [t for t, *_ in plan_steps({"mine_samples": {"matcher": "bm25"}}, "p.toml")]
+    assert "train_matcher" in [t for t, *_ in plan_steps({}, "p.toml")]
+    with pytest.raises(CldgError, match="skip names unknown stage tables"):
+        plan_steps({"run": {"skip": ["indx"]}}, "p.toml")
+
+
 def test_signals_deferred_hands_a_signal_to_its_own_handler_once_the_block_ends():
     import signal
 

@@ -561,3 +561,31 @@ def test_the_stage_applies_the_loss_its_options_name():
                                                              mle_warmup_steps=7, nll_anneal=True, anneal_speed=3.0)
     assert contrastive.applied_loss(contrastive.Config(no_matching_scores=True)) == "eq3"
     assert contrastive.applied_loss(contrastive.Config(no_matching_scores=True, loss="soft")) == "soft"
+
+
+def test_reference_dir_and_samples_dir_pick_artifacts_other_than_the_latest(inputs, tmp_path):
+    """--reference-dir and --samples-dir name the inputs; without them the latest of each is used."""
+    from cldg.stages import contrastive, pretrain
+
+    src, prepared, reference, samples = inputs
+    workdir = tmp_path / "work"
+    shutil.copytree(src, workdir, symlinks=True)
+    common = CommonOptions(workdir=workdir, seed=3, device="cpu")
+    store = ArtifactStore(workdir)
+    first_ref, first_samples = store.latest("reference"), store.latest("samples")
+    newer_ref = pretrain.run(pretrain.Config(model="seq2seq", embedding_dim=16, hidden_size=16, num_layers=1,
+                                             dropout=0.0, batch_size=16, max_steps=2, evals_per_epoch=1), common)
+    with store.begin("samples", 1, {"matcher": "hand", "k": 2, "n": 1}, {"prepare": prepared}) as run:
+        write_shards(run.dir, hand_mined_rows(prepared, 2, seed=1), n=1)
+        newer_samples = run.commit(extra={"k": 2, "matcher": "hand"})
+    assert store.latest("reference").path == newer_ref.path and store.latest("samples").path == newer_samples.path
+
+    def inputs_of(art):
+        return {k: v["fingerprint"] for k, v in art.manifest["inputs"].items() if k in ("reference", "samples")}
+
+    base = dict(k=2, batch_size=8, max_steps=1, evals_per_epoch=1, max_valid_groups=4)
+    named = contrastive.run(contrastive.Config(**base, reference_dir=first_ref.path, samples_dir=first_samples.path),
+                            common)
+    assert inputs_of(named) == {"reference": first_ref.fingerprint, "samples": first_samples.fingerprint}
+    latest = contrastive.run(contrastive.Config(**base), common)
+    assert inputs_of(latest) == {"reference": newer_ref.fingerprint, "samples": newer_samples.fingerprint}
