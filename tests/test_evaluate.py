@@ -476,3 +476,30 @@ def test_temperature_shapes_sampling(model_workdir, greedy_run):
     assert [g["generated"] for g in read_generations(cold)] == greedy
     assert [g["generated"] for g in read_generations(hot)] != greedy
     assert cold.config["temperature"] == 1e-5
+
+
+def test_compare_command_prints_json_on_stdout_and_writes_files_where_told(greedy_run, beam_run, model_workdir,
+                                                                          tmp_path):
+    from typer.testing import CliRunner
+
+    from cldg.cli import app
+    from cldg.tools.compare import compare_runs
+
+    runs = [str(greedy_run.path), str(beam_run.path)]
+    result = CliRunner().invoke(app, ["compare", *runs, "--workdir", str(model_workdir[0]), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)  # nothing but the JSON on stdout
+    want = compare_runs(runs, model_workdir[0], None, as_json=True)
+    assert printed["differences"][0]["metrics"]["dist2"] == pytest.approx(want["differences"][0]["metrics"]["dist2"])
+    out = tmp_path / "cmp-cli"
+    result = CliRunner().invoke(app, ["compare", *runs, "--workdir", str(model_workdir[0]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "comparison.json").read_text())["runs"][1]["path"] == runs[1]
+    assert (out / "comparison.md").is_file() and (out / "comparison.png").stat().st_size > 1000
+
+
+def test_min_len_and_max_len_bound_every_reply(model_workdir):
+    gens = read_generations(evaluate(model_workdir[0], decoding="greedy", min_len=5, max_len=7))
+    assert all(isinstance(g["generated_tokens"], list) for g in gens)
+    lengths = [len(g["generated_tokens"]) for g in gens]
+    assert lengths and all(5 <= n <= 7 for n in lengths), lengths
