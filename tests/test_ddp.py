@@ -264,27 +264,37 @@ def test_ddp_ranks_meet_a_stale_partial_only_after_rank_0_has_started_it_over(pr
     assert json.loads((run.final / "metrics.json").read_text())["steps"] == 2
 
 
-def _rank0_cannot_open_worker(rank: int, port: int, out: str, workdir: str) -> None:
-    _join_as(rank, port)
-    from cldg.artifacts import ArtifactStore
+def _tiny_pretrain_outcome(workdir: str) -> str:
+    """Run a 2-step pretrain; "trained", or the one line it stopped with."""
     from cldg.config import CommonOptions
     from cldg.errors import CldgError
     from cldg.stages import pretrain
+
+    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
+    try:
+        pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
+        return "trained"
+    except CldgError as e:
+        return str(e)
+
+
+def _finish_with_outcome(out: str, name: str, outcome: str) -> None:
+    with open(os.path.join(out, name), "w") as fh:
+        fh.write(outcome)
+    torch.distributed.destroy_process_group()
+
+
+def _rank0_cannot_open_worker(rank: int, port: int, out: str, workdir: str) -> None:
+    _join_as(rank, port)
+    from cldg.artifacts import ArtifactStore
+    from cldg.errors import CldgError
 
     if rank == 0:
         def failing_begin(self, *args, **kwargs):
             raise CldgError("no space left on the device while opening the 'reference' artifact")
 
         ArtifactStore.begin = failing_begin
-    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
-    try:
-        pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
-        outcome = "trained"
-    except CldgError as e:
-        outcome = str(e)
-    with open(os.path.join(out, f"open-outcome-{rank}.txt"), "w") as fh:
-        fh.write(outcome)
-    torch.distributed.destroy_process_group()
+    _finish_with_outcome(out, f"open-outcome-{rank}.txt", _tiny_pretrain_outcome(workdir))
 
 
 @pytest.mark.timeout(300)
@@ -304,7 +314,6 @@ def _fails_inside_the_stage_worker(rank: int, port: int, out: str, workdir: str)
     _join_as(rank, port)
     import time
 
-    from cldg.config import CommonOptions
     from cldg.errors import CldgError
     from cldg.stages import pretrain
 
@@ -316,17 +325,11 @@ def _fails_inside_the_stage_worker(rank: int, port: int, out: str, workdir: str)
         raise CldgError("train.jsonl: line 3: not valid JSON")
 
     pretrain.build_native = bad_input_inside
-    cfg = pretrain.Config(model="seq2seq", embedding_dim=8, hidden_size=8, batch_size=8, max_steps=2)
     try:
-        pretrain.run(cfg, CommonOptions(workdir=workdir, seed=1, device="cpu"))
-        outcome = "trained"
-    except CldgError as e:
-        outcome = str(e)
+        outcome = _tiny_pretrain_outcome(workdir)
     finally:
         pretrain.build_native = real_build
-    with open(os.path.join(out, f"inside-outcome-{rank}.txt"), "w") as fh:
-        fh.write(outcome)
-    torch.distributed.destroy_process_group()
+    _finish_with_outcome(out, f"inside-outcome-{rank}.txt", outcome)
 
 
 @pytest.mark.timeout(300)
