@@ -589,3 +589,39 @@ def test_reference_dir_and_samples_dir_pick_artifacts_other_than_the_latest(inpu
     assert inputs_of(named) == {"reference": first_ref.fingerprint, "samples": first_samples.fingerprint}
     latest = contrastive.run(contrastive.Config(**base), common)
     assert inputs_of(latest) == {"reference": newer_ref.fingerprint, "samples": newer_samples.fingerprint}
+
+
+def test_the_target_trains_without_dropout_by_default_so_d_starts_at_zero(inputs, tmp_path):
+    """--disable-dropout (the default): the target is scored as the cached reference was (eval mode's forward,
+    though in training mode), so D is exactly 0 at the first step. --no-disable-dropout keeps dropout, and D then
+    starts away from 0. Only the new default enters the fingerprint: artifacts made before the option are reused."""
+    from cldg.config import fingerprint_config
+    from cldg.models import load_model
+    from cldg.retrieval.mining import read_samples
+    from cldg.stages import contrastive, pretrain
+    from cldg.text.tokenizer import PAD
+    from cldg.training.losses import sequence_logprob
+
+    src, prepared, _, samples = inputs
+    workdir = tmp_path / "work"
+    shutil.copytree(src, workdir, symlinks=True)
+    common = CommonOptions(workdir=workdir, seed=3, device="cpu")
+    dropped = pretrain.run(pretrain.Config(model="seq2seq", embedding_dim=16, hidden_size=16, num_layers=1,
+                                           dropout=0.5, batch_size=16, max_steps=2, evals_per_epoch=1), common)
+    text = text_index(prepared, dropped)
+    gb = make_group_batch(build_groups(read_samples(samples.path), "train", GroupOptions(k=2)), [0, 1, 2, 3], text,
+                          None)
+    with torch.no_grad():
+        ref_logp = sequence_logprob(load_model(dropped.path, "cpu")(gb.seqs), gb.seqs.response_out, PAD)
+
+    def d_at_first_step(**flags):
+        torch.manual_seed(0)
+        model, _ = contrastive.target_and_reference(contrastive.Config(**flags), dropped, tmp_path, "cpu", 3)
+        assert model.training
+        with torch.no_grad():
+            return (sequence_logprob(model(gb.seqs), gb.seqs.response_out, PAD) - ref_logp).abs().max().item()
+
+    assert d_at_first_step() < 1e-5
+    assert d_at_first_step(disable_dropout=False) > 0.1
+    assert fingerprint_config(contrastive.Config())["disable_dropout"] is True
+    assert "disable_dropout" not in fingerprint_config(contrastive.Config(disable_dropout=False))

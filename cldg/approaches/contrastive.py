@@ -38,6 +38,13 @@ class ContrastiveOptions(options_like(TrainOptions, omit=("eval_every",), **TRAI
                                           "released code's option; 0 = never). Its log-probs are then computed per "
                                           "batch; validation stays against the MLE reference.")
     max_valid_groups: int = option(1000, "Validate on at most this many groups (0 = all).")
+    # The cached reference log-probs are eval mode's (no dropout). With dropout on in the target, D at step 0 is
+    # not 0 but about -0.06 nats a token (demo: mean -1.12, sd 1.59, down to -1.5 for responses of 20+ tokens),
+    # which weights long positives up and short negatives down: a length bias the method does not ask for.
+    # TRL's DPO turns dropout off for the same reason (disable_dropout).
+    disable_dropout: bool = option(True, "Train the target without dropout, as the reference's cached log-probs "
+                                   "were computed, so that D starts at exactly 0 (TRL's disable_dropout).",
+                                   fingerprinted_unless=False)
 
 
 @register_approach("contrastive")

@@ -229,6 +229,10 @@ def target_and_reference(cfg: Config, reference: Artifact, run_dir: Path, device
         set_seed(seed)
         model = build_model(model.name, model.vocab_size, **model.config_dict()).to(device)
     model.train()
+    if cfg.disable_dropout:  # D compares the target with the reference's eval-mode log-probs: score like for like
+        from cldg.training.recipes.pairs import disable_dropout
+
+        disable_dropout(model)
     refreshed = None
     if cfg.refresh_reference_every:
         refreshed = RefreshedReference(load_model(reference.path, device), cfg.refresh_reference_every,
