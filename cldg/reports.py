@@ -8,9 +8,9 @@ import json
 import math
 from pathlib import Path
 
-from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
+from cldg.metrics import COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
 
-SUMMARY_LAYOUT = TABLE_LAYOUT + EXTRA_LAYOUT
+SUMMARY_LAYOUT = TABLE_LAYOUT + EXTRA_LAYOUT + COUNT_LAYOUT
 LOWER_IS_BETTER = {"reference_ppl"}
 
 
@@ -24,13 +24,13 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def _pm(key: str, mean: float, sd: float) -> str:
     scale = 100 if key in PERCENT else 1
-    digits = 3 if key.startswith("ent") else 2
+    digits = 3 if key.startswith("ent") else 1 if key in COUNTS else 2
     return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
 
 
 def _ci(key: str, d: dict) -> str:
-    scale = 100 if key in PERCENT else 1
-    return f"{scale * d['diff']:+.2f} [{scale * d['ci_low']:+.2f}, {scale * d['ci_high']:+.2f}]"
+    scale, digits = (100 if key in PERCENT else 1), (0 if key in COUNTS else 2)
+    return f"{scale * d['diff']:+.{digits}f} [{scale * d['ci_low']:+.{digits}f}, {scale * d['ci_high']:+.{digits}f}]"
 
 
 def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
@@ -140,8 +140,12 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
 
     from cldg.progress import console
 
-    def metrics_of(path: Path) -> dict:
-        return json.loads((Path(path) / "metrics.json").read_text())
+    def metrics_of(path: Path) -> dict:  # metrics.json, and the distinct counts from its generations
+        from cldg.metrics.diversity import distinct_count
+        from cldg.tools.compare import load_run
+
+        run = load_run(Path(path))
+        return {**run.metrics, **{k: distinct_count(run.words(), k) for k in COUNTS}}
 
     keys = [k for _, k in SUMMARY_LAYOUT]
     rows = {}

@@ -149,6 +149,15 @@ def test_compare_runs(greedy_run, beam_run, model_workdir, tmp_path):
     for name in ("comparison.json", "comparison.md", "comparison.png"):
         assert (out / name).is_file()
     assert "**" in (out / "comparison.md").read_text()
+    # the distinct counts, counted from each run's generated tokens, beside Dist; the difference has an interval
+    for run, art in zip(result["runs"], (greedy_run, beam_run)):
+        tokens = [json.loads(line)["generated_tokens"] for line in art.file("generations.jsonl").read_text().splitlines()]
+        assert run["metrics"]["distinct_words"] == len({w for t in tokens for w in t})
+        assert run["metrics"]["distinct_replies"] == len({tuple(t) for t in tokens})
+    words = diffs["distinct_words"]
+    assert words["diff"] == result["runs"][1]["metrics"]["distinct_words"] - result["runs"][0]["metrics"]["distinct_words"]
+    assert words["ci_low"] <= words["diff"] <= words["ci_high"]
+    assert "| distinct replies |" in (out / "comparison.md").read_text()
     # a run against itself: every difference and interval is exactly 0
     same = compare_runs([greedy_run.path, greedy_run.path], model_workdir[0], None, as_json=True)
     assert all(d["diff"] == 0 and d["ci_low"] == 0 == d["ci_high"] for d in same["differences"][0]["metrics"].values())

@@ -71,6 +71,19 @@ def test_distinct_n():
     assert diversity.distinct_n([], 1) == 0.0
 
 
+def test_distinct_counts_are_dist_numerators_and_do_not_fall_with_length():
+    responses = [["i", "am", "ok"], ["i", "am", "fine"], [], ["i", "am", "ok"]]
+    assert diversity.distinct_count(responses, "distinct_words") == 4  # i am ok fine
+    assert diversity.distinct_count(responses, "distinct_bigrams") == 3  # (i am) (am ok) (am fine)
+    assert diversity.distinct_count(responses, "distinct_replies") == 3  # the empty reply is one of them
+    # a model that says the same words twice as long: Dist-1 halves, the count stays
+    doubled = [r + r for r in responses]
+    assert diversity.distinct_count(doubled, "distinct_words") == 4
+    assert diversity.distinct_n(doubled, 1) == pytest.approx(diversity.distinct_n(responses, 1) / 2)
+    with pytest.raises(KeyError):
+        diversity.distinct_count(responses, "distinct_trigrams")
+
+
 def test_ent_n_against_training_counts():
     counts = {("a",): 2, ("b",): 1, ("c",): 1}  # total 4: p(a) = 1/2, p(b) = p(c) = 1/4
     per = diversity.ent_n([["a", "b"], ["a", "zzz"], [], ["zzz"]], 1, counts)

@@ -81,6 +81,8 @@ def test_seeds_reuse_the_data_stages_and_write_a_summary(seeds_run):
     assert ref["mean"] == pytest.approx(sum(ref["values"]) / 2)
     assert (work / "seeds" / "summary.png").stat().st_size > 1000
     assert "± " in (work / "seeds" / "summary.md").read_text()
+    replies = seeds["differences"][0]["metrics"]["distinct_replies"]  # counted, beside Dist, per seed
+    assert len(replies["per_seed"]) == 2 and "| distinct replies |" in (work / "seeds" / "summary.md").read_text()
     assert (work / "compare" / "seed-4" / "comparison.json").is_file()
 
 
@@ -105,6 +107,10 @@ def test_ablate_trains_each_variant_from_the_same_reference_and_samples(seeds_ru
     assert len(models) == len(table["runs"]), "each variant is its own trained model"
     md = (work / "ablation" / "ablation.md").read_text()
     assert "| no matching scores |" in md and "| k = 1 |" in md
+    for label, per_seed in table["runs"].items():  # the counts come from each run's own generations
+        gens = (Path(per_seed["3"]) / "generations.jsonl").read_text().splitlines()
+        replies = {tuple(json.loads(line)["generated_tokens"]) for line in gens}
+        assert table["rows"][label]["distinct_replies"]["mean"] == len(replies)
     assert (work / "ablation" / "ablation-k.png").stat().st_size > 1000
 
 

@@ -8,14 +8,22 @@ TABLE_LAYOUT = [("BLEU-1", "bleu1"), ("BLEU-2", "bleu2"), ("BLEU-3", "bleu3"), (
                 ("Avg.", "average"), ("Ext.", "extrema"), ("Gre.", "greedy"), ("Coh.", "coherence"),
                 ("Ent-1", "ent1"), ("Ent-2", "ent2")]
 EXTRA_LAYOUT = [("len", "length"), ("ref ppl", "reference_ppl")]
+# Counted, not divided: the different words, bigrams and whole replies a model produced over the test set. Dist-n
+# divides by all n-grams generated, so a model that answers twice as long needs twice the distinct words to keep its
+# Dist; these counts (cldg compare, the seeds summary) show how much it says whatever the reply length.
+COUNT_LAYOUT = [("distinct words", "distinct_words"), ("distinct bigrams", "distinct_bigrams"),
+                ("distinct replies", "distinct_replies")]
+COUNTS = {key for _, key in COUNT_LAYOUT}
 # Shown in %, like the paper; the entropies are in bits.
 PERCENT = {"bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "dist3", "average", "extrema", "greedy", "coherence"}
 
 
 def fmt(key: str, value: float) -> str:
-    """A metric as the paper prints it: % with two decimals; entropies (bits) with three."""
+    """A metric as the paper prints it: % with two decimals; entropies (bits) with three; counts whole."""
     if key in PERCENT:
         return f"{100 * value:.2f}"
+    if key in COUNTS:
+        return f"{value:.0f}"
     if key.startswith("ent") or key.startswith("gen_entropy"):
         return f"{value:.3f}"
     return f"{value:.2f}"

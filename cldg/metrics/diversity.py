@@ -13,6 +13,15 @@ def distinct_n(responses: list[list[str]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def distinct_count(responses: list[list[str]], key: str) -> int:
+    """How many different words (`distinct_words`), bigrams (`distinct_bigrams`) or whole replies
+    (`distinct_replies`) the responses hold: Dist's numerator, without dividing by the length."""
+    if key == "distinct_replies":
+        return len({tuple(r) for r in responses})
+    n = {"distinct_words": 1, "distinct_bigrams": 2}[key]
+    return len({g for r in responses for g in ngrams(r, n)})
+
+
 def entropy_per_response(response: list[str], n: int, counts: dict[tuple[str, ...], int], total: int) -> float:
     """Mean over the response's n-grams g of -log2 p(g), p from the training n-gram counts. An unseen
     n-gram adds 0 but is still counted; a response without n-grams scores 0."""

@@ -112,21 +112,28 @@ def load_run(path: Path) -> EvalRun:
 
 def dist_bootstrap(base: list[list[str]], other: list[list[str]], n: int, samples: int = DIST_BOOTSTRAP_SAMPLES,
                    seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
-    """Dist-n(other) - Dist-n(base) with a paired bootstrap interval over responses, centred on the observed
-    difference: Dist-n is a corpus-level ratio, and resampling (which repeats responses) lowers it, most for the
-    more varied system, so the replicates sit below the point difference (metrics.stats.recentred_interval).
-    p_not_better is read off the same recentred replicates."""
+    """Dist-n(other) - Dist-n(base) with a paired bootstrap interval over responses (corpus_bootstrap)."""
+    from cldg.metrics.diversity import distinct_n
+
+    return corpus_bootstrap(base, other, lambda responses: distinct_n(responses, n), samples, seed, alpha)
+
+
+def corpus_bootstrap(base: list[list[str]], other: list[list[str]], statistic, samples: int = DIST_BOOTSTRAP_SAMPLES,
+                     seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """statistic(other) - statistic(base) for a corpus-level figure (Dist-n, the distinct counts) with a paired
+    bootstrap interval over responses, centred on the observed difference: resampling repeats responses, which
+    lowers such a figure, most for the more varied system, so the replicates sit below the point difference
+    (metrics.stats.recentred_interval). p_not_better is read off the same recentred replicates."""
     import numpy as np
 
-    from cldg.metrics.diversity import distinct_n
     from cldg.metrics.stats import recentred
 
     rng = np.random.default_rng(seed)
     diffs = np.empty(samples)
     for s in range(samples):
         idx = rng.integers(0, len(base), len(base))
-        diffs[s] = distinct_n([other[i] for i in idx], n) - distinct_n([base[i] for i in idx], n)
-    diff = distinct_n(other, n) - distinct_n(base, n)
+        diffs[s] = statistic([other[i] for i in idx]) - statistic([base[i] for i in idx])
+    diff = float(statistic(other) - statistic(base))
     centred = recentred(diffs, diff)  # as metrics.stats.recentred_interval
     lo, hi = np.quantile(centred, [alpha / 2, 1 - alpha / 2])
     return {"diff": diff, "ci_low": float(lo), "ci_high": float(hi), "p_not_better": float((centred <= 0).mean())}
@@ -134,6 +141,8 @@ def dist_bootstrap(base: list[list[str]], other: list[list[str]], n: int, sample
 
 def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> dict[str, dict]:
     """Per metric: mean difference run - base, 95% paired bootstrap interval, share of resamples not better."""
+    from cldg.metrics import COUNTS
+    from cldg.metrics.diversity import distinct_count
     from cldg.metrics.stats import paired_bootstrap
 
     if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in base.generations]:
@@ -143,6 +152,9 @@ def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> 
     for k in keys:
         if k in ("dist1", "dist2", "dist3"):
             out[k] = dist_bootstrap(base.words(), run.words(), int(k[-1]), seed=seed)
+        elif k in COUNTS:
+            out[k] = corpus_bootstrap(base.words(), run.words(), lambda responses: distinct_count(responses, k),
+                                      seed=seed)
         elif all(k in g.get("metrics", {}) for g in base.generations + run.generations):
             out[k] = paired_bootstrap([g["metrics"][k] for g in base.generations],
                                       [g["metrics"][k] for g in run.generations], BOOTSTRAP_SAMPLES, seed)
@@ -154,15 +166,18 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     intervals; with out_dir, comparison.{json,md,png}. Returns the comparison as a dict."""
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CldgError(f"--out {out_dir}: is a file, not a folder")
-    from cldg.metrics import EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
+    from cldg.metrics import COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
+    from cldg.metrics.diversity import distinct_count
 
     if not runs:
         raise CldgError("compare: give at least one evaluate artifact directory")
     loaded = [load_run(resolve_run(p, workdir)) for p in runs]
+    for r in loaded:  # counted from the generations, so runs evaluated before the counts existed have them too
+        r.metrics.update({k: distinct_count(r.words(), k) for k in COUNTS})
     names = [r.name for r in loaded]
     if len(set(names)) < len(names):
         names = [f"{n} [{r.art.fingerprint[:6]}]" for n, r in zip(names, loaded)]
-    layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")]
+    layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")] + COUNT_LAYOUT
     keys = [k for _, k in layout]
     for r in loaded:
         missing = [k for k in keys if k not in r.metrics]
@@ -183,8 +198,9 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     def cell(k: str, d: dict | None) -> str:
         if not d:
             return ""
-        scale = 100 if k in PERCENT else 1
-        return f"{scale * d['diff']:+.2f} [{scale * d['ci_low']:+.2f}, {scale * d['ci_high']:+.2f}]"
+        scale, digits = (100 if k in PERCENT else 1), (0 if k in COUNTS else 2)
+        return (f"{scale * d['diff']:+.{digits}f} [{scale * d['ci_low']:+.{digits}f}, "
+                f"{scale * d['ci_high']:+.{digits}f}]")
 
     header = ["metric"] + names + [f"{d['run']} - {names[0]} [95% CI]" for d in result["differences"]]
     rows = []
