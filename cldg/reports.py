@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from cldg.metrics import COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
+from cldg.metrics import COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt, fmt_interval
 
 SUMMARY_LAYOUT = TABLE_LAYOUT + EXTRA_LAYOUT + COUNT_LAYOUT
 LOWER_IS_BETTER = {"reference_ppl"}
@@ -26,11 +26,6 @@ def _pm(key: str, mean: float, sd: float) -> str:
     scale = 100 if key in PERCENT else 1
     digits = 3 if key.startswith("ent") else 1 if key in COUNTS else 2
     return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
-
-
-def _ci(key: str, d: dict) -> str:
-    scale, digits = (100 if key in PERCENT else 1), (0 if key in COUNTS else 2)
-    return f"{scale * d['diff']:+.{digits}f} [{scale * d['ci_low']:+.{digits}f}, {scale * d['ci_high']:+.{digits}f}]"
 
 
 def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
@@ -86,7 +81,7 @@ def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
             if row is None:
                 cells += [""] * (len(seeds) + 1)
                 continue
-            cells += [_ci(k, p) for p in row["per_seed"]]
+            cells += [fmt_interval(k, p) for p in row["per_seed"]]
             cells.append(f"{row['seeds_better']}/{len(seeds)} / {row['seeds_ci_above_zero']}/{len(seeds)}")
         lines.append("| " + " | ".join([label] + cells) + " |")
         table.add_row(label, *cells)
@@ -141,11 +136,9 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
     from cldg.progress import console
 
     def metrics_of(path: Path) -> dict:  # metrics.json, and the distinct counts from its generations
-        from cldg.metrics.diversity import distinct_count
         from cldg.tools.compare import load_run
 
-        run = load_run(Path(path))
-        return {**run.metrics, **{k: distinct_count(run.words(), k) for k in COUNTS}}
+        return load_run(Path(path)).metrics
 
     keys = [k for _, k in SUMMARY_LAYOUT]
     rows = {}

@@ -29,6 +29,13 @@ def fmt(key: str, value: float) -> str:
     return f"{value:.2f}"
 
 
+def fmt_interval(key: str, d: dict) -> str:
+    """A difference and its interval (`diff`, `ci_low`, `ci_high`), signed, in the metric's unit: points of % for
+    the % metrics, whole numbers for the counts, two decimals otherwise."""
+    scale, digits = (100 if key in PERCENT else 1), (0 if key in COUNTS else 2)
+    return f"{scale * d['diff']:+.{digits}f} [{scale * d['ci_low']:+.{digits}f}, {scale * d['ci_high']:+.{digits}f}]"
+
+
 def compute_all(hypotheses: list[list[str]], references: list[list[str]], last_turns: list[list[str]],
                 ngram_counts: dict[int, dict], wv, detokenize=None) -> tuple[dict[str, float], dict[str, list[float]]]:
     """All automatic metrics over a test set, from metric words (`DialogueTokenizer.words`).

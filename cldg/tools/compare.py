@@ -84,6 +84,9 @@ def newest_evaluation(approach, workdir: Path) -> Path:
 
 
 def load_run(path: Path) -> EvalRun:
+    from cldg.metrics import COUNTS
+    from cldg.metrics.diversity import distinct_count
+
     art = Artifact.load(Path(path))
     if art.stage != "eval":
         raise CldgError(f"{path}: a '{art.stage}' artifact, not an evaluate run (make one with `cldg evaluate`)")
@@ -107,7 +110,10 @@ def load_run(path: Path) -> EvalRun:
         gens.append(g)
     if not gens:
         raise CldgError(f"{art.file('generations.jsonl')}: no generations")
-    return EvalRun(art, metrics, gens)
+    run = EvalRun(art, metrics, gens)
+    # the distinct counts, counted from the generations, so runs evaluated before the counts existed have them too
+    run.metrics.update({k: distinct_count(run.words(), k) for k in COUNTS})
+    return run
 
 
 def dist_bootstrap(base: list[list[str]], other: list[list[str]], n: int, samples: int = DIST_BOOTSTRAP_SAMPLES,
@@ -166,14 +172,11 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     intervals; with out_dir, comparison.{json,md,png}. Returns the comparison as a dict."""
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CldgError(f"--out {out_dir}: is a file, not a folder")
-    from cldg.metrics import COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt
-    from cldg.metrics.diversity import distinct_count
+    from cldg.metrics import COUNT_LAYOUT, EXTRA_LAYOUT, TABLE_LAYOUT, fmt, fmt_interval
 
     if not runs:
         raise CldgError("compare: give at least one evaluate artifact directory")
     loaded = [load_run(resolve_run(p, workdir)) for p in runs]
-    for r in loaded:  # counted from the generations, so runs evaluated before the counts existed have them too
-        r.metrics.update({k: distinct_count(r.words(), k) for k in COUNTS})
     names = [r.name for r in loaded]
     if len(set(names)) < len(names):
         names = [f"{n} [{r.art.fingerprint[:6]}]" for n, r in zip(names, loaded)]
@@ -196,11 +199,7 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
                               for n, r in zip(names[1:], loaded[1:])]}
 
     def cell(k: str, d: dict | None) -> str:
-        if not d:
-            return ""
-        scale, digits = (100 if k in PERCENT else 1), (0 if k in COUNTS else 2)
-        return (f"{scale * d['diff']:+.{digits}f} [{scale * d['ci_low']:+.{digits}f}, "
-                f"{scale * d['ci_high']:+.{digits}f}]")
+        return fmt_interval(k, d) if d else ""
 
     header = ["metric"] + names + [f"{d['run']} - {names[0]} [95% CI]" for d in result["differences"]]
     rows = []
