@@ -10,7 +10,7 @@ TABLE_LAYOUT = [("BLEU-1", "bleu1"), ("BLEU-2", "bleu2"), ("BLEU-3", "bleu3"), (
 EXTRA_LAYOUT = [("len", "length"), ("ref ppl", "reference_ppl")]
 # Counted, not divided: the different words, bigrams and whole replies a model produced over the test set. Dist-n
 # divides by all n-grams generated, so a model that answers twice as long needs twice the distinct words to keep its
-# Dist; these counts (cldg compare, the seeds summary) show how much it says whatever the reply length.
+# Dist; these counts (cldg compare, the seeds summary, the ablation table) show how much it says whatever the length.
 COUNT_LAYOUT = [("distinct words", "distinct_words"), ("distinct bigrams", "distinct_bigrams"),
                 ("distinct replies", "distinct_replies")]
 COUNTS = {key for _, key in COUNT_LAYOUT}
