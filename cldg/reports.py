@@ -8,9 +8,12 @@ import json
 import math
 from pathlib import Path
 
-from cldg.metrics import COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, PERCENT, TABLE_LAYOUT, fmt, fmt_interval
+from cldg.metrics import (COUNT_LAYOUT, COUNTS, EXTRA_LAYOUT, MATCHED_LAYOUT, PERCENT, TABLE_LAYOUT, fmt,
+                          fmt_interval)
 
-SUMMARY_LAYOUT = TABLE_LAYOUT + EXTRA_LAYOUT + COUNT_LAYOUT
+ABLATION_LAYOUT = TABLE_LAYOUT + EXTRA_LAYOUT + COUNT_LAYOUT
+# the seeds summary compares two models at a time per seed, so it has each seed's length-matched Dist too
+SUMMARY_LAYOUT = ABLATION_LAYOUT + MATCHED_LAYOUT
 LOWER_IS_BETTER = {"reference_ppl"}
 
 
@@ -43,7 +46,9 @@ def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
     for seed in seeds:
         if [r["name"] for r in comparisons[seed]["runs"]] != models:
             raise ValueError(f"seed {seed} evaluated other models than seed {seeds[0]}")
-    keys = [k for _, k in SUMMARY_LAYOUT]
+    layout = [(label, k) for label, k in SUMMARY_LAYOUT  # length-matched Dist only where compare could match
+              if all(k in r["metrics"] for c in comparisons.values() for r in c["runs"])]
+    keys = [k for _, k in layout]
     per_model = {}
     for i, name in enumerate(models):
         per_model[name] = {}
@@ -74,7 +79,7 @@ def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
                         "BLEU/Dist/embedding in %, Ent in bits")
     for h in header:
         table.add_column(h, justify="right")
-    for label, k in SUMMARY_LAYOUT:
+    for label, k in layout:
         cells = [_pm(k, per_model[m][k]["mean"], per_model[m][k]["sd"]) for m in models]
         for c in contrasts:
             row = c["metrics"].get(k)
@@ -140,14 +145,14 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
 
         return load_run(Path(path)).metrics
 
-    keys = [k for _, k in SUMMARY_LAYOUT]
+    keys = [k for _, k in ABLATION_LAYOUT]
     rows = {}
     for label, _ in [("MLE reference", {})] + variants:
         paths = reference_runs if label == "MLE reference" else runs[label]
         got = [metrics_of(p) for _, p in sorted(paths.items())]
         rows[label] = {k: mean_sd([m[k] for m in got]) for k in keys}
     several = len(reference_runs) > 1
-    header = ["model"] + [name for name, _ in SUMMARY_LAYOUT]
+    header = ["model"] + [name for name, _ in ABLATION_LAYOUT]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     table = Table(title=f"Ablations (Table 5) and group size, {len(reference_runs)} seed(s)"
                         + ("; mean ± sd" if several else ""))

@@ -158,6 +158,18 @@ def test_compare_runs(greedy_run, beam_run, model_workdir, tmp_path):
     assert words["diff"] == result["runs"][1]["metrics"]["distinct_words"] - result["runs"][0]["metrics"]["distinct_words"]
     assert words["ci_low"] <= words["diff"] <= words["ci_high"]
     assert "| distinct replies |" in (out / "comparison.md").read_text()
+    # Dist at one length: both runs' replies cut, context by context, to the shorter one, then Dist-n over the cut
+    from cldg.metrics.diversity import cut_to_shortest, distinct_n
+
+    tokens = [[json.loads(line)["generated_tokens"] for line in art.file("generations.jsonl").read_text().splitlines()]
+              for art in (greedy_run, beam_run)]
+    cut = cut_to_shortest(tokens)
+    for run, words in zip(result["runs"], cut):
+        assert run["metrics"]["dist2_matched"] == distinct_n(words, 2)
+    matched = diffs["dist1_matched"]
+    assert matched["diff"] == pytest.approx(distinct_n(cut[1], 1) - distinct_n(cut[0], 1), abs=1e-12)
+    assert matched["ci_low"] <= matched["diff"] <= matched["ci_high"]
+    assert "| Dist-2, length-matched |" in (out / "comparison.md").read_text()
     # a run against itself: every difference and interval is exactly 0
     same = compare_runs([greedy_run.path, greedy_run.path], model_workdir[0], None, as_json=True)
     assert all(d["diff"] == 0 and d["ci_low"] == 0 == d["ci_high"] for d in same["differences"][0]["metrics"].values())

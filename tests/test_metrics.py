@@ -84,6 +84,24 @@ def test_distinct_counts_are_dist_numerators_and_do_not_fall_with_length():
         diversity.distinct_count(responses, "distinct_trigrams")
 
 
+def test_cut_to_shortest_gives_every_model_the_same_words_per_context():
+    short = [["yeah"], ["i", "do"], []]
+    long = [["i", "think", "so", "too"], ["i", "like", "it"], ["ok"]]
+    cut_short, cut_long = diversity.cut_to_shortest([short, long])
+    assert cut_short == short  # the shorter reply of each context stays whole
+    assert cut_long == [["i"], ["i", "like"], []]  # the other is cut to its length, from the start
+    assert sum(map(len, cut_short)) == sum(map(len, cut_long))
+    with pytest.raises(ValueError, match="every model"):
+        diversity.cut_to_shortest([short, long[:2]])
+    # the same first words, then a stock tail: per token, the longer model's Dist-1 halves; cut to one length the
+    # two are level, since up to the shorter reply's length they said the same things
+    terse = [["yes"], ["no"], ["maybe"]]
+    padded = [[w, "i", "think", "so"] for (w,) in terse]
+    assert diversity.distinct_n(padded, 1) == pytest.approx(0.5) and diversity.distinct_n(terse, 1) == 1.0
+    cut_terse, cut_padded = diversity.cut_to_shortest([terse, padded])
+    assert diversity.distinct_n(cut_padded, 1) == diversity.distinct_n(cut_terse, 1) == 1.0
+
+
 def test_ent_n_against_training_counts():
     counts = {("a",): 2, ("b",): 1, ("c",): 1}  # total 4: p(a) = 1/2, p(b) = p(c) = 1/4
     per = diversity.ent_n([["a", "b"], ["a", "zzz"], [], ["zzz"]], 1, counts)

@@ -83,6 +83,8 @@ def test_seeds_reuse_the_data_stages_and_write_a_summary(seeds_run):
     assert "± " in (work / "seeds" / "summary.md").read_text()
     replies = seeds["differences"][0]["metrics"]["distinct_replies"]  # counted, beside Dist, per seed
     assert len(replies["per_seed"]) == 2 and "| distinct replies |" in (work / "seeds" / "summary.md").read_text()
+    matched = seeds["differences"][0]["metrics"]["dist1_matched"]  # Dist at one length, per seed
+    assert len(matched["per_seed"]) == 2 and "| Dist-1, length-matched |" in (work / "seeds" / "summary.md").read_text()
     assert (work / "compare" / "seed-4" / "comparison.json").is_file()
 
 

@@ -14,8 +14,15 @@ EXTRA_LAYOUT = [("len", "length"), ("ref ppl", "reference_ppl")]
 COUNT_LAYOUT = [("distinct words", "distinct_words"), ("distinct bigrams", "distinct_bigrams"),
                 ("distinct replies", "distinct_replies")]
 COUNTS = {key for _, key in COUNT_LAYOUT}
+# Dist-n at one length: the compared models' replies to each context cut to the shortest of them
+# (diversity.cut_to_shortest), so the per-token ratio no longer moves with how long a model answers. A figure of a
+# comparison, not of one run: `cldg compare` and the seeds summary compute it over the runs they compare.
+MATCHED_LAYOUT = [("Dist-1, length-matched", "dist1_matched"), ("Dist-2, length-matched", "dist2_matched"),
+                  ("Dist-3, length-matched", "dist3_matched")]
+MATCHED = {key for _, key in MATCHED_LAYOUT}
 # Shown in %, like the paper; the entropies are in bits.
-PERCENT = {"bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "dist3", "average", "extrema", "greedy", "coherence"}
+PERCENT = {"bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "dist3", "average", "extrema", "greedy",
+           "coherence"} | MATCHED
 
 
 def fmt(key: str, value: float) -> str:

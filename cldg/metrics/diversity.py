@@ -22,6 +22,17 @@ def distinct_count(responses: list[list[str]], key: str) -> int:
     return len({g for r in responses for g in ngrams(r, n)})
 
 
+def cut_to_shortest(runs: list[list[list[str]]]) -> list[list[list[str]]]:
+    """Several models' replies to the same contexts (runs[m][i]: model m's reply to context i), each context's
+    replies cut to the first L_i words, L_i the shortest of them. Every model then has as many words for each
+    context as every other, so Dist-n over the cut replies compares variety at one length: a model that answers
+    longer can neither gain (more words to vary) nor lose (Dist-n's denominator grows with every word) by it."""
+    if len({len(r) for r in runs}) > 1:
+        raise ValueError("every model needs a reply to each context")
+    shortest = [min(len(replies[i]) for replies in runs) for i in range(len(runs[0]))] if runs else []
+    return [[reply[:n] for reply, n in zip(replies, shortest)] for replies in runs]
+
+
 def entropy_per_response(response: list[str], n: int, counts: dict[tuple[str, ...], int], total: int) -> float:
     """Mean over the response's n-grams g of -log2 p(g), p from the training n-gram counts. An unseen
     n-gram adds 0 but is still counted; a response without n-grams scores 0."""

@@ -4,7 +4,8 @@ Not an artifact stage: it reads evaluate artifacts and, with --out, writes `comp
 `comparison.md` and `comparison.png` (grouped bars). Every run after the first is compared with the
 first (the baseline, e.g. the MLE reference) on the same test pairs: the mean difference and its 95%
 paired bootstrap interval, resampling responses; per-response values come from generations.jsonl
-(Dist-n, a corpus-level figure, is recomputed on each resample).
+(Dist-n, a corpus-level figure, is recomputed on each resample). Runs of the same contexts also get Dist-n at one
+length: each context's replies cut to the shortest of them (`add_length_matched_dist`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class EvalRun:
         self.art, self.metrics, self.generations = art, metrics, generations
         self.name = f"{metrics.get('model', '?')} ({metrics.get('decoding', '?')})"
         self._words: list[list[str]] | None = None
+        self.matched: list[list[str]] | None = None  # its replies cut to the compared runs' shortest (compare_runs)
 
     def words(self) -> list[list[str]]:
         """Generated responses as metric words: the tokenizer of the prepare artifact it was scored with."""
@@ -147,7 +149,7 @@ def corpus_bootstrap(base: list[list[str]], other: list[list[str]], statistic, s
 
 def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> dict[str, dict]:
     """Per metric: mean difference run - base, 95% paired bootstrap interval, share of resamples not better."""
-    from cldg.metrics import COUNTS
+    from cldg.metrics import COUNTS, MATCHED
     from cldg.metrics.diversity import distinct_count
     from cldg.metrics.stats import paired_bootstrap
 
@@ -158,6 +160,9 @@ def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> 
     for k in keys:
         if k in ("dist1", "dist2", "dist3"):
             out[k] = dist_bootstrap(base.words(), run.words(), int(k[-1]), seed=seed)
+        elif k in MATCHED:
+            if base.matched is not None and run.matched is not None:
+                out[k] = dist_bootstrap(base.matched, run.matched, int(k[len("dist")]), seed=seed)
         elif k in COUNTS:
             out[k] = corpus_bootstrap(base.words(), run.words(), lambda responses: distinct_count(responses, k),
                                       seed=seed)
@@ -172,7 +177,7 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     intervals; with out_dir, comparison.{json,md,png}. Returns the comparison as a dict."""
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CldgError(f"--out {out_dir}: is a file, not a folder")
-    from cldg.metrics import COUNT_LAYOUT, EXTRA_LAYOUT, TABLE_LAYOUT, fmt, fmt_interval
+    from cldg.metrics import COUNT_LAYOUT, EXTRA_LAYOUT, MATCHED_LAYOUT, TABLE_LAYOUT, fmt, fmt_interval
 
     if not runs:
         raise CldgError("compare: give at least one evaluate artifact directory")
@@ -181,6 +186,9 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     if len(set(names)) < len(names):
         names = [f"{n} [{r.art.fingerprint[:6]}]" for n, r in zip(names, loaded)]
     layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")] + COUNT_LAYOUT
+    if len({tuple(g["pair_id"] for g in r.generations) for r in loaded}) == 1:  # same contexts: Dist at one length
+        add_length_matched_dist(loaded)
+        layout = layout + MATCHED_LAYOUT
     keys = [k for _, k in layout]
     for r in loaded:
         missing = [k for k in keys if k not in r.metrics]
@@ -223,6 +231,16 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
         plot_comparison(out_dir / "comparison.png", names, [r.metrics for r in loaded])
         result["outputs"] = [str(out_dir / f) for f in ("comparison.json", "comparison.md", "comparison.png")]
     return result
+
+
+def add_length_matched_dist(runs: list[EvalRun]) -> None:
+    """Dist-1/2/3 of each run over its replies cut, context by context, to the shortest reply of the runs
+    compared (metrics.diversity.cut_to_shortest): the runs answer in as many words as each other."""
+    from cldg.metrics.diversity import cut_to_shortest, distinct_n
+
+    for run, cut in zip(runs, cut_to_shortest([r.words() for r in runs])):
+        run.matched = cut
+        run.metrics.update({f"dist{n}_matched": distinct_n(cut, n) for n in (1, 2, 3)})
 
 
 def _print_table(header: list[str], rows: list) -> None:
