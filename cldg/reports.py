@@ -114,7 +114,8 @@ def _plot_seed_differences(path: Path, seeds: list[int], contrast: dict) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [(n, k) for n, k in TABLE_LAYOUT if k in PERCENT and k in contrast["metrics"]]
+    shown = [(n.replace(", ", ",\n"), k) for n, k in TABLE_LAYOUT + MATCHED_LAYOUT
+             if k in PERCENT and k in contrast["metrics"]]
     fig, axes = plt.subplots(1, len(shown), figsize=(1.6 * len(shown) + 1, 3.2), sharey=False)
     for ax, (name, k) in zip(axes, shown):
         per = contrast["metrics"][k]["per_seed"]
