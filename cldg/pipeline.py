@@ -12,6 +12,10 @@ The config has the common keys at top level (`workdir`, `seed`, `device`, ...), 
     seed_stages = ["pretrain", "contrastive_train", "evaluate"]   # which stages those are
     human_eval = 100                                  # blind A/B sheets of that many test contexts for the first
                                                       # model against each other one (WORKDIR/human-eval/; 0: none)
+    reports = "dropout-on"                            # where this run's compare/, seeds/, human-eval/, ablation/
+                                                      # and run-summary.json go (relative: under the workdir;
+                                                      # default the workdir itself), so a variant config that
+                                                      # shares a workdir keeps its reports beside the others'
 
     [ablate]
     ks = [1, 2, 3, 4, 5]                              # the group-size study (mining keeps max(ks))
@@ -44,7 +48,7 @@ from cldg.stages import BY_TABLE, STAGES, stage_module
 # (TOML table, stage module, label), in pipeline order, from the one stage registry
 PIPELINE: list[tuple[str, str, str]] = [(s.table, s.module, s.command) for s in STAGES]
 KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run", "ablate"}
-RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages", "human_eval"}
+RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages", "human_eval", "reports"}
 ABLATE_KEYS = {"ks", "variants"}
 # the baselines trained by the generic stage run only when the config has their table ([mmi_train], ...):
 # a config written before them trains what it always trained
@@ -91,6 +95,7 @@ class Plan:
     doc: dict[str, Any]
     where: str
     human_eval: int = 0  # [run] human_eval: items per A/B sheet (0: no sheets)
+    reports: Path | None = None  # [run] reports under the workdir: this run's comparisons and summaries (load_plan)
 
 
 def check_config_doc(doc: dict[str, Any], where: str) -> None:
@@ -187,6 +192,9 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
     human_eval = run_table.get("human_eval", 0)
     if not isinstance(human_eval, int) or isinstance(human_eval, bool) or human_eval < 0:
         raise CldgError(f"{where} [run] human_eval: expected a number of test contexts >= 0, got {human_eval!r}")
+    reports = run_table.get("reports")
+    if reports is not None and (not isinstance(reports, str) or not reports.strip()):
+        raise CldgError(f"{where} [run] reports: expected a folder name or path, got {reports!r}")
     steps = []
     for table, module_name, label, extra in plan_steps(doc, where):
         module = stage_module(BY_TABLE[table])
@@ -196,7 +204,8 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
         if problems:  # here, not when the stage's turn comes after hours of the stages before it
             raise CldgError(f"{where} [{table}]: {problems[0]}")
         steps.append(Step(table, module, label, cfg))
-    return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where, human_eval)
+    return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where, human_eval,
+                common.workdir / (reports or ""))  # an absolute path stays as it is; none: the workdir
 
 
 def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], cfg: Any = None) -> Artifact:
@@ -223,6 +232,8 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
     plan = load_plan(config, workdir, force, device, seeds)
     common = plan.common
     configure_runtime(common.deterministic, common.torch_threads)
+    reports = plan.reports
+    warn_if_reports_belong_to_another_config(reports, config)
     data_steps = [s for s in plan.steps if s.table not in plan.seed_stages]
     seed_steps = [s for s in plan.steps if s.table in plan.seed_stages]
     several = len(plan.seeds) > 1
@@ -255,24 +266,42 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
             if len(evals) >= 2:
                 from cldg.tools.compare import compare_runs
 
-                out = common.workdir / "compare" / (f"seed-{seed}" if several else "")
+                out = reports / "compare" / (f"seed-{seed}" if several else "")
                 comparisons[seed] = compare_runs([a.path for a in evals], common.workdir, out_dir=out,
                                                  as_json=False)
                 if plan.human_eval:
-                    export_human_eval_sheets(evals, plan.human_eval, common.workdir / "human-eval", seed, several)
+                    export_human_eval_sheets(evals, plan.human_eval, reports / "human-eval", seed, several)
         progress.update(overall, status="done")
 
     _print_summary(results, time.time() - t_start)
     if several and comparisons:
         from cldg.reports import seed_summary
 
-        seed_summary(comparisons, common.workdir / "seeds")
-    summary = {"config": str(config), "workdir": str(common.workdir), "seeds": plan.seeds,
+        seed_summary(comparisons, reports / "seeds")
+    summary = {"config": str(config), "config_path": str(Path(config).resolve()), "workdir": str(common.workdir),
+               "seeds": plan.seeds,
                "total_s": round(time.time() - t_start, 1),
                "steps": [{"stage": r.label, "seed": r.seed, "artifact": str(r.artifact.path), "skipped": r.skipped,
                           "seconds": round(r.seconds, 1)} for r in results]}
-    (common.workdir / "run-summary.json").write_text(json.dumps(summary, indent=2))
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "run-summary.json").write_text(json.dumps(summary, indent=2))
     return results
+
+
+def warn_if_reports_belong_to_another_config(reports: Path, config: Path) -> None:
+    """Before any stage runs: one line when this run's comparisons and summaries would replace those of another
+    config's run (a variant that shares the workdir), so the user can stop and give it `[run] reports`."""
+    try:
+        earlier = json.loads((reports / "run-summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(earlier, dict):
+        return
+    theirs = earlier.get("config_path") or str(Path(earlier.get("config", "")).resolve())
+    if earlier.get("config") and theirs != str(Path(config).resolve()):
+        console.print(f"[yellow]warning:[/] {reports} holds the reports of {earlier['config']}; this run of {config} "
+                      f"replaces its compare/, seeds/ and run-summary.json (give {config} `[run] reports = \"NAME\"` "
+                      "to keep both)", highlight=False, soft_wrap=True)
 
 
 def export_human_eval_sheets(evals: list[Artifact], n: int, out: Path, seed: int, several: bool) -> None:
@@ -314,8 +343,8 @@ def ablation_variants(base_k: int, ks: list[int], names: list[str]) -> list[tupl
 def run_ablation(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
                  seeds: list[int] | None = None, ks: list[int] | None = None) -> dict:
     """Every Table 5 ablation and every group size, each trained from the same reference, samples and
-    reference cache and evaluated the same way; writes WORKDIR/ablation/{ablation.json,ablation.md,
-    ablation-k.png} and returns the table."""
+    reference cache and evaluated the same way; writes ablation/{ablation.json,ablation.md,ablation-k.png} in the
+    reports folder (the workdir unless `[run] reports`) and returns the table."""
     from cldg.reports import ablation_report
     from cldg.runtime import configure_runtime, offline_environment
 
@@ -364,5 +393,5 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
             execute_step(step, seed_common, seed_built, dataclasses.replace(step.cfg, **overrides))
             runs[label][seed] = execute_step(evaluate, seed_common, seed_built,
                                              dataclasses.replace(evaluate.cfg, model="contrastive")).path
-    return ablation_report(runs, reference_runs, variants, base_k, common.workdir / "ablation",
+    return ablation_report(runs, reference_runs, variants, base_k, plan.reports / "ablation",
                            seconds=round(time.time() - t0, 1))

@@ -351,6 +351,8 @@ def test_the_baselines_config_parses_shares_the_demo_and_compares_every_approach
     root = Path(__file__).resolve().parent.parent / "examples"
     plan, demo = load_plan(root / "chitchat-baselines.toml"), load_plan(root / "chitchat-demo.toml")
     assert (plan.common.workdir, plan.common.seed) == (demo.common.workdir, demo.common.seed)
+    # the same artifacts, but its own reports: the demo's compare/ and seeds/ are not replaced
+    assert demo.reports == demo.common.workdir and plan.reports == demo.common.workdir / "baselines"
     demo_cfgs = {s.label: s.cfg for s in demo.steps}
     for step in plan.steps:
         if step.label in demo_cfgs:

@@ -43,6 +43,35 @@ def test_rerun_skips_every_stage(tiny_pipeline):
     assert all(s["skipped"] for s in summary["steps"]), summary
 
 
+def test_a_variant_config_keeps_its_reports_apart_and_is_warned_before_replacing_others(tiny_pipeline):
+    workdir, config, _ = tiny_pipeline
+    before = {name: (workdir / name).read_bytes() for name in ("run-summary.json", "compare/comparison.json")}
+    variant = config.with_name("variant.toml")
+    variant.write_text(config.read_text() + '\n[run]\nreports = "variant"\n')
+    result = runner.invoke(app, ["run", str(variant)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "variant" / "run-summary.json").read_text())
+    assert summary["config"] == str(variant) and all(s["skipped"] for s in summary["steps"])  # same artifacts
+    assert (workdir / "variant" / "compare" / "comparison.json").is_file()
+    # the reports already in the workdir are the other config's, untouched
+    assert {name: (workdir / name).read_bytes() for name in before} == before
+    # a second config aimed at the same reports folder is told, before any stage, whose reports it replaces
+    other = config.with_name("other.toml")
+    other.write_text(variant.read_text())
+    result = runner.invoke(app, ["run", str(other)])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert f"holds the reports of {variant}" in flat
+    assert flat.index("holds the reports of") < flat.index("prepare")
+    # rerunning the same config gives no such warning
+    again = runner.invoke(app, ["run", str(other)])
+    assert again.exit_code == 0 and "holds the reports of" not in again.output
+    bad = config.with_name("bad-reports.toml")
+    bad.write_text(config.read_text() + "\n[run]\nreports = 3\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2 and "[run] reports" in result.output and "Traceback" not in result.output
+
+
 def test_status_lists_the_artifacts(tiny_pipeline):
     workdir, _, _ = tiny_pipeline
     result = runner.invoke(app, ["status", str(workdir), "--json"])
