@@ -46,9 +46,7 @@ def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
     for seed in seeds:
         if [r["name"] for r in comparisons[seed]["runs"]] != models:
             raise ValueError(f"seed {seed} evaluated other models than seed {seeds[0]}")
-    layout = [(label, k) for label, k in SUMMARY_LAYOUT  # length-matched Dist only where compare could match
-              if all(k in r["metrics"] for c in comparisons.values() for r in c["runs"])]
-    keys = [k for _, k in layout]
+    keys = [k for _, k in SUMMARY_LAYOUT]
     per_model = {}
     for i, name in enumerate(models):
         per_model[name] = {}
@@ -79,7 +77,7 @@ def seed_summary(comparisons: dict[int, dict], out_dir: Path) -> dict:
                         "BLEU/Dist/embedding in %, Ent in bits")
     for h in header:
         table.add_column(h, justify="right")
-    for label, k in layout:
+    for label, k in SUMMARY_LAYOUT:
         cells = [_pm(k, per_model[m][k]["mean"], per_model[m][k]["sd"]) for m in models]
         for c in contrasts:
             row = c["metrics"].get(k)

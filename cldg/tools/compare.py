@@ -4,8 +4,8 @@ Not an artifact stage: it reads evaluate artifacts and, with --out, writes `comp
 `comparison.md` and `comparison.png` (grouped bars). Every run after the first is compared with the
 first (the baseline, e.g. the MLE reference) on the same test pairs: the mean difference and its 95%
 paired bootstrap interval, resampling responses; per-response values come from generations.jsonl
-(Dist-n, a corpus-level figure, is recomputed on each resample). Runs of the same contexts also get Dist-n at one
-length: each context's replies cut to the shortest of them (`add_length_matched_dist`).
+(Dist-n, a corpus-level figure, is recomputed on each resample). The runs also get Dist-n at one length: each
+context's replies cut to the shortest of them (`add_length_matched_dist`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class EvalRun:
         self.art, self.metrics, self.generations = art, metrics, generations
         self.name = f"{metrics.get('model', '?')} ({metrics.get('decoding', '?')})"
         self._words: list[list[str]] | None = None
-        self.matched: list[list[str]] | None = None  # its replies cut to the compared runs' shortest (compare_runs)
+        self.matched: list[list[str]] = []  # its replies cut to the compared runs' shortest (compare_runs)
 
     def words(self) -> list[list[str]]:
         """Generated responses as metric words: the tokenizer of the prepare artifact it was scored with."""
@@ -148,21 +148,18 @@ def corpus_bootstrap(base: list[list[str]], other: list[list[str]], statistic, s
 
 
 def differences(base: EvalRun, run: EvalRun, keys: list[str], seed: int = 0) -> dict[str, dict]:
-    """Per metric: mean difference run - base, 95% paired bootstrap interval, share of resamples not better."""
+    """Per metric: mean difference run - base, 95% paired bootstrap interval, share of resamples not better.
+    The two runs answered the same pairs in the same order (compare_runs checks it)."""
     from cldg.metrics import COUNTS, MATCHED
     from cldg.metrics.diversity import distinct_count
     from cldg.metrics.stats import paired_bootstrap
 
-    if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in base.generations]:
-        raise CldgError(f"{run.art.path}: evaluated on other pairs than {base.art.path} "
-                        "(compare runs of the same split and --limit)")
     out = {}
     for k in keys:
         if k in ("dist1", "dist2", "dist3"):
             out[k] = dist_bootstrap(base.words(), run.words(), int(k[-1]), seed=seed)
         elif k in MATCHED:
-            if base.matched is not None and run.matched is not None:
-                out[k] = dist_bootstrap(base.matched, run.matched, int(k[len("dist")]), seed=seed)
+            out[k] = dist_bootstrap(base.matched, run.matched, int(k[len("dist")]), seed=seed)
         elif k in COUNTS:
             out[k] = corpus_bootstrap(base.words(), run.words(), lambda responses: distinct_count(responses, k),
                                       seed=seed)
@@ -185,10 +182,12 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     names = [r.name for r in loaded]
     if len(set(names)) < len(names):
         names = [f"{n} [{r.art.fingerprint[:6]}]" for n, r in zip(names, loaded)]
-    layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")] + COUNT_LAYOUT
-    if len({tuple(g["pair_id"] for g in r.generations) for r in loaded}) == 1:  # same contexts: Dist at one length
-        add_length_matched_dist(loaded)
-        layout = layout + MATCHED_LAYOUT
+    for run in loaded[1:]:  # paired differences, and Dist at one length, need the same pairs in the same order
+        if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in loaded[0].generations]:
+            raise CldgError(f"{run.art.path}: evaluated on other pairs than {loaded[0].art.path} "
+                            "(compare runs of the same split and --limit)")
+    add_length_matched_dist(loaded)
+    layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")] + COUNT_LAYOUT + MATCHED_LAYOUT
     keys = [k for _, k in layout]
     for r in loaded:
         missing = [k for k in keys if k not in r.metrics]
