@@ -15,6 +15,10 @@ ABLATION_LAYOUT = TABLE_LAYOUT + EXTRA_LAYOUT + COUNT_LAYOUT
 # the seeds summary compares two models at a time per seed, so it has each seed's length-matched Dist too
 SUMMARY_LAYOUT = ABLATION_LAYOUT + MATCHED_LAYOUT
 LOWER_IS_BETTER = {"reference_ppl"}
+# the ablation table's one comparison per row: Dist at one length against the MLE reference (points)
+MATCHED_VS_REFERENCE_LAYOUT = [("Dist-1 vs ref, length-matched", "dist1_matched_vs_reference"),
+                               ("Dist-2 vs ref, length-matched", "dist2_matched_vs_reference"),
+                               ("Dist-3 vs ref, length-matched", "dist3_matched_vs_reference")]
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -139,19 +143,20 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
 
     from cldg.progress import console
 
-    def metrics_of(path: Path) -> dict:  # metrics.json, and the distinct counts from its generations
-        from cldg.tools.compare import load_run
+    from cldg.tools.compare import load_run
 
-        return load_run(Path(path)).metrics
-
+    references = {seed: load_run(Path(p)) for seed, p in reference_runs.items()}
     keys = [k for _, k in ABLATION_LAYOUT]
-    rows = {}
+    rows, vs_reference = {}, {}
     for label, _ in [("MLE reference", {})] + variants:
         paths = reference_runs if label == "MLE reference" else runs[label]
-        got = [metrics_of(p) for _, p in sorted(paths.items())]
-        rows[label] = {k: mean_sd([m[k] for m in got]) for k in keys}
+        loaded = {seed: load_run(Path(p)) for seed, p in sorted(paths.items())}
+        rows[label] = {k: mean_sd([run.metrics[k] for run in loaded.values()]) for k in keys}
+        if label != "MLE reference":
+            vs_reference[label] = {k: mean_sd(v) for k, v in
+                                   _matched_dist_against(loaded, references, label).items()}
     several = len(reference_runs) > 1
-    header = ["model"] + [name for name, _ in ABLATION_LAYOUT]
+    header = ["model"] + [name for name, _ in ABLATION_LAYOUT] + [name for name, _ in MATCHED_VS_REFERENCE_LAYOUT]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     table = Table(title=f"Ablations (Table 5) and group size, {len(reference_runs)} seed(s)"
                         + ("; mean ± sd" if several else ""))
@@ -159,6 +164,8 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
         table.add_column(h, justify="right")
     for label, vals in rows.items():
         cells = [_pm(k, *vals[k]) if several else fmt(k, vals[k][0]) for k in keys]
+        cells += [_signed_points(*vs_reference[label][k], several) if label in vs_reference else ""
+                  for _, k in MATCHED_VS_REFERENCE_LAYOUT]
         lines.append("| " + " | ".join([label] + cells) + " |")
         table.add_row(label, *cells)
     console.print(table)
@@ -167,8 +174,11 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
                      if set(overrides) <= {"k"}])
     result = {"seeds": sorted(reference_runs), "rows": {label: {k: {"mean": v[0], "sd": v[1]} for k, v in vals.items()}
                                                          for label, vals in rows.items()},
+              "length_matched_vs_reference": {label: {k: {"mean": v[0], "sd": v[1]} for k, v in vals.items()}
+                                              for label, vals in vs_reference.items()},
               "k": [k for k, _ in k_rows],
               "runs": {label: {str(s): str(p) for s, p in paths.items()} for label, paths in runs.items()},
+              "reference_runs": {str(s): str(p) for s, p in reference_runs.items()},
               "seconds": seconds, "markdown": markdown}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +190,32 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
     _plot_k(out_dir / "ablation-k.png", k_rows, rows)
     console.print(f"ablation: {out_dir / 'ablation.md'}")
     return result
+
+
+def _matched_dist_against(runs: dict, references: dict, label: str) -> dict[str, list[float]]:
+    """Per seed, a row's Dist-1/2/3 minus its reference's with both models' replies cut, context by context, to
+    the shorter of the two (metrics.diversity.cut_to_shortest): the ablation table's answer to "more varied, or
+    only longer?" that `compare` gives for two models. Fractions, as Dist; one list entry per seed."""
+    from cldg.errors import CldgError
+    from cldg.metrics.diversity import cut_to_shortest, distinct_n
+
+    out = {k: [] for _, k in MATCHED_VS_REFERENCE_LAYOUT}
+    for seed, run in runs.items():
+        reference = references.get(seed)
+        if reference is None:
+            raise CldgError(f"ablation: {label} has seed {seed}, which the MLE reference has no evaluation of")
+        if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in reference.generations]:
+            raise CldgError(f"{run.art.path}: evaluated on other pairs than {reference.art.path} "
+                            "(length-matched Dist pairs the replies context by context)")
+        ours, theirs = cut_to_shortest([run.words(), reference.words()])
+        for n, (_, key) in enumerate(MATCHED_VS_REFERENCE_LAYOUT, 1):
+            out[key].append(distinct_n(ours, n) - distinct_n(theirs, n))
+    return out
+
+
+def _signed_points(mean: float, sd: float, several: bool) -> str:
+    """A difference of fractions in points, signed: +0.68, or +0.68 ± 0.10 over seeds."""
+    return f"{100 * mean:+.2f}" + (f" ± {100 * sd:.2f}" if several else "")
 
 
 def _plot_k(path: Path, k_rows: list[tuple[int, str]], rows: dict) -> None:

@@ -113,6 +113,20 @@ def test_ablate_trains_each_variant_from_the_same_reference_and_samples(seeds_ru
         gens = (Path(per_seed["3"]) / "generations.jsonl").read_text().splitlines()
         replies = {tuple(json.loads(line)["generated_tokens"]) for line in gens}
         assert table["rows"][label]["distinct_replies"]["mean"] == len(replies)
+    # each row's Dist at one length against the reference, recomputed from both models' generations
+    from cldg.metrics.diversity import distinct_n
+
+    def tokens(run_dir):
+        return [json.loads(line)["generated_tokens"]
+                for line in (Path(run_dir) / "generations.jsonl").read_text().splitlines()]
+
+    matched = table["length_matched_vs_reference"]
+    assert set(matched) == set(table["runs"])
+    reference, ours = tokens(table["reference_runs"]["3"]), tokens(table["runs"]["no group"]["3"])
+    cut = [(a[:min(len(a), len(b))], b[:min(len(a), len(b))]) for a, b in zip(ours, reference)]
+    expected = distinct_n([a for a, _ in cut], 2) - distinct_n([b for _, b in cut], 2)
+    assert matched["no group"]["dist2_matched_vs_reference"]["mean"] == pytest.approx(expected)
+    assert "Dist-2 vs ref, length-matched" in md
     assert (work / "ablation" / "ablation-k.png").stat().st_size > 1000
 
 
