@@ -173,3 +173,27 @@ def test_prepare_trains_fasttext_with_one_worker_when_deterministic(monkeypatch,
     prepare.run(cfg, CommonOptions(workdir=tmp_path / "a", deterministic=True))
     prepare.run(cfg, CommonOptions(workdir=tmp_path / "b", deterministic=False))
     assert seen == [1, 2]
+
+
+def test_ablation_rows_need_the_references_pairs_for_dist_at_one_length():
+    from types import SimpleNamespace
+
+    from cldg.errors import CldgError
+    from cldg.reports import _matched_dist_against
+
+    def run(pair_ids, replies, path):
+        return SimpleNamespace(generations=[{"pair_id": p} for p in pair_ids], words=lambda: replies,
+                               art=SimpleNamespace(path=Path(path)))
+
+    reference = run([1, 2], [["i", "know"], ["yes"]], "eval/ref")
+    # the row answers longer; cut to the reference's length it has 3 distinct words of 3 against 3 of 3
+    longer = run([1, 2], [["you", "do", "not", "know"], ["no", "way"]], "eval/row")
+    got = _matched_dist_against({3: longer}, {3: reference}, "row")
+    assert got["dist1_matched_vs_reference"] == [pytest.approx(0.0)]
+    repeats = run([1, 2], [["yes", "yes", "yes"], ["yes"]], "eval/row")
+    assert _matched_dist_against({3: repeats}, {3: reference}, "row")["dist1_matched_vs_reference"][0] \
+        == pytest.approx(1 / 3 - 1)
+    with pytest.raises(CldgError, match="eval/row: evaluated on other pairs than eval/ref"):
+        _matched_dist_against({3: run([2, 1], [["a"], ["b"]], "eval/row")}, {3: reference}, "row")
+    with pytest.raises(CldgError, match="seed 4"):
+        _matched_dist_against({4: longer}, {3: reference}, "row")
