@@ -211,6 +211,11 @@ def test_teacher_forcing_is_reinforce_with_reward_one_per_sequence():
     assert nll == pytest.approx(per_token.item()) and loss.item() == pytest.approx(per_token.item() * 9 / 2)
 
 
+def _float32(method, *args):
+    with torch.autocast("cpu", enabled=False):
+        return method(*args)
+
+
 def test_rollout_rewards_are_scored_in_float32_under_autocast():
     """The Trainer's bf16 autocast is off while rewards are scored (CPU autocast stands in for CUDA's here)."""
     from cldg.models.discriminator import DiscriminatorConfig, HierarchicalDiscriminator
@@ -226,6 +231,12 @@ def test_rollout_rewards_are_scored_in_float32_under_autocast():
         return torch.sigmoid(d(batch.context_turns.index_select(0, rows), responses))
 
     plain = rollout_rewards(policy, batch, tokens, 1, 5, human_probability)
+    # The policy itself decodes in float32: oneDNN has no bf16 LSTM on a CPU without AVX512-BF16 (an AVX2-only
+    # EPYC fails with "could not create a primitive descriptor"), and what is under test is the reward scoring,
+    # which still runs inside the outer autocast unless rollout_rewards turns it off.
+    for name in ("init_decoding", "decode_step"):
+        method = getattr(policy, name)
+        setattr(policy, name, lambda *a, _m=method: _float32(_m, *a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = rollout_rewards(policy, batch, tokens, 1, 5, human_probability)
     last = (tokens.ne(PAD).sum(1) - 1).unsqueeze(1)  # the whole responses' scores (the rollouts' draws may differ)
