@@ -142,7 +142,6 @@ def ablation_report(runs: dict[str, dict[int, Path]], reference_runs: dict[int, 
     from rich.table import Table
 
     from cldg.progress import console
-
     from cldg.tools.compare import load_run
 
     references = {seed: load_run(Path(p)) for seed, p in reference_runs.items()}
@@ -198,15 +197,14 @@ def _matched_dist_against(runs: dict, references: dict, label: str) -> dict[str,
     only longer?" that `compare` gives for two models. Fractions, as Dist; one list entry per seed."""
     from cldg.errors import CldgError
     from cldg.metrics.diversity import cut_to_shortest, distinct_n
+    from cldg.tools.compare import require_same_pairs
 
     out = {k: [] for _, k in MATCHED_VS_REFERENCE_LAYOUT}
     for seed, run in runs.items():
         reference = references.get(seed)
         if reference is None:
             raise CldgError(f"ablation: {label} has seed {seed}, which the MLE reference has no evaluation of")
-        if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in reference.generations]:
-            raise CldgError(f"{run.art.path}: evaluated on other pairs than {reference.art.path} "
-                            "(length-matched Dist pairs the replies context by context)")
+        require_same_pairs(reference, [run])
         ours, theirs = cut_to_shortest([run.words(), reference.words()])
         for n, (_, key) in enumerate(MATCHED_VS_REFERENCE_LAYOUT, 1):
             out[key].append(distinct_n(ours, n) - distinct_n(theirs, n))

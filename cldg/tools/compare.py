@@ -182,10 +182,7 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
     names = [r.name for r in loaded]
     if len(set(names)) < len(names):
         names = [f"{n} [{r.art.fingerprint[:6]}]" for n, r in zip(names, loaded)]
-    for run in loaded[1:]:  # paired differences, and Dist at one length, need the same pairs in the same order
-        if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in loaded[0].generations]:
-            raise CldgError(f"{run.art.path}: evaluated on other pairs than {loaded[0].art.path} "
-                            "(compare runs of the same split and --limit)")
+    require_same_pairs(loaded[0], loaded[1:])
     add_length_matched_dist(loaded)
     layout = TABLE_LAYOUT + EXTRA_LAYOUT + [("sacreBLEU", "sacrebleu")] + COUNT_LAYOUT + MATCHED_LAYOUT
     keys = [k for _, k in layout]
@@ -230,6 +227,14 @@ def compare_runs(runs: list[Path], workdir: Path, out_dir: Path | None, as_json:
         plot_comparison(out_dir / "comparison.png", names, [r.metrics for r in loaded])
         result["outputs"] = [str(out_dir / f) for f in ("comparison.json", "comparison.md", "comparison.png")]
     return result
+
+
+def require_same_pairs(base: EvalRun, others: list[EvalRun]) -> None:
+    """Paired differences, and Dist at one length, need every run to have answered base's pairs in base's order."""
+    for run in others:
+        if [g["pair_id"] for g in run.generations] != [g["pair_id"] for g in base.generations]:
+            raise CldgError(f"{run.art.path}: evaluated on other pairs than {base.art.path} "
+                            "(compare runs of the same split and --limit)")
 
 
 def add_length_matched_dist(runs: list[EvalRun]) -> None:
