@@ -508,6 +508,8 @@ class StageRun:
             "inputs": self._manifest_inputs(),
             "rows": rows or {},
             "timings": timings,
+            # floats depend on how many threads summed them (README, Reproducibility): say how many did
+            **({"torch_threads": sys.modules["torch"].get_num_threads()} if "torch" in sys.modules else {}),
             "files": files,
             **(extra or {}),
         }

@@ -270,12 +270,16 @@ def run_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML confi
                 device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
                 seeds: Annotated[Optional[str], typer.Option(
                     help="Comma-separated seeds, e.g. 13,14,15: rerun the seed-dependent stages once per seed "
-                         "and report mean ± sd and per-seed CIs (overrides \\[run] seeds).")] = None) -> None:
+                         "and report mean ± sd and per-seed CIs (overrides \\[run] seeds).")] = None,
+                parallel: Annotated[Optional[bool], typer.Option(
+                    "--parallel/--no-parallel",
+                    help="Train the matcher and mine in a second process while the MLE reference trains, each on "
+                         "half the threads (overrides \\[run] parallel; README, Performance).")] = None) -> None:
     """Run the whole pipeline from one TOML file, skipping what is built and resuming what was interrupted."""
     from cldg.pipeline import parse_seeds, run_pipeline
 
     guarded(lambda: run_pipeline(config, workdir=workdir, force=force, device=device,
-                                 seeds=parse_seeds(seeds) if seeds else None))
+                                 seeds=parse_seeds(seeds) if seeds else None, parallel=parallel))
 
 
 @app.command("ablate")

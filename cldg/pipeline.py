@@ -12,6 +12,8 @@ The config has the common keys at top level (`workdir`, `seed`, `device`, ...), 
     seed_stages = ["pretrain", "contrastive_train", "evaluate"]   # which stages those are
     human_eval = 100                                  # blind A/B sheets of that many test contexts for the first
                                                       # model against each other one (WORKDIR/human-eval/; 0: none)
+    parallel = true                                   # train the matcher and mine (another process) while the
+                                                      # MLE reference trains, each on half the threads (below)
     reports = "dropout-on"                            # where this run's compare/, seeds/, human-eval/, ablation/
                                                       # and run-summary.json go (relative: under the workdir;
                                                       # default the workdir itself), so a variant config that
@@ -26,11 +28,22 @@ runs of several seeds share one workdir safely. Each stage skips itself when its
 fingerprint) is complete and resumes from its `.partial` directory when it was interrupted, so
 rerunning after a crash or Ctrl-C continues where it stopped. With several seeds the data stages
 (prepare, index, matcher, mining: the top-level seed) are built once and every seed reuses them.
+
+With `[run] parallel = true` (or `cldg run --parallel`) the data stages that the MLE reference does not need
+(index, train-matcher, mine-samples: the "side branch", `side_branch`) run in a second process while the first
+seed's reference trains, each side on half the torch threads (1 and 1 on 2 cores). On 2 cores the small
+models of the demo gain little from a second thread (a seq2seq step 1.2x), so two stages on one thread each
+finish sooner than one after the other on two. Floats depend on the thread count, so the thread count of each
+stage is fixed by the plan, not by what happens to be running: the side branch's stages and the stages that
+run beside it (`pretrain`, for every seed) always get their half, so a seed's models are the same in a
+one-seed and a many-seed run, and `cldg ablate` uses the same counts (`plan_threads`). Every manifest records
+its torch_threads; to rebuild one of these stages alone with the same floats give it that `--torch-threads`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,12 +56,12 @@ from cldg.config import CommonOptions, config_from_table, load_toml
 from cldg.training.options import train_option_problems
 from cldg.errors import CldgError
 from cldg.progress import console, make_progress
-from cldg.stages import BY_TABLE, STAGES, stage_module
+from cldg.stages import ARTIFACT_ORDER, BY_TABLE, STAGES, stage_module
 
 # (TOML table, stage module, label), in pipeline order, from the one stage registry
 PIPELINE: list[tuple[str, str, str]] = [(s.table, s.module, s.command) for s in STAGES]
 KNOWN_TABLES = {t for t, _, _ in PIPELINE} | {"run", "ablate"}
-RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages", "human_eval", "reports"}
+RUN_KEYS = {"evaluate_models", "skip", "seeds", "seed_stages", "human_eval", "reports", "parallel"}
 ABLATE_KEYS = {"ks", "variants"}
 # the baselines trained by the generic stage run only when the config has their table ([mmi_train], ...):
 # a config written before them trains what it always trained
@@ -84,6 +97,8 @@ class StepResult:
     skipped: bool
     seconds: float
     seed: int
+    started: float = 0.0  # seconds after the run began (steps of the side branch overlap the others)
+    threads: int = 0      # torch threads it ran with
 
 
 @dataclasses.dataclass
@@ -96,6 +111,7 @@ class Plan:
     where: str
     human_eval: int = 0  # [run] human_eval: items per A/B sheet (0: no sheets)
     reports: Path | None = None  # [run] reports under the workdir: this run's comparisons and summaries (load_plan)
+    parallel: bool = False  # [run] parallel: the side branch runs beside the reference's training (module doc)
 
 
 def check_config_doc(doc: dict[str, Any], where: str) -> None:
@@ -169,7 +185,8 @@ def plan_steps(doc: dict[str, Any], where: str) -> list[tuple[str, str, str, dic
 
 
 def load_plan(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
-              seeds: list[int] | None = None, table_overrides: dict[str, dict[str, Any]] | None = None) -> Plan:
+              seeds: list[int] | None = None, table_overrides: dict[str, dict[str, Any]] | None = None,
+              parallel: bool | None = None) -> Plan:
     """Read and check the whole config before anything runs: a typo in the last table fails before hours of
     training."""
     doc = load_toml(config)
@@ -195,6 +212,10 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
     reports = run_table.get("reports")
     if reports is not None and (not isinstance(reports, str) or not reports.strip()):
         raise CldgError(f"{where} [run] reports: expected a folder name or path, got {reports!r}")
+    if parallel is None:
+        parallel = run_table.get("parallel", False)
+        if not isinstance(parallel, bool):
+            raise CldgError(f"{where} [run] parallel: expected true or false, got {parallel!r}")
     steps = []
     for table, module_name, label, extra in plan_steps(doc, where):
         module = stage_module(BY_TABLE[table])
@@ -205,7 +226,53 @@ def load_plan(config: Path, workdir: Path | None = None, force: bool = False, de
             raise CldgError(f"{where} [{table}]: {problems[0]}")
         steps.append(Step(table, module, label, cfg))
     return Plan(common, steps, seeds or [common.seed], set(seed_stages), doc, where, human_eval,
-                common.workdir / (reports or ""))  # an absolute path stays as it is; none: the workdir
+                common.workdir / (reports or ""), parallel)  # an absolute reports path stays; none: the workdir
+
+
+def step_needs(step: Step) -> set[str]:
+    """The artifacts (stage names: 'prepare', 'samples', ...) a step takes from the steps before it."""
+    needs = set(INPUT_OPTIONS.get(step.table, {}).values())
+    if step.table == "evaluate" and getattr(step.cfg, "model", None) in ARTIFACT_ORDER:
+        needs.add(step.cfg.model)
+    return needs
+
+
+def side_branch(plan: Plan) -> tuple[list[Step], list[Step]]:
+    """(side, beside): the longest tail of the data steps whose artifacts the first seed steps do not need, and
+    those first seed steps (up to the first that needs one). Both empty when nothing can overlap. The first
+    data step (prepare, which everything reads) stays on the main line."""
+    data = [s for s in plan.steps if s.table not in plan.seed_stages]
+    seed_steps = [s for s in plan.steps if s.table in plan.seed_stages]
+    best: tuple[list[Step], list[Step]] = ([], [])
+    for cut in range(len(data) - 1, 0, -1):
+        tail = data[cut:]
+        made = {a for s in tail for a in BY_TABLE[s.table].artifacts}
+        beside = []
+        for s in seed_steps:
+            if step_needs(s) & made:
+                break
+            beside.append(s)
+        if not beside:
+            break  # a longer tail makes more, so nothing could run beside it either
+        best = (tail, beside)
+    return best
+
+
+def plan_threads(plan: Plan, threads: int) -> dict[str, int]:
+    """Torch threads per stage table: with `parallel` on at least 2 threads, the side branch's stages get half
+    and the stages beside it the other half, in every seed and whatever runs at the same time (so the floats
+    do not depend on the schedule); every other stage, and every stage without `parallel`, gets them all."""
+    side, beside = side_branch(plan) if plan.parallel and threads >= 2 else ([], [])
+    if not side:
+        return {}
+    return {**{s.table: threads - threads // 2 for s in beside}, **{s.table: threads // 2 for s in side}}
+
+
+def with_threads(cfg: Any, threads: int) -> Any:
+    """A stage config whose own worker threads (indexing, BM25 search) stay within the stage's share."""
+    if dataclasses.is_dataclass(cfg) and any(f.name == "threads" for f in dataclasses.fields(cfg)):
+        return dataclasses.replace(cfg, threads=min(cfg.threads, threads))
+    return cfg
 
 
 def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], cfg: Any = None) -> Artifact:
@@ -222,56 +289,194 @@ def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], 
     return art
 
 
+class SideBranch:
+    """The side branch's steps in a second process, spawned (torch's thread pools do not survive a fork), with
+    its console output in a log that is shown when the branch is collected. Ctrl-C reaches both processes and
+    each stage saves where it was, so a rerun resumes both."""
+
+    def __init__(self, steps: list[Step], threads: int, built: dict[str, Artifact], log: Path, job: dict[str, Any]):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.steps, self.log, self.done = steps, log, False
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        self.messages = context.Queue()
+        job = {**job, "tables": [s.table for s in steps], "threads": threads, "log": str(log),
+               "built": {stage: str(a.path) for stage, a in built.items()}, "columns": console.width}
+        self.process = context.Process(target=run_side_branch, args=(job, self.messages), daemon=True,
+                                       name="cldg-side-branch")
+        self.process.start()
+
+    def collect(self, progress, task, into: list[dict[str, Artifact]], results: list[StepResult], seed: int,
+                t_start: float) -> None:
+        """Wait for the branch to end; its artifacts go into every dict of `into`, its steps into results."""
+        import queue
+
+        label = " -> ".join(s.label for s in self.steps)
+        progress.update(task, status=f"waiting for {label} (beside)")
+        current = self.steps[0].label
+        while True:
+            try:
+                kind, *msg = self.messages.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.is_alive():
+                    continue
+                try:  # it may have ended between the two calls, with its last words still in the queue
+                    kind, *msg = self.messages.get(timeout=2)
+                except queue.Empty:
+                    raise CldgError(f"{current}, running beside, stopped (exit code {self.process.exitcode}) without "
+                                    f"a word: its output is in {self.log}; rerun to resume") from None
+            if kind == "start":
+                current = msg[0]
+            elif kind == "built":
+                step_label, path, reused, t0, t1, threads = msg
+                art = dataclasses.replace(Artifact.load(Path(path), verify=False), reused=reused)
+                for built in into:
+                    built[art.stage] = art
+                results.append(StepResult(step_label, art, reused, t1 - t0, seed, t0 - t_start, threads))
+                progress.advance(task)
+            elif kind == "done":
+                break
+            elif kind == "error":
+                err = CldgError(f"{msg[0]} ({current}, run beside; its output: {self.log})")
+                err.exit_code = msg[1]
+                raise err
+            elif kind == "interrupted":
+                raise KeyboardInterrupt
+            else:  # "crash": an internal error, with the branch's traceback in its log
+                raise RuntimeError(f"{current}, running beside: {msg[0]} (traceback in {self.log})")
+        self.process.join()
+        self.done = True
+        from rich.text import Text
+
+        console.rule(f"[bold]{label} (ran beside)")
+        console.print(Text(self.log.read_text().rstrip("\n")), soft_wrap=True)
+
+    def stop(self) -> None:
+        """After an error or Ctrl-C elsewhere: let the branch save its progress and end (SIGTERM, which every
+        stage handles as Ctrl-C), then make sure it has."""
+        if self.done or not self.process.is_alive():
+            return
+        self.process.join(timeout=5)  # Ctrl-C from the terminal reached it too: it may be saving already
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=120)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def run_side_branch(job: dict[str, Any], messages) -> None:
+    """The second process of `SideBranch`: its steps, in order, on its share of the threads."""
+    import signal
+    import traceback
+
+    log = open(job["log"], "a", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    from cldg.cli import _terminate
+    from cldg.progress import results as results_console
+    from cldg.runtime import configure_runtime, offline_environment
+
+    signal.signal(signal.SIGTERM, _terminate)  # a stage saves its progress on it, as on Ctrl-C
+    console.width = results_console.width = job["columns"]
+    try:
+        offline_environment()
+        plan = load_plan(Path(job["config"]), Path(job["workdir"]), job["force"], job["device"], parallel=True)
+        threads = configure_runtime(plan.common.deterministic, job["threads"])
+        built = {stage: Artifact.load(Path(path), verify=False) for stage, path in job["built"].items()}
+        for step in plan.steps:
+            if step.table in job["tables"]:
+                messages.put(("start", step.label))
+                console.rule(f"[bold]{step.label}")
+                t0 = time.time()
+                art = execute_step(step, plan.common, built, with_threads(step.cfg, threads))
+                messages.put(("built", step.label, str(art.path), art.reused, t0, time.time(), threads))
+        messages.put(("done",))
+    except CldgError as exc:
+        messages.put(("error", str(exc), exc.exit_code))
+    except KeyboardInterrupt:
+        messages.put(("interrupted",))
+    except BaseException as exc:  # noqa: BLE001 - told to the main process, which reports it as internal
+        traceback.print_exc()
+        messages.put(("crash", f"{type(exc).__name__}: {exc}"))
+    finally:
+        log.flush()
+
+
 def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
-                 seeds: list[int] | None = None) -> list[StepResult]:
+                 seeds: list[int] | None = None, parallel: bool | None = None) -> list[StepResult]:
     """The whole pipeline, once per seed for the seed-dependent stages; a comparison per seed, and with
-    several seeds a summary across them (`WORKDIR/seeds/`)."""
+    several seeds a summary across them (`WORKDIR/seeds/`). With `parallel`, the side branch runs beside the
+    first seed's reference (module docstring)."""
     from cldg.runtime import configure_runtime, offline_environment
 
     offline_environment()
-    plan = load_plan(config, workdir, force, device, seeds)
+    plan = load_plan(config, workdir, force, device, seeds, parallel=parallel)
     common = plan.common
-    configure_runtime(common.deterministic, common.torch_threads)
+    threads = configure_runtime(common.deterministic, common.torch_threads)
+    stage_threads = plan_threads(plan, threads)
+    side_steps, beside_steps = side_branch(plan) if stage_threads else ([], [])
+    side_made = {a for s in side_steps for a in BY_TABLE[s.table].artifacts}
     reports = plan.reports
     warn_if_reports_belong_to_another_config(reports, config)
-    data_steps = [s for s in plan.steps if s.table not in plan.seed_stages]
+    data_steps = [s for s in plan.steps if s.table not in plan.seed_stages and s not in side_steps]
     seed_steps = [s for s in plan.steps if s.table in plan.seed_stages]
     several = len(plan.seeds) > 1
 
     results: list[StepResult] = []
     comparisons: dict[int, dict] = {}
     t_start = time.time()
-    with make_progress() as progress:
-        total = len(data_steps) + len(seed_steps) * len(plan.seeds)
-        overall = progress.add_task("pipeline", total=total, unit="stages", uneven=True)
+    side: SideBranch | None = None
+    try:
+        with make_progress() as progress:
+            total = len(data_steps) + len(side_steps) + len(seed_steps) * len(plan.seeds)
+            overall = progress.add_task("pipeline", total=total, unit="stages", uneven=True)
+            built: dict[str, Artifact] = {}
 
-        def run_steps(steps: list[Step], run_common: CommonOptions, built: dict[str, Artifact]) -> None:
-            for step in steps:
-                label = step.label + (f" [seed {run_common.seed}]" if several and step in seed_steps else "")
-                done = len(results) + 1
-                progress.update(overall, status=f"[{done}/{total}] {label}")
-                console.rule(f"[bold]{done}/{total} {label}")
-                t0 = time.time()
-                art = execute_step(step, run_common, built)
-                results.append(StepResult(label, art, art.reused, time.time() - t0, run_common.seed))
-                progress.advance(overall)
+            def run_steps(steps: list[Step], run_common: CommonOptions, run_built: dict[str, Artifact]) -> None:
+                for step in steps:
+                    if side is not None and not side.done and step_needs(step) & side_made:
+                        side.collect(progress, overall, [built, run_built], results, common.seed, t_start)
+                    label = step.label + (f" [seed {run_common.seed}]" if several and step in seed_steps else "")
+                    done = len(results) + 1
+                    progress.update(overall, status=f"[{done}/{total}] {label}")
+                    console.rule(f"[bold]{done}/{total} {label}")
+                    t0 = time.time()
+                    n = configure_runtime(common.deterministic, stage_threads.get(step.table, threads))
+                    art = execute_step(step, run_common, run_built, with_threads(step.cfg, n))
+                    results.append(StepResult(label, art, art.reused, time.time() - t0, run_common.seed,
+                                              t0 - t_start, n))
+                    progress.advance(overall)
 
-        built: dict[str, Artifact] = {}
-        run_steps(data_steps, common, built)
-        for seed in plan.seeds:
-            seed_common = dataclasses.replace(common, seed=seed)
-            first = len(results)
-            run_steps(seed_steps, seed_common, dict(built))
-            evals = [r.artifact for r in results[first:] if r.artifact.stage == "eval"]
-            if len(evals) >= 2:
-                from cldg.tools.compare import compare_runs
+            run_steps(data_steps, common, built)
+            if side_steps:
+                console.print(f"[bold]{' -> '.join(s.label for s in side_steps)}[/] run beside "
+                              f"{', '.join(s.label for s in beside_steps)} in another process, on "
+                              f"{threads // 2} of the {threads} threads; its output: {reports / 'logs'}",
+                              highlight=False, soft_wrap=True)
+                side = SideBranch(side_steps, threads // 2, built, reports / "logs" / "side-branch.log",
+                                  {"config": str(config), "workdir": str(common.workdir), "force": force,
+                                   "device": device})
+            for seed in plan.seeds:
+                seed_common = dataclasses.replace(common, seed=seed)
+                first = len(results)
+                run_steps(seed_steps, seed_common, dict(built))
+                evals = [r.artifact for r in results[first:] if r.artifact.stage == "eval"]
+                if len(evals) >= 2:
+                    from cldg.tools.compare import compare_runs
 
-                out = reports / "compare" / (f"seed-{seed}" if several else "")
-                comparisons[seed] = compare_runs([a.path for a in evals], common.workdir, out_dir=out,
-                                                 as_json=False)
-                if plan.human_eval:
-                    export_human_eval_sheets(evals, plan.human_eval, reports / "human-eval", seed, several)
-        progress.update(overall, status="done")
+                    out = reports / "compare" / (f"seed-{seed}" if several else "")
+                    comparisons[seed] = compare_runs([a.path for a in evals], common.workdir, out_dir=out,
+                                                     as_json=False)
+                    if plan.human_eval:
+                        export_human_eval_sheets(evals, plan.human_eval, reports / "human-eval", seed, several)
+            if side is not None and not side.done:  # nothing waited for it: the run ends with it
+                side.collect(progress, overall, [built], results, common.seed, t_start)
+            progress.update(overall, status="done")
+    finally:
+        if side is not None:
+            side.stop()
 
     _print_summary(results, time.time() - t_start)
     if several and comparisons:
@@ -279,10 +484,11 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
 
         seed_summary(comparisons, reports / "seeds")
     summary = {"config": str(config), "config_path": str(Path(config).resolve()), "workdir": str(common.workdir),
-               "seeds": plan.seeds,
+               "seeds": plan.seeds, "parallel": bool(side_steps),
                "total_s": round(time.time() - t_start, 1),
                "steps": [{"stage": r.label, "seed": r.seed, "artifact": str(r.artifact.path), "skipped": r.skipped,
-                          "seconds": round(r.seconds, 1)} for r in results]}
+                          "seconds": round(r.seconds, 1), "started_s": round(r.started, 1),
+                          "torch_threads": r.threads} for r in results]}
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "run-summary.json").write_text(json.dumps(summary, indent=2))
     return results
@@ -322,11 +528,12 @@ def export_human_eval_sheets(evals: list[Artifact], n: int, out: Path, seed: int
 
 def _print_summary(results: list[StepResult], total: float) -> None:
     table = Table(title=f"cldg run: {len(results)} steps in {total:,.0f} s")
-    for col in ("stage", "artifact", "status", "time (s)"):
+    for col in ("stage", "artifact", "status", "threads", "started (s)", "time (s)"):
         table.add_column(col)
-    for r in results:
+    for r in sorted(results, key=lambda r: r.started):
         status = "[dim]skipped (complete)[/]" if r.skipped else "[green]built[/]"
-        table.add_row(r.label, f"{r.artifact.stage}/{r.artifact.fingerprint[:12]}", status, f"{r.seconds:,.1f}")
+        table.add_row(r.label, f"{r.artifact.stage}/{r.artifact.fingerprint[:12]}", status, str(r.threads or ""),
+                      f"{r.started:,.1f}", f"{r.seconds:,.1f}")
     console.print(table)
 
 
@@ -360,7 +567,14 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
     mine_k = max([*ks, base_k, doc.get("mine_samples", {}).get("k", 3)])
     plan = load_plan(config, workdir, force, device, seeds, {"mine_samples": {"k": mine_k}})
     common = plan.common
-    configure_runtime(common.deterministic, common.torch_threads)
+    threads = configure_runtime(common.deterministic, common.torch_threads)
+    # one after the other, but on the threads `cldg run` gives each stage: the same floats, the same artifacts
+    stage_threads = plan_threads(plan, threads)
+
+    def run_step(step: Step, run_common: CommonOptions, run_built: dict[str, Artifact], cfg: Any = None) -> Artifact:
+        n = configure_runtime(common.deterministic, stage_threads.get(step.table, threads))
+        return execute_step(step, run_common, run_built, with_threads(cfg or step.cfg, n))
+
     by_table = {s.table: s for s in plan.steps}
     missing = {"pretrain", "mine_samples", "contrastive_train", "evaluate"} - set(by_table)
     if missing:
@@ -376,22 +590,22 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
     for step in before:
         if step.table not in plan.seed_stages:
             console.rule(f"[bold]{step.label}")
-            execute_step(step, common, built)
+            run_step(step, common, built)
     for seed in plan.seeds:
         seed_common = dataclasses.replace(common, seed=seed)
         seed_built = dict(built)
         for step in before:
             if step.table in plan.seed_stages:
                 console.rule(f"[bold]{step.label} [seed {seed}]")
-                execute_step(step, seed_common, seed_built)
+                run_step(step, seed_common, seed_built)
         ref_eval = dataclasses.replace(evaluate.cfg, model="reference")
         console.rule(f"[bold]evaluate (reference) [seed {seed}]")
-        reference_runs[seed] = execute_step(evaluate, seed_common, seed_built, ref_eval).path
+        reference_runs[seed] = run_step(evaluate, seed_common, seed_built, ref_eval).path
         for label, overrides in variants:
             console.rule(f"[bold]ablation: {label} [seed {seed}]")
             step = by_table["contrastive_train"]
-            execute_step(step, seed_common, seed_built, dataclasses.replace(step.cfg, **overrides))
-            runs[label][seed] = execute_step(evaluate, seed_common, seed_built,
+            run_step(step, seed_common, seed_built, dataclasses.replace(step.cfg, **overrides))
+            runs[label][seed] = run_step(evaluate, seed_common, seed_built,
                                              dataclasses.replace(evaluate.cfg, model="contrastive")).path
     return ablation_report(runs, reference_runs, variants, base_k, plan.reports / "ablation",
                            seconds=round(time.time() - t0, 1))

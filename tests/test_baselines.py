@@ -353,6 +353,7 @@ def test_the_baselines_config_parses_shares_the_demo_and_compares_every_approach
     assert (plan.common.workdir, plan.common.seed) == (demo.common.workdir, demo.common.seed)
     # the same artifacts, but its own reports: the demo's compare/ and seeds/ are not replaced
     assert demo.reports == demo.common.workdir and plan.reports == demo.common.workdir / "baselines"
+    assert plan.parallel == demo.parallel  # the stages' thread counts, and so their floats, are the demo's
     demo_cfgs = {s.label: s.cfg for s in demo.steps}
     for step in plan.steps:
         if step.label in demo_cfgs:

@@ -1,0 +1,146 @@
+"""`[run] parallel`: the side branch (index, train-matcher, mine-samples) in a second process beside the MLE
+reference, each on half the threads, with thread counts fixed by the plan so that the floats do not depend on
+the schedule.
+
+The runs here are real `cldg run` processes on the tiny corpus with 2 torch threads (1 per side)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cldg.errors import CldgError
+from cldg.pipeline import load_plan, plan_threads, side_branch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parallel_config(tiny_pipeline, root: Path, extra: str = "") -> Path:
+    """The tiny pipeline's config on 2 torch threads with `[run] parallel = true` (and `extra` tables), its
+    reference made large enough (hidden 256, 8 epochs: seconds, not the tiny 0.6) to be still training when
+    the second process has started."""
+    _, config, _ = tiny_pipeline
+    text = config.read_text().replace("hidden_size = 24\n", "hidden_size = 256\n").replace("epochs = 4\n", "epochs = 8\n")
+    assert "hidden_size = 256" in text and "epochs = 8" in text
+    config = root / "parallel.toml"
+    config.write_text("torch_threads = 2\n" + text + "\n[run]\nparallel = true\n" + extra)
+    return config
+
+
+def cldg_run(config: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "777"}
+    env.pop("OMP_NUM_THREADS", None)  # the config's torch_threads decides
+    return subprocess.run([sys.executable, "-m", "cldg.cli", "run", str(config), "--workdir", str(workdir), *args],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def steps_by_stage(workdir: Path) -> dict[str, dict]:
+    return {s["stage"]: s for s in json.loads((workdir / "run-summary.json").read_text())["steps"]}
+
+
+@pytest.fixture(scope="module")
+def parallel_runs(tmp_path_factory, tiny_pipeline):
+    """The same parallel run twice, in two workdirs: (config, [(workdir, process), ...])."""
+    root = tmp_path_factory.mktemp("parallel")
+    config = parallel_config(tiny_pipeline, root)
+    runs = [(root / f"work{i}", cldg_run(config, root / f"work{i}")) for i in (1, 2)]
+    return config, runs
+
+
+def test_the_side_branch_runs_beside_the_reference_on_half_the_threads(parallel_runs):
+    _, runs = parallel_runs
+    for workdir, proc in runs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((workdir / "run-summary.json").read_text())
+        assert summary["parallel"] is True
+        steps = steps_by_stage(workdir)
+        threads = {stage: s["torch_threads"] for stage, s in steps.items()}
+        assert threads == {"prepare": 2, "index": 1, "train-matcher": 1, "mine-samples": 1, "pretrain": 1,
+                           "contrastive-train": 2, "evaluate (reference)": 2, "evaluate (contrastive)": 2}
+        # the branch began before the reference was done, and contrastive training waited for its samples
+        pretrain, mine = steps["pretrain"], steps["mine-samples"]
+        assert steps["index"]["started_s"] < pretrain["started_s"] + pretrain["seconds"]
+        assert steps["contrastive-train"]["started_s"] >= mine["started_s"] + mine["seconds"] - 0.2
+        # each manifest says how many threads built it
+        for stage, s in steps.items():
+            manifest = json.loads((Path(s["artifact"]) / "manifest.json").read_text())
+            assert manifest["torch_threads"] == threads[stage], stage
+        # the branch's own output is kept and was shown in the run's
+        log = (workdir / "logs" / "side-branch.log").read_text()
+        assert "train-matcher" in log and "mine-samples" in log
+        assert "(ran beside)" in proc.stderr and "R10@1" in proc.stderr
+
+
+def test_a_parallel_run_is_reproducible_byte_for_byte(parallel_runs):
+    _, ((first, _), (second, _)) = parallel_runs
+    a, b = steps_by_stage(first), steps_by_stage(second)
+    for stage in ("evaluate (reference)", "evaluate (contrastive)"):
+        assert (Path(a[stage]["artifact"]) / "metrics.json").read_bytes() == \
+            (Path(b[stage]["artifact"]) / "metrics.json").read_bytes(), stage
+    for stage in ("train-matcher", "mine-samples", "pretrain", "contrastive-train"):
+        # the weights and the samples by their sha256 (a trainer's metrics.json also holds its seconds)
+        files = [{name: f["sha256"] for name, f in
+                  json.loads((Path(steps[stage]["artifact"]) / "manifest.json").read_text())["files"].items()
+                  if name.endswith((".safetensors", ".parquet"))} for steps in (a, b)]
+        assert files[0] and files[0] == files[1], stage
+
+
+def test_a_stage_alone_on_the_plans_thread_count_builds_the_same_model(parallel_runs, tmp_path):
+    """The floats come from the thread count the plan gives a stage, not from running beside another stage:
+    the reference trained alone with --torch-threads 1 is the parallel run's, byte for byte."""
+    config, ((workdir, _), _) = parallel_runs
+    steps = steps_by_stage(workdir)
+    alone = tmp_path / "alone"
+    env = {**os.environ}
+    env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.run([sys.executable, "-m", "cldg.cli", "pretrain", "--config", str(config), "--workdir",
+                           str(alone), "--prepare-dir", steps["prepare"]["artifact"], "--torch-threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [built] = [d for d in (alone / "reference").iterdir() if (d / "manifest.json").is_file() and not d.is_symlink()]
+    ours = Path(steps["pretrain"]["artifact"]) / "model.safetensors"
+    assert (built / "model.safetensors").read_bytes() == ours.read_bytes()
+
+
+def test_an_error_in_the_side_branch_is_one_line_and_keeps_the_reference(tiny_pipeline, tmp_path):
+    config = parallel_config(tiny_pipeline, tmp_path)
+    text = config.read_text().replace("[mine_samples]\n", f'[mine_samples]\nindex_dir = "{tmp_path / "no-index"}"\n')
+    config.write_text(text)
+    proc = cldg_run(config, tmp_path / "work")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no-index" in last and "mine-samples, run beside" in last and "side-branch.log" in last, last
+    assert "Traceback" not in proc.stderr
+    # the reference trained beside it is complete
+    assert [d for d in (tmp_path / "work" / "reference").iterdir() if (d / "manifest.json").is_file()]
+    # and the rerun with the error fixed reuses it
+    config.write_text(text.replace(f'index_dir = "{tmp_path / "no-index"}"\n', ""))
+    proc = cldg_run(config, tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = steps_by_stage(tmp_path / "work")
+    assert steps["pretrain"]["skipped"] and steps["train-matcher"]["skipped"]
+    assert not steps["mine-samples"]["skipped"]
+
+
+def test_the_plan_puts_every_data_stage_the_reference_does_not_need_beside_it():
+    demo = REPO / "examples" / "chitchat-demo.toml"
+    plan = load_plan(demo)
+    assert plan.parallel is True
+    side, beside = side_branch(plan)
+    assert [s.table for s in side] == ["index", "train_matcher", "mine_samples"]
+    assert [s.table for s in beside] == ["pretrain"]
+    assert plan_threads(plan, 2) == {"index": 1, "train_matcher": 1, "mine_samples": 1, "pretrain": 1}
+    assert plan_threads(plan, 5) == {"index": 2, "train_matcher": 2, "mine_samples": 2, "pretrain": 3}
+    assert plan_threads(plan, 1) == {}  # one thread: nothing to share, everything in turn
+    assert plan_threads(load_plan(demo, parallel=False), 2) == {}
+
+
+def test_parallel_must_be_true_or_false(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('workdir = "w"\n[run]\nparallel = "yes"\n')
+    with pytest.raises(CldgError, match=r"\[run\] parallel: expected true or false, got 'yes'"):
+        load_plan(config)
