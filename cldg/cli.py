@@ -290,7 +290,11 @@ def ablate_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML co
                    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default: \\[run] seeds, "
                                                                      "else the config's seed).")] = None,
                    ks: Annotated[Optional[str], typer.Option(help="Group sizes to study, e.g. 1,2,3,4,5 "
-                                                                  "(default: \\[ablate] ks, else 1..5).")] = None) -> None:
+                                                                  "(default: \\[ablate] ks, else 1..5).")] = None,
+                   parallel: Annotated[Optional[bool], typer.Option(
+                       "--parallel/--no-parallel",
+                       help="Give each stage the threads `cldg run --parallel` gives it, so that the run's artifacts "
+                            "are the ablation's (overrides \\[run] parallel).")] = None) -> None:
     """The paper's Table 5: every ablation and every group size k from one reference, samples and reference
     cache, evaluated the same way; writes WORKDIR/ablation/ablation.{json,md} and ablation-k.png."""
     from cldg.pipeline import parse_seeds, run_ablation
@@ -302,7 +306,7 @@ def ablate_command(config: Annotated[Path, typer.Argument(help="Pipeline TOML co
             if min(k_list) < 1:
                 raise CldgError(f"--ks {ks!r}: group sizes must be at least 1")
         run_ablation(config, workdir=workdir, force=force, device=device,
-                     seeds=parse_seeds(seeds) if seeds else None, ks=k_list)
+                     seeds=parse_seeds(seeds) if seeds else None, ks=k_list, parallel=parallel)
 
     guarded(go)
 

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from cldg.approaches import model_name_stages, model_stages
@@ -290,32 +291,37 @@ def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], 
 
 
 class SideBranch:
-    """The side branch's steps in a second process, spawned (torch's thread pools do not survive a fork), with
-    its console output in a log that is shown when the branch is collected. Ctrl-C reaches both processes and
-    each stage saves where it was, so a rerun resumes both."""
+    """The side branch in a second process, spawned (torch's thread pools do not survive a fork): the data steps
+    `steps`, then `seed_steps` for each of `seeds` (with several seeds, some seeds' references train there while
+    the others train in the main process). Its console output goes to a log that is shown when the branch is
+    collected. Ctrl-C reaches both processes and each stage saves where it was, so a rerun resumes both."""
 
-    def __init__(self, steps: list[Step], threads: int, built: dict[str, Artifact], log: Path, job: dict[str, Any]):
+    def __init__(self, steps: list[Step], seed_steps: list[Step], seeds: list[int], threads: dict[str, int],
+                 built: dict[str, Artifact], log: Path, job: dict[str, Any]):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        self.steps, self.log, self.done = steps, log, False
+        self.log, self.done = log, False
+        self.labels = [s.label for s in steps] + [f"{s.label} [seed {seed}]" for seed in seeds for s in seed_steps]
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         self.messages = context.Queue()
-        job = {**job, "tables": [s.table for s in steps], "threads": threads, "log": str(log),
+        job = {**job, "tables": [s.table for s in steps], "seed_tables": [s.table for s in seed_steps],
+               "seeds": seeds, "threads": threads, "log": str(log),
                "built": {stage: str(a.path) for stage, a in built.items()}, "columns": console.width}
         self.process = context.Process(target=run_side_branch, args=(job, self.messages), daemon=True,
                                        name="cldg-side-branch")
         self.process.start()
 
-    def collect(self, progress, task, into: list[dict[str, Artifact]], results: list[StepResult], seed: int,
-                t_start: float) -> None:
-        """Wait for the branch to end; its artifacts go into every dict of `into`, its steps into results."""
+    def collect(self, progress, task, data_built: list[dict[str, Artifact]], seed_built: dict[int, dict[str, Artifact]],
+                results: list[StepResult], data_seed: int, t_start: float) -> None:
+        """Wait for the branch to end. A data step's artifact goes into every dict of `data_built` and
+        `seed_built`, a seed step's into that seed's; every step into `results`."""
         import queue
 
-        label = " -> ".join(s.label for s in self.steps)
+        label = " -> ".join(self.labels)
         progress.update(task, status=f"waiting for {label} (beside)")
-        current = self.steps[0].label
+        current = self.labels[0]
         while True:
             try:
                 kind, *msg = self.messages.get(timeout=0.5)
@@ -330,11 +336,12 @@ class SideBranch:
             if kind == "start":
                 current = msg[0]
             elif kind == "built":
-                step_label, path, reused, t0, t1, threads = msg
+                step_label, seed, path, reused, t0, t1, threads = msg
                 art = dataclasses.replace(Artifact.load(Path(path), verify=False), reused=reused)
-                for built in into:
+                for built in (data_built + list(seed_built.values())) if seed is None else [seed_built[seed]]:
                     built[art.stage] = art
-                results.append(StepResult(step_label, art, reused, t1 - t0, seed, t0 - t_start, threads))
+                results.append(StepResult(step_label, art, reused, t1 - t0, data_seed if seed is None else seed,
+                                          t0 - t_start, threads))
                 progress.advance(task)
             elif kind == "done":
                 break
@@ -350,7 +357,7 @@ class SideBranch:
         self.done = True
         from rich.text import Text
 
-        console.rule(f"[bold]{label} (ran beside)")
+        console.rule(f"[bold]{escape(label)} (ran beside)")
         console.print(Text(self.log.read_text().rstrip("\n")), soft_wrap=True)
 
     def stop(self) -> None:
@@ -367,7 +374,7 @@ class SideBranch:
 
 
 def run_side_branch(job: dict[str, Any], messages) -> None:
-    """The second process of `SideBranch`: its steps, in order, on its share of the threads."""
+    """The second process of `SideBranch`: its steps, in order, each on the plan's threads for its stage."""
     import signal
     import traceback
 
@@ -383,15 +390,25 @@ def run_side_branch(job: dict[str, Any], messages) -> None:
     try:
         offline_environment()
         plan = load_plan(Path(job["config"]), Path(job["workdir"]), job["force"], job["device"], parallel=True)
-        threads = configure_runtime(plan.common.deterministic, job["threads"])
         built = {stage: Artifact.load(Path(path), verify=False) for stage, path in job["built"].items()}
+
+        def run(step: Step, common: CommonOptions, run_built: dict[str, Artifact], seed: int | None) -> None:
+            label = step.label + ("" if seed is None else f" [seed {seed}]")
+            messages.put(("start", label))
+            console.rule(f"[bold]{escape(label)}")
+            t0 = time.time()
+            threads = configure_runtime(plan.common.deterministic, job["threads"][step.table])
+            art = execute_step(step, common, run_built, with_threads(step.cfg, threads))
+            messages.put(("built", label, seed, str(art.path), art.reused, t0, time.time(), threads))
+
         for step in plan.steps:
             if step.table in job["tables"]:
-                messages.put(("start", step.label))
-                console.rule(f"[bold]{step.label}")
-                t0 = time.time()
-                art = execute_step(step, plan.common, built, with_threads(step.cfg, threads))
-                messages.put(("built", step.label, str(art.path), art.reused, t0, time.time(), threads))
+                run(step, plan.common, built, None)
+        for seed in job["seeds"]:
+            seed_built = dict(built)
+            for step in plan.steps:
+                if step.table in job["seed_tables"]:
+                    run(step, dataclasses.replace(plan.common, seed=seed), seed_built, seed)
         messages.put(("done",))
     except CldgError as exc:
         messages.put(("error", str(exc), exc.exit_code))
@@ -404,11 +421,21 @@ def run_side_branch(job: dict[str, Any], messages) -> None:
         log.flush()
 
 
+def split_seeds(seeds: list[int], threads: int) -> tuple[list[int], list[int]]:
+    """(main, side): whose references train in the main process and whose in the side branch, after its data
+    steps (counted as one reference's time: the demo's 405 s against 407). Only when both halves of the threads
+    are equal (an even count), so that two references side by side never ask for more threads than there are."""
+    if threads % 2:
+        return seeds, []
+    n_main = (len(seeds) + 2) // 2
+    return seeds[:n_main], seeds[n_main:]
+
+
 def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
                  seeds: list[int] | None = None, parallel: bool | None = None) -> list[StepResult]:
     """The whole pipeline, once per seed for the seed-dependent stages; a comparison per seed, and with
     several seeds a summary across them (`WORKDIR/seeds/`). With `parallel`, the side branch runs beside the
-    first seed's reference (module docstring)."""
+    references (module docstring)."""
     from cldg.runtime import configure_runtime, offline_environment
 
     offline_environment()
@@ -417,7 +444,7 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
     threads = configure_runtime(common.deterministic, common.torch_threads)
     stage_threads = plan_threads(plan, threads)
     side_steps, beside_steps = side_branch(plan) if stage_threads else ([], [])
-    side_made = {a for s in side_steps for a in BY_TABLE[s.table].artifacts}
+    main_seeds, side_seeds = split_seeds(plan.seeds, threads) if side_steps else (plan.seeds, [])
     reports = plan.reports
     warn_if_reports_belong_to_another_config(reports, config)
     data_steps = [s for s in plan.steps if s.table not in plan.seed_stages and s not in side_steps]
@@ -436,12 +463,10 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
 
             def run_steps(steps: list[Step], run_common: CommonOptions, run_built: dict[str, Artifact]) -> None:
                 for step in steps:
-                    if side is not None and not side.done and step_needs(step) & side_made:
-                        side.collect(progress, overall, [built, run_built], results, common.seed, t_start)
                     label = step.label + (f" [seed {run_common.seed}]" if several and step in seed_steps else "")
                     done = len(results) + 1
                     progress.update(overall, status=f"[{done}/{total}] {label}")
-                    console.rule(f"[bold]{done}/{total} {label}")
+                    console.rule(f"[bold]{done}/{total} {escape(label)}")
                     t0 = time.time()
                     n = configure_runtime(common.deterministic, stage_threads.get(step.table, threads))
                     art = execute_step(step, run_common, run_built, with_threads(step.cfg, n))
@@ -450,18 +475,26 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
                     progress.advance(overall)
 
             run_steps(data_steps, common, built)
+            seed_built = {seed: dict(built) for seed in plan.seeds}
             if side_steps:
-                console.print(f"[bold]{' -> '.join(s.label for s in side_steps)}[/] run beside "
-                              f"{', '.join(s.label for s in beside_steps)} in another process, on "
-                              f"{threads // 2} of the {threads} threads; its output: {reports / 'logs'}",
-                              highlight=False, soft_wrap=True)
-                side = SideBranch(side_steps, threads // 2, built, reports / "logs" / "side-branch.log",
+                # the side branch beside the references: the data steps the references do not need, then the
+                # references of side_seeds; the main process trains those of main_seeds meanwhile
+                side = SideBranch(side_steps, beside_steps, side_seeds, stage_threads, built,
+                                  reports / "logs" / "side-branch.log",
                                   {"config": str(config), "workdir": str(common.workdir), "force": force,
                                    "device": device})
+                console.print(f"[bold]{escape(' -> '.join(side.labels))}[/] run beside "
+                              f"{', '.join(s.label for s in beside_steps)}"
+                              f"{escape(' [seed ' + ', '.join(map(str, main_seeds)) + ']') if several else ''} in "
+                              f"another process, on {threads // 2} of the {threads} threads; its output: {side.log}",
+                              highlight=False, soft_wrap=True)
+                for seed in main_seeds:
+                    run_steps(beside_steps, dataclasses.replace(common, seed=seed), seed_built[seed])
+                side.collect(progress, overall, [built], seed_built, results, common.seed, t_start)
             for seed in plan.seeds:
                 seed_common = dataclasses.replace(common, seed=seed)
                 first = len(results)
-                run_steps(seed_steps, seed_common, dict(built))
+                run_steps([s for s in seed_steps if s not in beside_steps], seed_common, seed_built[seed])
                 evals = [r.artifact for r in results[first:] if r.artifact.stage == "eval"]
                 if len(evals) >= 2:
                     from cldg.tools.compare import compare_runs
@@ -471,8 +504,6 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
                                                      as_json=False)
                     if plan.human_eval:
                         export_human_eval_sheets(evals, plan.human_eval, reports / "human-eval", seed, several)
-            if side is not None and not side.done:  # nothing waited for it: the run ends with it
-                side.collect(progress, overall, [built], results, common.seed, t_start)
             progress.update(overall, status="done")
     finally:
         if side is not None:
@@ -488,7 +519,7 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
                "total_s": round(time.time() - t_start, 1),
                "steps": [{"stage": r.label, "seed": r.seed, "artifact": str(r.artifact.path), "skipped": r.skipped,
                           "seconds": round(r.seconds, 1), "started_s": round(r.started, 1),
-                          "torch_threads": r.threads} for r in results]}
+                          "torch_threads": r.threads} for r in sorted(results, key=lambda r: r.started)]}
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "run-summary.json").write_text(json.dumps(summary, indent=2))
     return results
@@ -548,7 +579,7 @@ def ablation_variants(base_k: int, ks: list[int], names: list[str]) -> list[tupl
 
 
 def run_ablation(config: Path, workdir: Path | None = None, force: bool = False, device: str | None = None,
-                 seeds: list[int] | None = None, ks: list[int] | None = None) -> dict:
+                 seeds: list[int] | None = None, ks: list[int] | None = None, parallel: bool | None = None) -> dict:
     """Every Table 5 ablation and every group size, each trained from the same reference, samples and
     reference cache and evaluated the same way; writes ablation/{ablation.json,ablation.md,ablation-k.png} in the
     reports folder (the workdir unless `[run] reports`) and returns the table."""
@@ -565,7 +596,7 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
         raise CldgError(f"{config} [ablate] variants: expected names among {', '.join(ABLATIONS)}, got {names!r}")
     base_k = doc.get("contrastive_train", {}).get("k", 3)
     mine_k = max([*ks, base_k, doc.get("mine_samples", {}).get("k", 3)])
-    plan = load_plan(config, workdir, force, device, seeds, {"mine_samples": {"k": mine_k}})
+    plan = load_plan(config, workdir, force, device, seeds, {"mine_samples": {"k": mine_k}}, parallel)
     common = plan.common
     threads = configure_runtime(common.deterministic, common.torch_threads)
     # one after the other, but on the threads `cldg run` gives each stage: the same floats, the same artifacts
@@ -596,13 +627,13 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
         seed_built = dict(built)
         for step in before:
             if step.table in plan.seed_stages:
-                console.rule(f"[bold]{step.label} [seed {seed}]")
+                console.rule(f"[bold]{step.label} \\[seed {seed}]")
                 run_step(step, seed_common, seed_built)
         ref_eval = dataclasses.replace(evaluate.cfg, model="reference")
-        console.rule(f"[bold]evaluate (reference) [seed {seed}]")
+        console.rule(f"[bold]evaluate (reference) \\[seed {seed}]")
         reference_runs[seed] = run_step(evaluate, seed_common, seed_built, ref_eval).path
         for label, overrides in variants:
-            console.rule(f"[bold]ablation: {label} [seed {seed}]")
+            console.rule(f"[bold]ablation: {escape(label)} \\[seed {seed}]")
             step = by_table["contrastive_train"]
             run_step(step, seed_common, seed_built, dataclasses.replace(step.cfg, **overrides))
             runs[label][seed] = run_step(evaluate, seed_common, seed_built,

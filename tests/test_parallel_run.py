@@ -144,3 +144,50 @@ def test_parallel_must_be_true_or_false(tmp_path):
     config.write_text('workdir = "w"\n[run]\nparallel = "yes"\n')
     with pytest.raises(CldgError, match=r"\[run\] parallel: expected true or false, got 'yes'"):
         load_plan(config)
+
+
+def test_ablate_gives_each_stage_the_runs_threads_and_so_builds_the_runs_artifacts(parallel_runs, tiny_pipeline,
+                                                                                   tmp_path):
+    """`cldg ablate` runs its stages one after the other, but on the threads `cldg run` gives them under
+    `parallel`, so that the ablation table's reference and samples are the run's own floats."""
+    _, ((workdir, _), _) = parallel_runs
+    config = parallel_config(tiny_pipeline, tmp_path, '[ablate]\nks = [2]\nvariants = ["no_group"]\n')
+    env = {**os.environ}
+    env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.run([sys.executable, "-m", "cldg.cli", "ablate", str(config), "--workdir", str(tmp_path / "w")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage, artifact in (("train-matcher", "matcher"), ("mine-samples", "samples"), ("pretrain", "reference")):
+        ours = json.loads((Path(steps_by_stage(workdir)[stage]["artifact"]) / "manifest.json").read_text())
+        [theirs] = [json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "w" / artifact).iterdir()
+                    if (d / "manifest.json").is_file() and not d.is_symlink()]
+        assert theirs["torch_threads"] == ours["torch_threads"] == 1, stage
+
+        def weights(m):
+            return {n: f["sha256"] for n, f in m["files"].items() if n.endswith((".safetensors", ".parquet"))}
+
+        assert weights(theirs) and weights(theirs) == weights(ours), stage
+
+
+def test_with_several_seeds_the_side_branch_also_trains_references_and_each_seed_is_the_one_seed_runs(
+        parallel_runs, tmp_path):
+    """Seeds 3, 4, 5: the main process trains the references of 3 and 4 while the side branch builds the data
+    stages, then the reference of 5; every seed's contrastive model comes after all of them. Seed 3's models are
+    those of the one-seed run, byte for byte: the schedule changes nothing but the time."""
+    config, ((single, _), _) = parallel_runs
+    work = tmp_path / "work"
+    proc = cldg_run(config, work, "--seeds", "3,4,5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = steps_by_stage(work)
+    assert all(steps[f"pretrain [seed {s}]"]["torch_threads"] == 1 for s in (3, 4, 5))
+    assert all(steps[f"contrastive-train [seed {s}]"]["torch_threads"] == 2 for s in (3, 4, 5))
+    mine, ref5 = steps["mine-samples"], steps["pretrain [seed 5]"]
+    assert ref5["started_s"] >= mine["started_s"] + mine["seconds"] - 0.2  # in the side branch, after mining
+    last_reference = max(s["started_s"] + s["seconds"] for k, s in steps.items() if k.startswith("pretrain"))
+    assert min(s["started_s"] for k, s in steps.items() if k.startswith("contrastive")) >= last_reference - 0.2
+    one = steps_by_stage(single)
+    for stage in ("evaluate (reference)", "evaluate (contrastive)"):
+        assert (Path(steps[f"{stage} [seed 3]"]["artifact"]) / "metrics.json").read_bytes() == \
+            (Path(one[stage]["artifact"]) / "metrics.json").read_bytes(), stage
+    assert (work / "seeds" / "summary.json").is_file()
+    assert "pretrain [seed 5]" in (work / "logs" / "side-branch.log").read_text()
