@@ -263,7 +263,9 @@ def plan_threads(plan: Plan, threads: int) -> dict[str, int]:
     """Torch threads per stage table: with `parallel` on at least 2 threads, the side branch's stages get half
     and the stages beside it the other half, in every seed and whatever runs at the same time (so the floats
     do not depend on the schedule); every other stage, and every stage without `parallel`, gets them all."""
-    side, beside = side_branch(plan) if plan.parallel and threads >= 2 else ([], [])
+    # under torchrun every rank would start its own side branch, each mining the same samples: not there
+    one_process = int(os.environ.get("WORLD_SIZE", "1") or 1) == 1
+    side, beside = side_branch(plan) if plan.parallel and threads >= 2 and one_process else ([], [])
     if not side:
         return {}
     return {**{s.table: threads - threads // 2 for s in beside}, **{s.table: threads // 2 for s in side}}

@@ -139,6 +139,12 @@ def test_the_plan_puts_every_data_stage_the_reference_does_not_need_beside_it():
     assert plan_threads(load_plan(demo, parallel=False), 2) == {}
 
 
+def test_no_side_branch_under_torchrun(monkeypatch):
+    plan = load_plan(REPO / "examples" / "chitchat-demo.toml")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # each rank would start its own second process
+    assert plan_threads(plan, 2) == {}
+
+
 def test_parallel_must_be_true_or_false(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('workdir = "w"\n[run]\nparallel = "yes"\n')
