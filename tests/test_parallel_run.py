@@ -197,3 +197,42 @@ def test_with_several_seeds_the_side_branch_also_trains_references_and_each_seed
             (Path(one[stage]["artifact"]) / "metrics.json").read_bytes(), stage
     assert (work / "seeds" / "summary.json").is_file()
     assert "pretrain [seed 5]" in (work / "logs" / "side-branch.log").read_text()
+
+
+def child_of(proc_dir: Path, parent: int) -> bool:
+    try:  # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces, so split after its ")"
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def test_ctrl_c_stops_both_processes_and_the_rerun_resumes(tiny_pipeline, tmp_path):
+    """Ctrl-C at a terminal reaches the whole process group: both processes stop (exit 130, no process left
+    behind), and the rerun completes the run."""
+    import signal
+    import time
+
+    config = parallel_config(tiny_pipeline, tmp_path)
+    env = {**os.environ}
+    env.pop("OMP_NUM_THREADS", None)
+    args = [sys.executable, "-m", "cldg.cli", "run", str(config), "--workdir", str(tmp_path / "work")]
+    # SIGINT restored: a background job of a non-interactive shell starts with it ignored
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = tmp_path / "work" / "logs" / "side-branch.log"
+    deadline = time.time() + 120
+    while not (log.is_file() and log.stat().st_size) and time.time() < deadline:
+        time.sleep(0.2)  # the side branch has started and written its first line
+    children = [d.name for d in Path("/proc").iterdir() if d.name.isdigit() and child_of(d, proc.pid)]
+    assert children  # the side branch's process (and multiprocessing's resource tracker)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted - rerun the same command" in err
+    time.sleep(1)
+    for pid in children:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), f"process {pid} left running"
+    rerun = cldg_run(config, tmp_path / "work")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "work" / "compare" / "comparison.json").is_file()
