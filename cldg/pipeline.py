@@ -31,7 +31,9 @@ rerunning after a crash or Ctrl-C continues where it stopped. With several seeds
 
 With `[run] parallel = true` (or `cldg run --parallel`) the data stages that the MLE reference does not need
 (index, train-matcher, mine-samples: the "side branch", `side_branch`) run in a second process while the first
-seed's reference trains, each side on half the torch threads (1 and 1 on 2 cores). On 2 cores the small
+seed's reference trains, each side on half the torch threads (1 and 1 on 2 cores); with several seeds the side
+branch then trains some of the later seeds' references too (`split_seeds`), and every contrastive training
+follows all the references. On 2 cores the small
 models of the demo gain little from a second thread (a seq2seq step 1.2x), so two stages on one thread each
 finish sooner than one after the other on two. Floats depend on the thread count, so the thread count of each
 stage is fixed by the plan, not by what happens to be running: the side branch's stages and the stages that
