@@ -261,16 +261,25 @@ def side_branch(plan: Plan) -> tuple[list[Step], list[Step]]:
     return best
 
 
-def plan_threads(plan: Plan, threads: int) -> dict[str, int]:
-    """Torch threads per stage table: with `parallel` on at least 2 threads, the side branch's stages get half
-    and the stages beside it the other half, in every seed and whatever runs at the same time (so the floats
-    do not depend on the schedule); every other stage, and every stage without `parallel`, gets them all."""
-    # under torchrun every rank would start its own side branch, each mining the same samples: not there
+def parallel_branch(plan: Plan, threads: int) -> tuple[list[Step], list[Step]]:
+    """`side_branch` when this run overlaps it: `parallel` on, at least 2 threads to share, one process (under
+    torchrun every rank would start its own side branch, each mining the same samples); else nothing."""
     one_process = int(os.environ.get("WORLD_SIZE", "1") or 1) == 1
-    side, beside = side_branch(plan) if plan.parallel and threads >= 2 and one_process else ([], [])
+    return side_branch(plan) if plan.parallel and threads >= 2 and one_process else ([], [])
+
+
+def branch_threads(side: list[Step], beside: list[Step], threads: int) -> dict[str, int]:
+    """Torch threads per stage table: the side branch's stages get half and the stages beside it the other half,
+    in every seed and whatever runs at the same time (so the floats do not depend on the schedule); every other
+    stage (none at all without a side branch) gets them all."""
     if not side:
         return {}
     return {**{s.table: threads - threads // 2 for s in beside}, **{s.table: threads // 2 for s in side}}
+
+
+def plan_threads(plan: Plan, threads: int) -> dict[str, int]:
+    """The torch threads per stage table that `cldg run` gives this plan on `threads` (`branch_threads`)."""
+    return branch_threads(*parallel_branch(plan, threads), threads)
 
 
 def with_threads(cfg: Any, threads: int) -> Any:
@@ -278,6 +287,16 @@ def with_threads(cfg: Any, threads: int) -> Any:
     if dataclasses.is_dataclass(cfg) and any(f.name == "threads" for f in dataclasses.fields(cfg)):
         return dataclasses.replace(cfg, threads=min(cfg.threads, threads))
     return cfg
+
+
+def execute_step_on(threads: int, step: Step, common: CommonOptions, built: dict[str, Artifact],
+                    cfg: Any = None) -> tuple[Artifact, int]:
+    """`execute_step` on the plan's thread count for the stage (its own worker threads within it); returns the
+    artifact and the torch threads it ran on."""
+    from cldg.runtime import configure_runtime
+
+    n = configure_runtime(common.deterministic, threads)
+    return execute_step(step, common, built, with_threads(cfg if cfg is not None else step.cfg, n)), n
 
 
 def execute_step(step: Step, common: CommonOptions, built: dict[str, Artifact], cfg: Any = None) -> Artifact:
@@ -310,7 +329,7 @@ class SideBranch:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         self.messages = context.Queue()
-        job = {**job, "tables": [s.table for s in steps], "seed_tables": [s.table for s in seed_steps],
+        job = {**job, "labels": [s.label for s in steps], "seed_labels": [s.label for s in seed_steps],
                "seeds": seeds, "threads": threads, "log": str(log),
                "built": {stage: str(a.path) for stage, a in built.items()}, "columns": console.width}
         self.process = context.Process(target=run_side_branch, args=(job, self.messages), daemon=True,
@@ -387,7 +406,7 @@ def run_side_branch(job: dict[str, Any], messages) -> None:
     os.dup2(log.fileno(), 2)
     from cldg.cli import _terminate
     from cldg.progress import results as results_console
-    from cldg.runtime import configure_runtime, offline_environment
+    from cldg.runtime import offline_environment
 
     signal.signal(signal.SIGTERM, _terminate)  # a stage saves its progress on it, as on Ctrl-C
     console.width = results_console.width = job["columns"]
@@ -401,17 +420,16 @@ def run_side_branch(job: dict[str, Any], messages) -> None:
             messages.put(("start", label))
             console.rule(f"[bold]{escape(label)}")
             t0 = time.time()
-            threads = configure_runtime(plan.common.deterministic, job["threads"][step.table])
-            art = execute_step(step, common, run_built, with_threads(step.cfg, threads))
+            art, threads = execute_step_on(job["threads"][step.table], step, common, run_built)
             messages.put(("built", label, seed, str(art.path), art.reused, t0, time.time(), threads))
 
         for step in plan.steps:
-            if step.table in job["tables"]:
+            if step.label in job["labels"]:
                 run(step, plan.common, built, None)
         for seed in job["seeds"]:
             seed_built = dict(built)
             for step in plan.steps:
-                if step.table in job["seed_tables"]:
+                if step.label in job["seed_labels"]:
                     run(step, dataclasses.replace(plan.common, seed=seed), seed_built, seed)
         messages.put(("done",))
     except CldgError as exc:
@@ -446,8 +464,8 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
     plan = load_plan(config, workdir, force, device, seeds, parallel=parallel)
     common = plan.common
     threads = configure_runtime(common.deterministic, common.torch_threads)
-    stage_threads = plan_threads(plan, threads)
-    side_steps, beside_steps = side_branch(plan) if stage_threads else ([], [])
+    side_steps, beside_steps = parallel_branch(plan, threads)
+    stage_threads = branch_threads(side_steps, beside_steps, threads)
     main_seeds, side_seeds = split_seeds(plan.seeds, threads) if side_steps else (plan.seeds, [])
     reports = plan.reports
     warn_if_reports_belong_to_another_config(reports, config)
@@ -472,8 +490,7 @@ def run_pipeline(config: Path, workdir: Path | None = None, force: bool = False,
                     progress.update(overall, status=f"[{done}/{total}] {label}")
                     console.rule(f"[bold]{done}/{total} {escape(label)}")
                     t0 = time.time()
-                    n = configure_runtime(common.deterministic, stage_threads.get(step.table, threads))
-                    art = execute_step(step, run_common, run_built, with_threads(step.cfg, n))
+                    art, n = execute_step_on(stage_threads.get(step.table, threads), step, run_common, run_built)
                     results.append(StepResult(label, art, art.reused, time.time() - t0, run_common.seed,
                                               t0 - t_start, n))
                     progress.advance(overall)
@@ -607,8 +624,7 @@ def run_ablation(config: Path, workdir: Path | None = None, force: bool = False,
     stage_threads = plan_threads(plan, threads)
 
     def run_step(step: Step, run_common: CommonOptions, run_built: dict[str, Artifact], cfg: Any = None) -> Artifact:
-        n = configure_runtime(common.deterministic, stage_threads.get(step.table, threads))
-        return execute_step(step, run_common, run_built, with_threads(cfg or step.cfg, n))
+        return execute_step_on(stage_threads.get(step.table, threads), step, run_common, run_built, cfg)[0]
 
     by_table = {s.table: s for s in plan.steps}
     missing = {"pretrain", "mine_samples", "contrastive_train", "evaluate"} - set(by_table)
